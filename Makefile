@@ -1,18 +1,18 @@
 # One command each: `make demo` (set up + main job) and `make test` (set up + test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel that installs offline here; GPU users: TORCH_SPEC="torch" (or pre-install their CUDA build).
-TORCH_SPEC ?= torch==2.13.0
+# Exact versions, with hashes, of everything setup installs (CPU torch included); `make lock` rewrites it.
+LOCK := requirements/lock.txt
+PIP_TOOLS := pip-tools==7.6.2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench lock stress-test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,5 +27,16 @@ test: setup
 bench: setup
 	$(PY) benchmarks/inference.py
 
+# Run after changing dependencies in pyproject.toml or requirements/lock.in, or to take new releases.
+lock:
+	test -x .venv-lock/bin/python || python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q "$(PIP_TOOLS)"
+	.venv-lock/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	    --no-emit-index-url --find-links /opt/wheels -o $(LOCK) pyproject.toml requirements/lock.in
+
+# The whole suite 5 times while two busy loops hold both cores (not in CI: it takes a while).
+stress-test: setup
+	scripts/stress-test
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-lock runs .pytest_cache

@@ -38,8 +38,8 @@ class ParadigmsConfig:
     train: list[str] = field(default_factory=lambda: [str(SHARED / "train" / "*.jsonl")])
     eval: list[str] = field(default_factory=lambda: [str(SHARED / "dev" / "hhh.jsonl")])
     model: str = "default"
-    objectives: list[str] = field(default_factory=lambda: ["cloze", "classifier", "token"])
-    pooling: str = "cls"
+    # "classifier-cls" / "classifier-mean": the classifier objective with that pooling.
+    objectives: list[str] = field(default_factory=lambda: ["cloze", "classifier-cls", "classifier-mean", "token"])
     steps: int = 8
     pairs_per_step: int = 4
     micro_pairs: int = 4  # pairs per forward pass (gradient accumulation reaches pairs_per_step)
@@ -54,15 +54,23 @@ class ParadigmsConfig:
 
 def sample_train_pairs(config: ParadigmsConfig):
     """A seeded sample of steps x pairs_per_step pairs from all training files."""
-    from tinyrm.data import load_pairs
+    from tinyrm.data import load_pairs, stratified_sample
 
     pairs = load_pairs(config.train).pairs
     needed = config.steps * config.pairs_per_step
-    rng = random.Random(config.seed)
-    rng.shuffle(pairs)
     if needed > len(pairs):
-        print(f"note: {needed} pairs needed but only {len(pairs)} available; the run repeats them", file=sys.stderr)
-    return pairs[:needed], len(pairs)
+        print(f"note: {needed} pairs needed but only {len(pairs)} available; the run uses them all", file=sys.stderr)
+    return stratified_sample(pairs, needed, config.seed), len(pairs)
+
+
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy (scipy; sound near 0 or 1 and for small n)."""
+    from scipy.stats import binomtest
+
+    if not n:
+        return 0.0, 0.0
+    ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return round(float(ci.low), 4), round(float(ci.high), 4)
 
 
 def write_pairs(pairs, path: Path) -> Path:
@@ -73,14 +81,15 @@ def write_pairs(pairs, path: Path) -> Path:
     return path
 
 
-def train_config(config: ParadigmsConfig, objective: str, data: Path):
+def train_config(config: ParadigmsConfig, name: str, data: Path):
     from tinyrm.train import TrainConfig
 
+    objective, _, pooling = name.partition("-")
     # Cloze shows each pair in both orders: two examples per pair, so twice the examples per step.
     per_pair = 2 if objective == "cloze" else 1
     return TrainConfig(
-        model=config.model, data=[str(data)], output=str(Path(config.output) / objective), objective=objective,
-        pooling=config.pooling, lr=config.lr, batch_size=config.pairs_per_step * per_pair,
+        model=config.model, data=[str(data)], output=str(Path(config.output) / name), objective=objective,
+        pooling=pooling or "cls", lr=config.lr, batch_size=config.pairs_per_step * per_pair,
         micro_batch_size=config.micro_pairs * per_pair, max_length=config.max_length, max_steps=config.steps,
         warmup_ratio=config.warmup_ratio, seed=config.seed, save_steps=0, epochs=1.0,
     )
@@ -99,21 +108,23 @@ def run(config: ParadigmsConfig) -> dict:
     if config.max_eval_pairs:
         eval_pairs = random.Random(config.seed).sample(eval_pairs, min(config.max_eval_pairs, len(eval_pairs)))
     rows = []
-    for objective in config.objectives:
-        result = train(train_config(config, objective, data))
+    for name in config.objectives:
+        result = train(train_config(config, name, data))
         start = time.perf_counter()
         rm = RewardModel.from_pretrained(result.output, device="cpu" if not _cuda() else None)
         scores = evaluate_pairs(rm, eval_pairs, batch_size=config.batch_size)
         eval_seconds = time.perf_counter() - start
-        name = f"classifier ({config.pooling})" if objective == "classifier" else objective
-        rows.append({"name": name, "objective": objective, "steps": result.steps, "train_pairs": result.pairs,
+        correct = round(scores["accuracy"] * scores["n"])
+        scores["ci95"] = wilson_interval(correct, scores["n"])
+        rows.append({"name": name, "objective": name, "steps": result.steps, "train_pairs": result.pairs,
                      "train_seconds": result.seconds, "pairs_per_second": result.pairs_per_second,
                      "eval_seconds": round(eval_seconds, 2), "trainable_parameters": result.trainable_parameters,
                      "results": scores})
     for kind in ("length", "random"):
+        scores = heuristic_results(kind, eval_pairs, seed=config.seed)
+        scores["ci95"] = wilson_interval(round(scores["accuracy"] * scores["n"]), scores["n"])
         rows.append({"name": f"heuristic: {kind}", "objective": kind, "steps": None, "train_pairs": None,
-                     "train_seconds": None, "pairs_per_second": None, "eval_seconds": None,
-                     "results": heuristic_results(kind, eval_pairs, seed=config.seed)})
+                     "train_seconds": None, "pairs_per_second": None, "eval_seconds": None, "results": scores})
     summary = {"config": asdict(config), "train_pairs_available": available, "eval_pairs": len(eval_pairs),
                "rows": rows}
     (Path(config.output) / "paradigms.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -134,7 +145,7 @@ def table(summary: dict):
     t = Table(title=f"paradigms: {config['model']}, {config['steps']} steps x {config['pairs_per_step']} pairs, "
                     f"max_length {config['max_length']}, lr {config['lr']}, seed {config['seed']}; "
                     f"eval n={summary['eval_pairs']}")
-    for column in ("paradigm", "steps", "train s", "pairs/s", "eval s", "accuracy", *domains):
+    for column in ("paradigm", "steps", "train s", "pairs/s", "eval s", "accuracy", "95% CI", *domains):
         t.add_column(column, justify="left" if column == "paradigm" else "right", no_wrap=column == "paradigm")
 
     def fmt(value, spec: str) -> str:
@@ -144,6 +155,7 @@ def table(summary: dict):
         res = row["results"]
         t.add_row(row["name"], fmt(row["steps"], "d"), fmt(row["train_seconds"], ".1f"),
                   fmt(row["pairs_per_second"], ".2f"), fmt(row["eval_seconds"], ".1f"), f"{res['accuracy']:.3f}",
+                  f"{res['ci95'][0]:.3f}-{res['ci95'][1]:.3f}",
                   *(f"{res['domains'][d]['accuracy']:.3f}" if d in res["domains"] else "-" for d in domains))
     return t
 
@@ -154,8 +166,8 @@ def parse_args(argv: list[str] | None = None) -> ParadigmsConfig:
     p.add_argument("--train", nargs="+", default=d.train, metavar="FILE", help="training JSONL files/globs")
     p.add_argument("--eval", nargs="+", default=d.eval, metavar="FILE", help="evaluation JSONL files")
     p.add_argument("--model", default=d.model)
-    p.add_argument("--objectives", nargs="+", default=d.objectives, choices=["cloze", "classifier", "token"])
-    p.add_argument("--pooling", default=d.pooling, choices=["cls", "mean"])
+    p.add_argument("--objectives", nargs="+", default=d.objectives,
+                   choices=["cloze", "classifier-cls", "classifier-mean", "token"])
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps, the same for every objective")
     p.add_argument("--pairs-per-step", type=int, default=d.pairs_per_step)
     p.add_argument("--micro-pairs", type=int, default=d.micro_pairs, help="pairs per forward pass")

@@ -218,8 +218,38 @@ def test_paradigms_benchmark_end_to_end(tiny_bert, pairs_file, tmp_path, capsys,
     assert code == 0
     summary = json.loads((out / "paradigms.json").read_text())
     rows = {row["objective"]: row for row in summary["rows"]}
-    assert list(rows) == ["cloze", "classifier", "token", "length", "random"]
-    assert all(rows[o]["steps"] == 1 and rows[o]["train_pairs"] == 2 for o in ("cloze", "classifier", "token"))
+    trained = ("cloze", "classifier-cls", "classifier-mean", "token")
+    assert list(rows) == [*trained, "length", "random"]
+    assert all(rows[o]["steps"] == 1 and rows[o]["train_pairs"] == 2 for o in trained)
     assert all(rows[o]["results"]["n"] == 24 for o in rows)
+    for row in rows.values():  # a 95% interval around every accuracy
+        low, high = row["results"]["ci95"]
+        assert 0 <= low <= row["results"]["accuracy"] <= high <= 1
     assert sum(1 for _ in (out / "train.jsonl").open()) == 2  # steps x pairs-per-step, shared by all
     assert "heuristic: length" in capsys.readouterr().out
+
+
+def test_paradigms_sample_is_stratified_over_domains(monkeypatch, tmp_path):
+    """Equal shares per domain while every domain has rows; a small domain gives all it has."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from tinyrm.data import PreferencePair
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paradigms.py"
+    spec = importlib.util.spec_from_file_location("paradigms", script)
+    paradigms = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "paradigms", paradigms)
+    spec.loader.exec_module(paradigms)
+    sizes = {"chat": 500, "reasoning": 400, "safety": 20}
+    pairs = [PreferencePair(prompt=f"{d}{i}", chosen="a", rejected="b", domain=d)
+             for d, n in sizes.items() for i in range(n)]
+    from tinyrm.synthetic import write_jsonl
+
+    path = write_jsonl(pairs, tmp_path / "mix.jsonl")
+    config = paradigms.ParadigmsConfig(train=[str(path)], steps=30, pairs_per_step=10)
+    chosen, available = paradigms.sample_train_pairs(config)
+    counts = {d: sum(p.domain == d for p in chosen) for d in sizes}
+    assert available == 920 and len(chosen) == 300 and len({p.prompt for p in chosen}) == 300
+    assert counts["safety"] == 20 and counts["chat"] == counts["reasoning"] == 140

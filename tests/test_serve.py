@@ -198,6 +198,30 @@ def test_413_over_the_body_limit(http):
     assert r.status_code == 413
 
 
+def chunked_request(chunks: list[bytes]) -> bytes:
+    """A complete chunked POST, written by hand so the framing does not depend on a client library."""
+    head = (f"POST /v1/compare HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    body = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks)
+    return head + body + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("n_chunks", [1, 6, 300])
+def test_413_when_the_oversize_body_arrives_whole(server, n_chunks):
+    """The whole request is on the wire before the server reads it, so the message that crosses the
+    limit is (often) the last one (``more_body`` false): the guard must answer, not wait for more body."""
+    size = 300_000
+    chunks = [b"x" * (size // n_chunks)] * n_chunks
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as raw:
+        # The connection stays open, as a client waiting for its answer keeps it: a server that waits
+        # for more body (or for a disconnect) after the last chunk never answers, and recv times out.
+        raw.sendall(chunked_request(chunks))
+        reply = raw.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"byte limit" in reply
+
+
 def test_hostile_requests_do_not_crash_the_server(http, server):
     deep = b"[" * 100_000 + b"]" * 100_000  # recursion bomb inside the size limit
     r = http.post("/v1/compare", content=deep, headers={**AUTH, "Content-Type": "application/json"})

@@ -89,3 +89,52 @@ def test_training_learns_a_learnable_task(tiny_bert, tmp_path):
                       lr=3e-3))
     rm = RewardModel.from_pretrained(str(tmp_path / "easy"))
     assert evaluate_pairs(rm, pairs[:16])["accuracy"] == 1.0
+
+
+# ------------------------------------------------------------------ both orders of a pair share a batch
+def test_grouped_sampler_keeps_groups_together_and_covers_every_example():
+    from tinyrm.train import GroupedSampler
+
+    lengths = [10, 10, 3, 3, 7, 7, 1, 1, 9, 9, 4, 4]
+    sampler = GroupedSampler(12, 2, seed=3, lengths=lengths, megabatch=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(12))
+    assert all(order[i] // 2 == order[i + 1] // 2 and order[i] % 2 == 0 for i in range(0, 12, 2))
+    # within each megabatch of 3 groups, longest first
+    for start in (0, 6):
+        group_lengths = [lengths[j] for j in order[start:start + 6:2]]
+        assert group_lengths == sorted(group_lengths, reverse=True)
+    assert list(GroupedSampler(12, 2, seed=3, lengths=lengths, megabatch=3)) == order  # seeded
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new shuffle each epoch
+    with pytest.raises(ValueError, match="groups of 2"):
+        GroupedSampler(7, 2, seed=0)
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_file, tmp_path, group_by_length):
+    """The defect that kept `tinyrm train` at chance: batches of singly shuffled orders (docs/training.md).
+
+    Read off the Trainer's own dataloader: each micro-batch has balanced labels, each pair twice."""
+    from tinyrm.train import ClozeCollator, ClozeDataset, _make_trainer_classes, build_model, training_arguments
+
+    config = tiny_config(tiny_bert, pairs_file, tmp_path / "o", micro_batch_size=6, batch_size=6,
+                         group_by_length=group_by_length)
+    rm = build_model(config)
+    from tinyrm.data import load_pairs
+
+    dataset = ClozeDataset(load_pairs(config.data).pairs, rm.encoder, "both", 0)
+    RewardTrainer, _, _ = _make_trainer_classes()
+    trainer = RewardTrainer(model=rm.scorer(), args=training_arguments(config, tmp_path / "o", 1),
+                            train_dataset=dataset, data_collator=ClozeCollator(0))
+    batches = list(trainer.get_train_dataloader())
+    assert sum(len(b["labels"]) for b in batches) == len(dataset)
+    for batch in batches:
+        assert batch["labels"].sum().item() * 2 == len(batch["labels"])  # as many "0" as "1" answers
+        rows = {tuple(ids[m].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"].bool())}
+        assert len(rows) == len(batch["labels"])  # two different sequences (the two orders) per pair
+
+    with pytest.raises(ValueError, match="multiple of 2"):
+        odd = tiny_config(tiny_bert, pairs_file, tmp_path / "odd", micro_batch_size=5, batch_size=5)
+        RewardTrainer(model=rm.scorer(), args=training_arguments(odd, tmp_path / "odd", 1),
+                      train_dataset=dataset, data_collator=ClozeCollator(0)).get_train_dataloader()

@@ -9,11 +9,16 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,57 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
+def _shown(name_or_path: str | None, path: str) -> str:
+    name = str(name_or_path or DEFAULT_MODEL_NAME)
+    return repr(name) if name == path else f"{name!r} ({path})"
+
+
+def check_model_source(name_or_path: str | None) -> str:
+    """The resolved path, if it is an existing folder or a well-formed hub id; else ``ModelNotFoundError``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = resolve_model_path(name_or_path)
+    local = Path(path)
+    if local.is_dir():
+        if not any((local / name).is_file() for name in ("config.json", "tinyrm.json")):
+            raise ModelNotFoundError(f"model {_shown(name_or_path, path)}: the folder has no config.json "
+                                     "(not a saved model)")
+        return path
+    if local.exists():
+        raise ModelNotFoundError(f"model {_shown(name_or_path, path)}: is a file, not a model folder")
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {_shown(name_or_path, path)}: no such local folder, and not a valid "
+                                 "hub id (NAME or ORG/NAME)") from None
+    return path
+
+
+@contextmanager
+def model_load_errors(name_or_path: str | None) -> Iterator[None]:
+    """Turn transformers' ``OSError`` for a model it cannot find or read into one-line ``ModelNotFoundError``."""
+    path = resolve_model_path(name_or_path)
+    try:
+        yield
+    except ModelNotFoundError:
+        raise
+    except OSError as error:
+        reason = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        shown = _shown(name_or_path, path)
+        if Path(path).is_dir():
+            message = f"model {shown}: cannot load the local folder: {reason}"
+        else:
+            from huggingface_hub import is_offline_mode
+
+            if is_offline_mode():
+                message = (f"model {shown}: no such local folder, and not in the local hub cache; the hub is "
+                           "not reachable offline (HF_HUB_OFFLINE=1)")
+            else:
+                message = f"model {shown}: no such local folder, and not loadable from the hub: {reason}"
+        raise ModelNotFoundError(message) from error
+
+
 @dataclass
 class BackboneConfig:
     model: str = DEFAULT_MODEL_NAME
@@ -60,17 +116,19 @@ def load_mlm(name_or_path: str | None):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # we report missing head weights ourselves, once
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    path = check_model_source(name_or_path)
+    with model_load_errors(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # we report missing head weights ourselves, once
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     prefix = model.base_model_prefix
     missing_head = sorted(k for k in info.get("missing_keys", []) if not k.startswith(prefix + "."))
     model.tinyrm_initialised_head = bool(missing_head)
+    model.tinyrm_initialised_keys = missing_head  # for a separate learning rate (TrainConfig.head_lr_scale)
     if missing_head and path not in _warned_heads:
         _warned_heads.add(path)
         warnings.warn(

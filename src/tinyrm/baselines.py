@@ -40,10 +40,10 @@ from .backbone import (
     resolve_model_path,
     unwrap_peft,
 )
-from .data import PreferencePair, load_pairs
+from .data import PreferencePair
 from .model import ADAPTER_DIR, RewardConfig, default_device
 from .prompt import allocate_budget, keep_end, keep_ends
-from .train import TrainConfig, TrainResult, finish, fit, make_result, report_parameters
+from .train import TrainConfig, TrainResult, finish, fit, load_training_pairs, make_result, report_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def train(config: TrainConfig) -> TrainResult:
     if config.loss != "pair" or config.order != "both":
         logger.warning("--loss/--order apply to the cloze objective only; ignored for %s", config.objective)
     set_seed(config.seed)  # before the head is created
-    report = load_pairs(config.data, skip_bad_rows=config.skip_bad_rows)
+    report = load_training_pairs(config)
     scorer, tokenizer, reward_config = build_scorer(config)
     parameters = report_parameters(scorer)
     dataset = PairDataset(report.pairs, ResponseEncoder(tokenizer, config.max_length))

@@ -195,3 +195,31 @@ def load_pairs(sources: Sequence[str], skip_bad_rows: bool = False) -> LoadRepor
     if report.skipped:
         logger.warning("skipped %d malformed row(s)", report.skipped)
     return report
+
+
+def stratified_sample(pairs: Sequence[PreferencePair], n: int, seed: int) -> list[PreferencePair]:
+    """``n`` pairs (seeded, shuffled) with the same share from every domain.
+
+    A domain with fewer rows than its share gives all it has and the others fill the rest, so a
+    mix dominated by one domain (the shared data is half safety) does not teach only that domain.
+    """
+    import random
+
+    rng = random.Random(seed)
+    by_domain: dict[str, list[PreferencePair]] = {}
+    for pair in pairs:
+        by_domain.setdefault(pair.domain or "", []).append(pair)
+    for rows in by_domain.values():
+        rng.shuffle(rows)
+    target = min(n, len(pairs))
+    chosen: list[PreferencePair] = []
+    remaining = dict(sorted(by_domain.items()))
+    while len(chosen) < target:
+        share = max(1, (target - len(chosen)) // len(remaining))
+        for name in list(remaining):
+            take, remaining[name] = remaining[name][:share], remaining[name][share:]
+            chosen.extend(take[: target - len(chosen)])
+            if not remaining[name]:
+                del remaining[name]
+    rng.shuffle(chosen)
+    return chosen

@@ -5,6 +5,7 @@ A pair counts as correct only if P(chosen better) > 0.5: a tie is wrong.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -53,10 +54,20 @@ def score_pairs(
     }
 
 
+def accepts_domains(scorer) -> bool:
+    """Whether ``scorer.compare_batch`` takes ``domains=`` (cloze models do; baselines, routes may not)."""
+    try:
+        return "domains" in inspect.signature(scorer.compare_batch).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, single_order: bool = False,
                    max_batch_tokens: int | None = None) -> dict:
     # Only cloze models take a token budget; other objectives' compare_batch may not.
     extra = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
+    if accepts_domains(rm):  # each pair's domain picks its prefix (RewardConfig.domain_prefixes)
+        extra["domains"] = [p.domain for p in pairs]
     probs = rm.compare_batch(
         [(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=batch_size, both_orders=not single_order,
         **extra,

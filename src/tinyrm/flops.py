@@ -1,14 +1,24 @@
 """Compute accounting: GFLOPs per token of scoring, and the accuracy-vs-compute plot.
 
-Two numbers per model at sequence length L:
+Three counts per model at sequence length L:
 
-* **approx** (the Kaplan et al. 2020 forward-pass estimate that TinyRM's Appendix C uses):
+* **approx** (the Kaplan et al. 2020 forward-pass estimate):
   ``C = 2 * N + 2 * n_layer * L * d_model`` FLOPs per token, with ``N`` the *non-embedding*
   parameters. The first term is the weight matmuls, the second the attention scores.
 * **exact**: ``torch.utils.flop_counter.FlopCounterMode`` over one real scoring forward pass of a
   length-L input (encoder on every token, MLM head at the mask only, as tinyrm scores), divided
   by L. Eager attention is used for the count so the attention matmuls are seen (both QK^T and
   AV, hence about twice the approximation's attention term), plus the embedding-free head.
+* **paper**: the formula of TinyRM's Appendix C *as the paper (issue 14) gives it*,
+  ``C = 2 * N + 6 * N * L / H`` FLOPs per token with ``N`` parameters, ``L`` layers and ``H`` the
+  hidden size (no sequence length). It is implemented literally, not "corrected": note that it is
+  not the standard Kaplan form above, whose second term is ``2 * n_layer * n_ctx * d_model``. It is
+  reported for ``N`` with and without embeddings; the compute plot uses it by default (N without
+  embeddings, the convention of the plot's other reference estimates) so that our points sit on
+  the paper's axis.
+
+``--model shape:modernbert-base`` / ``shape:modernbert-large`` count the ModernBERT shapes from
+their configuration alone (weights on the meta device: nothing is downloaded or allocated).
 """
 
 from __future__ import annotations
@@ -21,6 +31,17 @@ from pathlib import Path
 import torch
 
 FORMULA = "approx GFLOPs/token = (2*N_non_embedding + 2*n_layer*L*d_model) / 1e9  (Kaplan et al. 2020, Eq. 2.2)"
+PAPER_FORMULA = "paper GFLOPs/token = (2*N + 6*N*L/H) / 1e9, N parameters, L layers, H hidden (TinyRM App. C, as given)"
+FORMULAS = ("exact", "paper")  # `tinyrm flops --formula`: which count is the headline gflops_per_token
+MEASURES = ("paper", "exact", "approx")  # `plot-compute`: how our models' GFLOPs/token is obtained
+
+# Architectures counted from their configuration alone (ModernBERT-base / -large as published).
+SHAPES: dict[str, dict] = {
+    "shape:modernbert-base": dict(hidden_size=768, num_hidden_layers=22, intermediate_size=1152, vocab_size=50368,
+                                  num_attention_heads=12),
+    "shape:modernbert-large": dict(hidden_size=1024, num_hidden_layers=28, intermediate_size=2624, vocab_size=50368,
+                                   num_attention_heads=16),
+}
 
 # The paper's Figure (accuracy on RewardBench vs GFLOPs/token). TinyRM values are the paper's;
 # for the two others the paper gives accuracy only, so GFLOPs/token is our 2*N_non_embedding.
@@ -34,8 +55,10 @@ REFERENCE_POINTS: list[dict] = [
 
 @dataclass
 class FlopsConfig:
-    model: str = "default"
+    model: str = "default"  # a model folder / hub id, ``default``, or a name in SHAPES
     seq_len: int = 512
+    formula: str = "exact"  # exact | paper: which count ``gflops_per_token`` reports
+    count_exact: bool = True  # run the FlopCounterMode pass (False: exact fields are None)
 
 
 @dataclass
@@ -48,9 +71,19 @@ class FlopsReport:
     embedding_parameters: int
     non_embedding_parameters: int
     approx_gflops_per_token: float
-    exact_gflops_per_token: float
-    exact_gflops_per_sequence: float
+    exact_gflops_per_token: float | None
+    exact_gflops_per_sequence: float | None
     formula: str = FORMULA
+    # The paper's formula (PAPER_FORMULA) for both choices of N.
+    n_params_with_embeddings: int = 0
+    n_params_without_embeddings: int = 0
+    paper_gflops_per_token_with_embeddings: float = 0.0
+    paper_gflops_per_token_without_embeddings: float = 0.0
+    paper_formula: str = PAPER_FORMULA
+    # The headline number: ``exact_gflops_per_token`` or, for ``paper``, the paper formula with N
+    # without embeddings.
+    gflops_formula: str = "exact"
+    gflops_per_token: float | None = None
 
 
 def _unique_parameters(module: torch.nn.Module) -> dict[int, torch.nn.Parameter]:
@@ -81,13 +114,36 @@ def approx_flops_per_token(non_embedding: int, n_layer: int, seq_len: int, d_mod
     return 2.0 * non_embedding + 2.0 * n_layer * seq_len * d_model
 
 
+def paper_flops_per_token(n_params: int, n_layer: int, hidden: int) -> float:
+    """The TinyRM paper's FLOPs per token, exactly as given: ``2*N + 6*N*L/H``.
+
+    ``N`` parameters (pass the count with or without embeddings), ``L`` layers, ``H`` hidden size.
+    Taken literally from the paper (issue 14); it does not depend on the sequence length and is not
+    the dimensionally standard Kaplan estimate (``approx_flops_per_token``).
+    """
+    return 2.0 * n_params + 6.0 * n_params * n_layer / hidden
+
+
+def shape_model(name: str) -> torch.nn.Module:
+    """A ModernBERT masked LM of a SHAPES configuration on the meta device (no download, no memory)."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    config = ModernBertConfig(**SHAPES[name])
+    config._attn_implementation = "eager"  # as load_for_counting: attention matmuls visible to the counter
+    with torch.device("meta"):
+        model = ModernBertForMaskedLM(config)
+    return model.eval()
+
+
 def load_for_counting(name_or_path: str):
     """Tokenizer and MLM with eager attention (fused SDPA kernels on CPU escape the counter)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from .backbone import resolve_model_path
+    from .backbone import check_model_source, model_load_errors
 
-    path = resolve_model_path(name_or_path)
+    if name_or_path in SHAPES and not Path(name_or_path).exists():
+        return None, shape_model(name_or_path)
+    path = check_model_source(name_or_path)
     if (Path(path) / "tinyrm.json").is_file():
         saved = json.loads((Path(path) / "tinyrm.json").read_text())
         if saved.get("objective") == "route":  # one specialist scores each comparison
@@ -95,19 +151,25 @@ def load_for_counting(name_or_path: str):
             return load_for_counting(str(Path(path) / first))
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a missing MLM head does not change the FLOP count
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="eager")
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with model_load_errors(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a missing MLM head does not change the FLOP count
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="eager")
+        finally:
+            hf_logging.set_verbosity(verbosity)
     return tokenizer, model.eval()
 
 
 @torch.no_grad()
 def exact_flops(mlm: torch.nn.Module, tokenizer, seq_len: int) -> int:
-    """FLOPs of one tinyrm scoring pass (encoder on ``seq_len`` tokens, head at the mask)."""
+    """FLOPs of one tinyrm scoring pass (encoder on ``seq_len`` tokens, head at the mask).
+
+    ``tokenizer`` None (a SHAPES model): arbitrary ids, which do not change the count. A meta-device
+    model runs without an attention mask (building one reads tensor values); an all-ones mask adds
+    no matmul FLOPs, so the count is the same.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from .backbone import mask_logits
@@ -116,32 +178,48 @@ def exact_flops(mlm: torch.nn.Module, tokenizer, seq_len: int) -> int:
     limit = getattr(mlm.config, "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise ValueError(f"--seq-len {seq_len} exceeds the model's {limit} positions")
-    special = set(tokenizer.all_special_ids)
-    ordinary = [i for i in range(min(tokenizer.vocab_size, 2000)) if i not in special][:100]
+    if tokenizer is None:
+        ordinary, mask_id, answer_ids = list(range(1000, 1100)), 999, [997, 998]
+    else:
+        special = set(tokenizer.all_special_ids)
+        ordinary = [i for i in range(min(tokenizer.vocab_size, 2000)) if i not in special][:100]
+        mask_id, answer_ids = tokenizer.mask_token_id, resolve_answer_ids(tokenizer, ["0", "1"])
+    device = next(mlm.parameters()).device
     ids = torch.tensor([ordinary[i % len(ordinary)] for i in range(seq_len)]).unsqueeze(0)
-    ids[0, -2] = tokenizer.mask_token_id
-    answer = torch.tensor(resolve_answer_ids(tokenizer, ["0", "1"]))
+    ids[0, -2] = mask_id
+    ids = ids.to(device)
+    attention = None if device.type == "meta" else torch.ones_like(ids)
     counter = FlopCounterMode(display=False)
     with counter:
-        mask_logits(mlm, ids, torch.ones_like(ids), torch.tensor([seq_len - 2]), token_ids=answer,
-                    token_type_ids=torch.zeros_like(ids))
+        mask_logits(mlm, ids, attention, torch.tensor([seq_len - 2], device=device),
+                    token_ids=torch.tensor(answer_ids, device=device), token_type_ids=torch.zeros_like(ids))
     return int(counter.get_total_flops())
 
 
 def flops_report(config: FlopsConfig) -> FlopsReport:
     if config.seq_len < 4:
         raise ValueError("--seq-len must be at least 4")
+    if config.formula not in FORMULAS:
+        raise ValueError(f"formula must be one of {FORMULAS}, got {config.formula!r}")
+    if config.formula == "exact" and not config.count_exact:
+        raise ValueError("formula 'exact' needs count_exact=True")
     tokenizer, mlm = load_for_counting(config.model)
     total, embedding = parameter_split(mlm)
     n_layer = int(mlm.config.num_hidden_layers)
     d_model = int(mlm.config.hidden_size)
     approx = approx_flops_per_token(total - embedding, n_layer, config.seq_len, d_model)
-    exact = exact_flops(mlm, tokenizer, config.seq_len)
+    exact = exact_flops(mlm, tokenizer, config.seq_len) if config.count_exact else None
+    exact_per_token = None if exact is None else exact / config.seq_len / 1e9
+    paper_with = paper_flops_per_token(total, n_layer, d_model) / 1e9
+    paper_without = paper_flops_per_token(total - embedding, n_layer, d_model) / 1e9
     return FlopsReport(
         model=str(config.model), seq_len=config.seq_len, n_layer=n_layer, d_model=d_model, parameters=total,
         embedding_parameters=embedding, non_embedding_parameters=total - embedding,
-        approx_gflops_per_token=approx / 1e9, exact_gflops_per_token=exact / config.seq_len / 1e9,
-        exact_gflops_per_sequence=exact / 1e9,
+        approx_gflops_per_token=approx / 1e9, exact_gflops_per_token=exact_per_token,
+        exact_gflops_per_sequence=None if exact is None else exact / 1e9,
+        n_params_with_embeddings=total, n_params_without_embeddings=total - embedding,
+        paper_gflops_per_token_with_embeddings=paper_with, paper_gflops_per_token_without_embeddings=paper_without,
+        gflops_formula=config.formula, gflops_per_token=exact_per_token if config.formula == "exact" else paper_without,
     )
 
 
@@ -151,7 +229,9 @@ class PlotConfig:
     results: list[str]
     output: str = "compute.png"
     seq_len: int = 512
-    measure: str = "exact"  # exact | approx: how GFLOPs/token of our models is obtained
+    # paper | exact | approx: how GFLOPs/token of our models is obtained. ``paper`` (the paper's
+    # formula, N without embeddings) by default, so our points are comparable with the paper's figure.
+    measure: str = "paper"
     labels: list[str] | None = None
 
 
@@ -174,8 +254,11 @@ def point_from_results(path: str, config: PlotConfig, label: str | None) -> Plot
         model = results.get("model")
         if not model:
             raise ValueError(f"{path}: no 'model' to measure and no 'gflops_per_token'")
-        report = flops_report(FlopsConfig(model=model, seq_len=config.seq_len))
-        gflops = report.exact_gflops_per_token if config.measure == "exact" else report.approx_gflops_per_token
+        exact = config.measure == "exact"  # the counter pass only when it is the number plotted
+        report = flops_report(FlopsConfig(model=model, seq_len=config.seq_len,
+                                          formula="exact" if exact else "paper", count_exact=exact))
+        gflops = {"exact": report.exact_gflops_per_token, "approx": report.approx_gflops_per_token,
+                  "paper": report.paper_gflops_per_token_without_embeddings}[config.measure]
     name = label or Path(str(results.get("model") or path)).name
     return PlotPoint(label=name, gflops=float(gflops), accuracy=100.0 * float(results["accuracy"]))
 
@@ -186,6 +269,8 @@ def plot_compute(config: PlotConfig) -> list[PlotPoint]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if config.measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {config.measure!r}")
     if config.labels is not None and len(config.labels) != len(config.results):
         raise ValueError(f"--labels: got {len(config.labels)} labels for {len(config.results)} results files")
     labels: Sequence[str | None] = config.labels or [None] * len(config.results)
@@ -206,7 +291,9 @@ def plot_compute(config: PlotConfig) -> list[PlotPoint]:
         ax.annotate(", ".join(names), (gflops, accuracy), textcoords="offset points", xytext=(5, -10),
                     fontsize=8, color="tab:blue")
     ax.set_xscale("log")
-    ax.set_xlabel(f"GFLOPs per token (log; ours: {config.measure} at L={config.seq_len})")
+    ours_how = ("paper formula 2N+6NL/H, N without embeddings" if config.measure == "paper"
+                else f"{config.measure} at L={config.seq_len}")
+    ax.set_xlabel(f"GFLOPs per token (log; ours: {ours_how})")
     ax.set_ylabel("pairwise accuracy (%)")
     ax.set_title("Accuracy vs compute (gray: paper reference points)")
     ax.grid(True, which="both", alpha=0.3)

@@ -63,8 +63,7 @@ def heuristic_results(kind: str, pairs: Sequence[PreferencePair], seed: int = 0)
 
 def run_eval(args: argparse.Namespace) -> int:
     """``tinyrm eval --baseline length|random --data FILE... [--seed N] [--output results.json]``."""
-    from rich.console import Console
-
+    from .cli.output import emit_json, make_console
     from .data import load_pairs
     from .evaluate import results_table, write_results
 
@@ -72,9 +71,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--data FILE... is required (or add --benchmark rewardbench for the RewardBench set)")
     pairs = load_pairs(args.data, skip_bad_rows=args.skip_bad_rows).pairs
     results = heuristic_results(args.baseline, pairs, seed=args.seed)
-    console = Console()
-    console.print(results_table(results))
     if args.output:
         write_results(results, args.output)
+    if getattr(args, "json", False):
+        emit_json(results)
+        return 0
+    console = make_console()
+    console.print(results_table(results))
+    if args.output:
         console.print(f"wrote {args.output}")
     return 0

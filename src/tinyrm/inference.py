@@ -123,11 +123,17 @@ class CachingClozeEncoder(ClozeEncoder):
             self._cache.clear()  # cheap bound; a rolling window is not worth the bookkeeping
         self._cache[text] = ids
 
-    def prefetch(self, items: Iterable[PairInput]) -> None:
-        """Tokenise the uncached texts of ``items`` in one batched tokenizer call."""
+    def prefetch(self, items: Iterable[PairInput], prefixes: Sequence[str | None] | None = None) -> None:
+        """Tokenise the uncached texts of ``items`` in one batched tokenizer call.
+
+        ``prefixes``: each item's instruction (None: ``self.prefix``), as later given to ``encode``.
+        """
+        items = list(items)
+        rows = prefixes if prefixes is not None else [None] * len(items)
         todo: dict[str, None] = {}
-        for prompt, a, b in items:
-            values = {"instruction": self.prefix, "prompt": prompt, "a": a, "b": b}
+        for (prompt, a, b), prefix in zip(items, rows):
+            instruction = self.prefix if prefix is None else prefix
+            values = {"instruction": instruction, "prompt": prompt, "a": a, "b": b}
             for parts in (self.template.first, self.template.second):
                 for kind, text in self._pieces(parts, values):
                     if kind != "mask" and text not in self._cache:  # literals vary with carried spaces
@@ -224,7 +230,7 @@ class InferenceEngine:
         """The module to run: the model itself in fp32 eval mode, else a private eval copy
         (adapters merged, cast to bf16, compiled if asked); rebuilt when the weights change."""
         model, dtype = self.rm.model, dtype or self.dtype
-        key = _weights_key(model, dtype, self.config.compile)
+        key = (*_weights_key(model, dtype, self.config.compile), getattr(self.rm.config, "read", "mask"))
         with self._lock:
             cached = self._slots.get(dtype)
             if cached is not None and cached.key == key:
@@ -241,8 +247,11 @@ class InferenceEngine:
                 run = model
             _enable_varlen_attention(run, self.rm.device)
             answer_ids = self.rm._answer_ids_t
+            read_cls = getattr(self.rm.config, "read", "mask") == "cls"
 
             def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
+                if read_cls:  # the head reads [CLS] (RewardConfig.read), not the mask slot
+                    mask_positions = torch.zeros_like(mask_positions)
                 return mask_logits(run, input_ids, attention_mask, mask_positions,
                                    token_ids=answer_ids, token_type_ids=token_type_ids)
 
@@ -295,13 +304,18 @@ class InferenceEngine:
     ) -> list[float]:
         return self.run_units(encodings, [[i] for i in range(len(encodings))], batch_size, max_batch_tokens)
 
-    def _encode_chunk(self, items: Sequence[PairInput], both: bool) -> list[Encoded]:
+    def _encode_chunk(self, items: Sequence[PairInput], both: bool,
+                      prefixes: Sequence[str | None] | None = None) -> list[Encoded]:
+        """Encodings of ``items`` (then of their swapped orders); ``prefixes`` gives each item's
+        instruction (None: the encoder's default). The token cache is keyed by text, so a row's own
+        instruction is cached apart from the default one."""
         encoder = self.rm.encoder
         if isinstance(encoder, CachingClozeEncoder):
-            encoder.prefetch(items)
-        out = [encoder.encode(p, a, b) for p, a, b in items]
+            encoder.prefetch(items, prefixes)
+        rows = [None] * len(items) if prefixes is None else prefixes
+        out = [encoder.encode(p, a, b, prefix=x) for (p, a, b), x in zip(items, rows)]
         if both:
-            out += [encoder.encode(p, b, a) for p, a, b in items]
+            out += [encoder.encode(p, b, a, prefix=x) for (p, a, b), x in zip(items, rows)]
         return out
 
     def _score_chunk(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
@@ -332,23 +346,32 @@ class InferenceEngine:
 
     def compare_batch(
         self, items: Iterable[PairInput], both: bool, batch_size: int | None = None,
-        max_batch_tokens: int | None = None,
+        max_batch_tokens: int | None = None, prefixes: Sequence[str | None] | None = None,
     ) -> list[float]:
-        """P(a better than b) per item; chunked with tokenisation overlapped when enabled."""
+        """P(a better than b) per item; chunked with tokenisation overlapped when enabled.
+
+        ``prefixes``: one instruction per item (None entries: the encoder's default prefix).
+        """
         items = list(items)
         self._limits(batch_size, max_batch_tokens)
+        if prefixes is not None:
+            prefixes = list(prefixes)
+            if len(prefixes) != len(items):
+                raise ValueError(f"got {len(prefixes)} prefixes for {len(items)} pairs")
         if not self.overlap_enabled(len(items)):
-            return self._score_chunk(self._encode_chunk(items, both), len(items), both, batch_size, max_batch_tokens)
+            return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
+                                     max_batch_tokens)
         size = self.config.chunk_pairs
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        chunk_prefixes = [None if prefixes is None else prefixes[i : i + size] for i in range(0, len(items), size)]
         out: list[float] = []
         # One worker: the Rust tokenizer releases the GIL, so it runs beside the forward passes.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: Future = pool.submit(self._encode_chunk, chunks[0], both)
+            pending: Future = pool.submit(self._encode_chunk, chunks[0], both, chunk_prefixes[0])
             for k, chunk in enumerate(chunks):
                 encodings = pending.result()
                 if k + 1 < len(chunks):
-                    pending = pool.submit(self._encode_chunk, chunks[k + 1], both)
+                    pending = pool.submit(self._encode_chunk, chunks[k + 1], both, chunk_prefixes[k + 1])
                 out += self._score_chunk(encodings, len(chunk), both, batch_size, max_batch_tokens)
         return out
 

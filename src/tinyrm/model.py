@@ -22,7 +22,14 @@ from .backbone import (
     resolve_model_path,
     unwrap_peft,
 )
-from .prompt import DEFAULT_PREFIX, ClozeEncoder, Encoded, get_template, resolve_answer_ids
+from .prompt import (
+    DEFAULT_PREFIX,
+    ClozeEncoder,
+    Encoded,
+    get_template,
+    prefix_for_domain,
+    resolve_answer_ids,
+)
 
 CONFIG_FILE = "tinyrm.json"
 ADAPTER_DIR = "adapter"
@@ -39,9 +46,25 @@ class RewardConfig:
     answer_tokens: list[str] = field(default_factory=lambda: ["0", "1"])
     max_length: int = 512
     both_orders: bool = True
+    # Where the MLM head reads the answer: at the [MASK] slot (the paper) or at [CLS] (position 0),
+    # which a sentence-embedding backbone with a fresh head reads far better (docs/training.md).
+    read: str = "mask"
     adapter: str | None = None
     base_model: str | None = None
     extra: dict = field(default_factory=dict)
+    # Per-domain instructions (the all-at-once recipe): a row whose domain is a key is encoded with
+    # that prefix, every other row (no domain, or an unmapped one) with ``prefix``. None = off.
+    domain_prefixes: dict[str, str] | None = None
+
+    def prefix_for(self, domain: str | None) -> str:
+        """The instruction used for a row of ``domain`` (None: no domain)."""
+        return prefix_for_domain(domain, self.domain_prefixes, self.prefix)
+
+    def prefixes_for(self, domains: Sequence[str | None] | None) -> list[str] | None:
+        """One instruction per row, or None (every row the default ``prefix``) when no row needs its own."""
+        if domains is None or not self.domain_prefixes:
+            return None
+        return [self.prefix_for(domain) for domain in domains]
 
     @classmethod
     def load(cls, directory: str | Path) -> RewardConfig:
@@ -57,15 +80,26 @@ class RewardConfig:
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
+READ_POSITIONS = ("mask", "cls")
+
+
+def check_read(read: str) -> str:
+    if read not in READ_POSITIONS:
+        raise ValueError(f"read must be one of {READ_POSITIONS}, got {read!r}")
+    return read
+
+
 class ClozeScorer(nn.Module):
     """Wraps the (possibly DoRA-adapted) MLM; forward returns the two answer logits and a loss."""
 
-    def __init__(self, mlm: nn.Module, answer_ids: Sequence[int], loss: str = "pair") -> None:
+    def __init__(self, mlm: nn.Module, answer_ids: Sequence[int], loss: str = "pair", read: str = "mask") -> None:
         super().__init__()
         if loss not in ("pair", "full-vocab"):
             raise ValueError(f"loss must be 'pair' or 'full-vocab', got {loss!r}")
+        check_read(read)
         self.mlm = mlm
         self.loss_kind = loss
+        self.read = read
         self.register_buffer("answer_ids", torch.tensor(list(answer_ids)), persistent=False)
 
     def forward(
@@ -80,6 +114,8 @@ class ClozeScorer(nn.Module):
         """``mask_rows`` (with flattened ``mask_positions``) reads several masks per row (process rewards)."""
         backbone = unwrap_peft(self.mlm)
         full_vocab = self.loss_kind == "full-vocab" and labels is not None
+        if self.read == "cls" and mask_rows is None:
+            mask_positions = torch.zeros_like(mask_positions)
         logits = mask_logits(
             backbone, input_ids, attention_mask, mask_positions,
             token_ids=None if full_vocab else self.answer_ids, token_type_ids=token_type_ids, mask_rows=mask_rows,
@@ -204,8 +240,9 @@ class RewardModel:
         self.config.save(directory)
 
     # ----------------------------------------------------------------- scoring
-    def encode(self, prompt: str, a: str, b: str) -> Encoded:
-        return self.encoder.encode(prompt, a, b)
+    def encode(self, prompt: str, a: str, b: str, domain: str | None = None) -> Encoded:
+        """The cloze input of one order; ``domain`` picks the instruction (see ``RewardConfig.prefix_for``)."""
+        return self.encoder.encode(prompt, a, b, prefix=None if domain is None else self.config.prefix_for(domain))
 
     def choice_probs(
         self, encodings: Sequence[Encoded], batch_size: int | None = 32, max_batch_tokens: int | None = None
@@ -219,21 +256,30 @@ class RewardModel:
 
     def compare_batch(
         self, items: Iterable[PairInput], batch_size: int | None = 32, both_orders: bool | None = None,
-        max_batch_tokens: int | None = None,
+        max_batch_tokens: int | None = None, domains: Sequence[str | None] | None = None,
     ) -> list[float]:
         """P(a better than b) for each (prompt, a, b); averaged over both orders by default.
 
         Both orders of a pair run in the same batch; see ``choice_probs`` for the batch limits.
+        ``domains`` (one per item, None allowed): with ``config.domain_prefixes`` set, each item is
+        encoded with its domain's prefix; items without a domain, or of an unmapped one, with ``prefix``.
         """
         both = self.config.both_orders if both_orders is None else both_orders
-        return self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        items = list(items)
+        if domains is not None:
+            domains = list(domains)
+            if len(domains) != len(items):
+                raise ValueError(f"got {len(domains)} domains for {len(items)} pairs")
+        return self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                         prefixes=self.config.prefixes_for(domains))
 
-    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None) -> float:
-        return self.compare_batch([(prompt, a, b)], both_orders=both_orders)[0]
+    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None,
+                domain: str | None = None) -> float:
+        return self.compare_batch([(prompt, a, b)], both_orders=both_orders, domains=[domain])[0]
 
     def scorer(self, loss: str = "pair") -> ClozeScorer:
         """The trainable module around this model's backbone."""
-        return ClozeScorer(self.model, self.answer_ids, loss=loss)
+        return ClozeScorer(self.model, self.answer_ids, loss=loss, read=self.config.read)
 
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "knockout",
              batch_size: int = 32) -> list[tuple[int, float]]:

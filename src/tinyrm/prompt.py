@@ -31,6 +31,33 @@ DOMAIN_PREFIXES: dict[str, str] = {
     "all": "Select the best response.",
 }
 DEFAULT_PREFIX = DOMAIN_PREFIXES["all"]
+# The all-at-once model's "optimal domain-specific prompts": each domain's best large-backbone prefix.
+ALL_AT_ONCE_PREFIXES: dict[str, str] = {
+    domain: PAPER_PREFIXES[f"large-{domain}"] for domain in ("chat", "reasoning", "safety")
+}
+
+
+def prefix_for_domain(domain: str | None, domain_prefixes: dict[str, str] | None, default: str) -> str:
+    """The instruction for a row of ``domain``: its entry in ``domain_prefixes``, else ``default``
+    (rows without a domain, domains not in the mapping, or no mapping at all)."""
+    if domain is None or not domain_prefixes:
+        return default
+    return domain_prefixes.get(domain, default)
+
+
+def parse_domain_prefixes(text: str) -> dict[str, str]:
+    """The ``--domain-prefixes`` option: a ``{"domain": "prefix", ...}`` JSON object (argparse ``type``)."""
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"invalid JSON ({error.msg})") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise argparse.ArgumentTypeError('expected a JSON object of strings, e.g. {"safety": "Which response is '
+                                         'safer?"}')
+    return value
 
 
 @dataclass(frozen=True)
@@ -242,8 +269,9 @@ class ClozeEncoder:
         types = encoded.get("token_type_ids") if self._types is not None else None
         return Encoded(ids, None if types is None else list(types), ids.index(self.mask_id), False)
 
-    def encode(self, prompt: str, a: str, b: str) -> Encoded:
-        values = {"instruction": self.prefix, "prompt": prompt, "a": a, "b": b}
+    def encode(self, prompt: str, a: str, b: str, prefix: str | None = None) -> Encoded:
+        """``prefix`` overrides the encoder's instruction for this call (None: ``self.prefix``)."""
+        values = {"instruction": self.prefix if prefix is None else prefix, "prompt": prompt, "a": a, "b": b}
         segments = []
         for parts in (self.template.first, self.template.second):
             segments.append([(k, self._tokenize_piece(k, t) if k != "mask" else [self.mask_id])

@@ -207,7 +207,7 @@ def evaluate_rewardbench(config: RewardBenchConfig) -> dict:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``tinyrm eval --benchmark rewardbench [--data FILE...] [--baseline length|random]``."""
-    from rich.console import Console
+    from .cli.output import emit_json, make_console
 
     config = RewardBenchConfig(
         model=args.model, data=args.data, output=args.output, batch_size=args.batch_size,
@@ -217,7 +217,10 @@ def run_eval(args: argparse.Namespace) -> int:
         max_batch_tokens=getattr(args, "max_batch_tokens", None),
     )
     results = evaluate_rewardbench(config)
-    console = Console()
+    if getattr(args, "json", False):
+        emit_json(results)
+        return 0
+    console = make_console()
     for table in rewardbench_tables(results):
         console.print(table)
     for category, missing in results["missing_subsets"].items():

@@ -372,7 +372,11 @@ class GuardMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                await self._drain(receive)
+                # Drain only a body that is still coming: after the last message, receive() waits
+                # for a disconnect, while the client waits for this 413 (a deadlock on a busy server,
+                # which receives the chunks coalesced so the crossing message is the last one).
+                if message.get("more_body", False):
+                    await self._drain(receive)
                 return await self._reply(scope, send, 413, f"request body over the {self.limit}-byte limit")
             if not message.get("more_body", False):
                 break

@@ -68,9 +68,10 @@ class SweepSummary:
 def num_layers(model: str) -> int:
     from transformers import AutoConfig
 
-    from .backbone import resolve_model_path
+    from .backbone import check_model_source, model_load_errors
 
-    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with model_load_errors(model):
+        config = AutoConfig.from_pretrained(check_model_source(model))
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
     if not layers:
         raise ValueError(f"{model}: cannot read the number of layers from its config")
@@ -134,7 +135,8 @@ def make_objective(config: SweepConfig, train_files: list[str], eval_pairs: list
         params = suggest(trial, n_layers, config.prefixes)
         run_dir = trials_dir / f"trial-{trial.number:04d}"
         train_config = TrainConfig(
-            model=config.model, data=train_files, output=str(run_dir), epochs=config.epochs,
+            # The sweep searches the paper's cloze settings (prefix, freezing, DoRA), whatever the backbone.
+            model=config.model, data=train_files, output=str(run_dir), objective="cloze", epochs=config.epochs,
             max_steps=config.max_steps, batch_size=config.batch_size, micro_batch_size=config.micro_batch_size,
             max_length=config.max_length, seed=config.seed, save_steps=0, **params,
         )

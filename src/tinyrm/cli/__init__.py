@@ -10,13 +10,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import traceback
+
+from ..errors import UserError
 
 COMMAND_MODULES = ["tinyrm.cli.core", "tinyrm.cli.serve", "tinyrm.cli.extras", "tinyrm.cli.export"]
+# What a user can fix: printed as one ``tinyrm COMMAND: error: ...`` line, exit code 2, traceback only
+# with -v. ValueError covers DataError (``path:line: reason``) and bad option values; OSError covers
+# missing/unreadable files (the model loaders turn theirs into UserError with a clearer message).
+USER_ERRORS = (UserError, ValueError, OSError)
+USER_ERROR_EXIT = 2
 
 
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
+class UsageError(UserError):
+    """A wrong combination of options: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,22 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="tinyrm", description="Tiny masked-LM reward models (FLAN cloze).")
     parser.add_argument("--version", action="version", version=f"tinyrm {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the full traceback of errors (also accepted after COMMAND)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for sub in subparsers.choices.values():  # `tinyrm eval ... -v` works too; SUPPRESS keeps the global value
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="debug logging and full tracebacks")
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ..data import DataError
+    from .output import json_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        code = args.handler(args)
-    except (DataError, UsageError, FileNotFoundError, ValueError) as error:
-        print(f"tinyrm {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        with json_output(bool(getattr(args, "json", False))):
+            code = args.handler(args)
+    except BrokenPipeError:  # `tinyrm ... | head`: the reader left; say nothing
+        _silence_stdout()
+        return 1
+    except USER_ERRORS as error:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tinyrm {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return USER_ERROR_EXIT
     return int(code or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
+from .output import emit_json, make_console
 
-console = Console()
+console = make_console()
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from ..prompt import parse_domain_prefixes
     from ..train import OBJECTIVE_MODULES, TrainConfig
 
     d = TrainConfig()
@@ -18,13 +19,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="FILE",
                    help="JSONL files/globs or hub:NAME[:SPLIT]; several mix")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--objective", default=d.objective, choices=sorted(OBJECTIVE_MODULES))
-    p.add_argument("--pooling", default=d.pooling, choices=["cls", "mean"], help="classifier objective only")
+    p.add_argument("--objective", default=d.objective, choices=["auto", *sorted(OBJECTIVE_MODULES)],
+                   help="auto: cloze for a checkpoint with an MLM head, the measured best otherwise (docs/training.md)")
+    p.add_argument("--pooling", default=d.pooling, choices=["auto", "cls", "mean"], help="classifier objective only")
     p.add_argument("--context", default=d.context, choices=["prefix", "full"],
                    help="process objective: judge each step from the steps before it, or all steps in one pass")
+    p.add_argument("--step-class-weight", default=d.step_class_weight, metavar="balanced|none|W",
+                   help="process/outcome: weight the rare 'incorrect' verdicts n/(2 n_class) (balanced), "
+                        "not at all (none), or by W (correct = 1)")
     p.add_argument("--prefix", default=d.prefix, help="instruction prefix")
+    p.add_argument("--domain-prefixes", type=parse_domain_prefixes, default=d.domain_prefixes, metavar="JSON",
+                   help='per-domain prefixes, e.g. \'{"safety": "Which response is safer?"}\' (others: --prefix)')
     p.add_argument("--template", default=d.template, choices=["flan", "tinyrm"])
     p.add_argument("--answer-tokens", nargs=2, default=list(d.answer_tokens), metavar=("TOK0", "TOK1"))
+    p.add_argument("--read", default=d.read, choices=["auto", "mask", "cls"],
+                   help="cloze: where the MLM head reads the answer ([MASK] slot or [CLS])")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="effective batch (gradient accumulation)")
@@ -32,6 +41,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps; overrides --epochs")
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale, metavar="X",
+                   help="learning rate x X for parameters the checkpoint lacked (an initialised MLM head)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--dora-rank", type=int, default=d.dora_rank, help="0 = full fine-tuning")
     p.add_argument("--dora-alpha", type=float, default=d.dora_alpha)
@@ -46,7 +57,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     p.add_argument("--skip-bad-rows", action="store_true")
-    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    p.add_argument("--group-by-length", dest="group_by_length", action="store_true",
+                   help="batch examples of similar length (less padding, lower accuracy measured: docs/training.md)")
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", help="the default")
+    p.add_argument("--max-pairs", type=int, default=d.max_pairs, metavar="N",
+                   help="train on N pairs, a seeded sample with an equal share per domain (0 = all)")
+    p.add_argument("--no-pair-batches", dest="pair_batches", action="store_false",
+                   help="shuffle each order on its own instead of keeping a pair's two orders in one batch")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="paper configuration (see `tinyrm recipes`) or recipe .json; explicit flags override it")
     # Options left out stay out of the namespace (TrainConfig supplies the defaults), so a recipe
@@ -103,6 +120,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
+    if args.json:
+        emit_json(results)
+        return 0
     console.print(results_table(results))
     if args.output:
         console.print(f"wrote {args.output}")
@@ -121,10 +141,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
 
-    summary = run_demo(DemoConfig(output=args.output, n_train=args.n_train, n_test=args.n_test))
+    summary = run_demo(DemoConfig(output=args.output, n_train=args.n_train, n_test=args.n_test,
+                                  objective=args.objective))
     from rich.table import Table
 
-    table = Table(title="tinyrm demo: embedded all-MiniLM-L6-v2 on the synthetic held-out split")
+    table = Table(title=f"tinyrm demo: embedded all-MiniLM-L6-v2 ({summary['objective']} objective) "
+                        "on the synthetic held-out split")
     table.add_column("subset")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -167,6 +189,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--single-order", action="store_true", help="score one order only (no position-bias removal)")
     p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the results (as written to --output) as JSON on stdout, and nothing else there")
     add_prompt_overrides(p)
     p.set_defaults(handler=cmd_eval)
 
@@ -183,6 +207,8 @@ def register(subparsers) -> None:
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--n-train", type=int, default=2400)
     p.add_argument("--n-test", type=int, default=400)
+    p.add_argument("--objective", default="auto", choices=["auto", "cloze", "classifier", "token"],
+                   help="auto: what `tinyrm train --model default` picks (docs/training.md)")
     p.set_defaults(handler=cmd_demo)
 
 

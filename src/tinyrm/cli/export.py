@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from . import UsageError
+from .output import make_console
 
-console = Console()
+console = make_console()
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -6,12 +6,12 @@ import argparse
 import json
 from dataclasses import asdict
 
-from rich.console import Console
 from rich.table import Table
 
 from . import UsageError
+from .output import emit_json, make_console
 
-console = Console()
+console = make_console()
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     recipes = list_recipes()
     if args.json:
-        print(json.dumps([r.to_dict() for r in recipes], indent=2))
+        emit_json([r.to_dict() for r in recipes])
         return 0
     table = Table(title="tinyrm recipes (use: tinyrm train --recipe NAME --data ... --output ...)")
     for column in ("name", "model", "lr", "freeze", "DoRA r", "prefix"):
@@ -102,11 +102,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from ..flops import FlopsConfig, flops_report, report_json
+    from ..flops import FlopsConfig, flops_report
 
-    report = flops_report(FlopsConfig(model=args.model, seq_len=args.seq_len))
+    report = flops_report(FlopsConfig(model=args.model, seq_len=args.seq_len, formula=args.formula))
     if args.json:
-        print(report_json(report))
+        emit_json(asdict(report))
         return 0
     table = Table(title=f"{report.model} at L={report.seq_len}")
     table.add_column("quantity")
@@ -117,8 +117,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
     table.add_row("GFLOPs/token, approx", f"{report.approx_gflops_per_token:.4f}")
     table.add_row("GFLOPs/token, exact (FlopCounterMode)", f"{report.exact_gflops_per_token:.4f}")
     table.add_row("GFLOPs per scored sequence, exact", f"{report.exact_gflops_per_sequence:.3f}")
+    if args.formula == "paper":
+        table.add_row("GFLOPs/token, paper (N with embeddings)", f"{report.paper_gflops_per_token_with_embeddings:.4f}")
+        table.add_row("GFLOPs/token, paper (N without embeddings)",
+                      f"{report.paper_gflops_per_token_without_embeddings:.4f}")
     console.print(table)
     console.print(report.formula)
+    if args.formula == "paper":
+        console.print(report.paper_formula)
     return 0
 
 
@@ -135,7 +141,7 @@ def cmd_plot_compute(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("recipes", help="list the paper's training recipes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the recipes as a JSON list on stdout")
     p.set_defaults(handler=cmd_recipes)
 
     p = subparsers.add_parser("sweep", help="Bayesian (Optuna TPE) hyperparameter search")
@@ -196,13 +202,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("flops", help="GFLOPs per token and parameter counts")
     p.add_argument("--model", default="default", metavar="DIR")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the report as a JSON object on stdout")
+    p.add_argument("--formula", default="exact", choices=["exact", "paper"],
+                   help="headline count: exact (FlopCounterMode) or paper (2N + 6NL/H, N with and without embeddings)")
     p.set_defaults(handler=cmd_flops)
 
     p = subparsers.add_parser("plot-compute", help="accuracy vs GFLOPs/token with the paper's reference points")
     p.add_argument("results", nargs="+", metavar="results.json")
     p.add_argument("--output", required=True, metavar="fig.png")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--measure", default="exact", choices=["exact", "approx"])
+    p.add_argument("--measure", default="paper", choices=["paper", "exact", "approx"],
+                   help="paper: 2N+6NL/H (N without embeddings), comparable with the paper's figure")
     p.add_argument("--labels", nargs="+", default=None)
     p.set_defaults(handler=cmd_plot_compute)

@@ -80,6 +80,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
             result = rank_candidates(rm, row.prompt, row.candidates, method=args.method, batch_size=args.batch_size)
             comparisons += result.comparisons
             out.write(json.dumps({**row.row, "ranking": result.ranking, "scores": result.scores}) + "\n")
+    if args.json:
+        from .output import emit_json
+
+        emit_json({"rows": len(rows), "skipped_rows": skipped, "comparisons": comparisons, "method": args.method,
+                   "model": rm.name, "output": str(output)})
+        return 0
     note = f", skipped {skipped} bad rows" if skipped else ""
     print(f"ranked {len(rows)} rows ({comparisons} comparisons, both orders each){note}; wrote {output}")
     return 0
@@ -109,6 +115,8 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="knockout", choices=["knockout", "round_robin"])
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary (rows, skipped_rows, comparisons, method, model, output) on stdout")
     p.set_defaults(handler=cmd_rank)
 
     from ..serve import ServeConfig
