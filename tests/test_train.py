@@ -138,3 +138,16 @@ def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_fi
         odd = tiny_config(tiny_bert, pairs_file, tmp_path / "odd", micro_batch_size=5, batch_size=5)
         RewardTrainer(model=rm.scorer(), args=training_arguments(odd, tmp_path / "odd", 1),
                       train_dataset=dataset, data_collator=ClozeCollator(0)).get_train_dataloader()
+
+
+def test_max_pairs_trains_on_a_domain_stratified_sample(tiny_bert, pairs_file, tmp_path):
+    from tinyrm.data import load_pairs
+    from tinyrm.train import load_training_pairs
+
+    config = tiny_config(tiny_bert, pairs_file, tmp_path / "few", max_pairs=8, max_steps=-1, batch_size=4,
+                         micro_batch_size=4)
+    sample = load_training_pairs(config).pairs
+    domains = {p.domain for p in load_pairs(config.data).pairs}
+    assert len(sample) == 8 and {p.domain for p in sample} == domains  # every domain keeps a share
+    result = train(config)
+    assert (result.pairs, result.steps) == (8, 4)  # 8 pairs x 2 orders / 4 per step

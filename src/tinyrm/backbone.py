@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,8 +256,10 @@ def freeze_lower(mlm: nn.Module, k: int) -> None:
             param.requires_grad_(False)
 
 
-def apply_dora(mlm: nn.Module, config: BackboneConfig):
-    """Wrap with peft DoRA adapters on the unfrozen layers only; returns the PeftModel."""
+def apply_dora(mlm: nn.Module, config: BackboneConfig, modules_to_save: Sequence[str] = ()):
+    """Wrap with peft DoRA adapters on the unfrozen layers only; returns the PeftModel.
+
+    ``modules_to_save``: module names trained in full besides the adapters (a task head)."""
     from peft import LoraConfig, get_peft_model
 
     model_type = mlm.config.model_type
@@ -269,6 +271,9 @@ def apply_dora(mlm: nn.Module, config: BackboneConfig):
     if not trainable_layers:
         raise ValueError("--freeze-layers covers every layer: DoRA would have nothing to adapt")
     head = head_transform_modules(mlm)
+    # A head that had to be initialised must be trained in full.
+    keep = list(head) if getattr(mlm, "tinyrm_initialised_head", False) and head else []
+    keep += [name for name in modules_to_save if name not in keep]
     lora = LoraConfig(
         r=config.dora_rank,
         lora_alpha=config.dora_alpha if config.dora_alpha is not None else config.dora_rank,
@@ -277,17 +282,16 @@ def apply_dora(mlm: nn.Module, config: BackboneConfig):
         use_dora=True,
         layers_to_transform=trainable_layers,
         layers_pattern=layers_name.split(".")[-1],
-        # A head that had to be initialised must be trained in full.
-        modules_to_save=head if getattr(mlm, "tinyrm_initialised_head", False) and head else None,
+        modules_to_save=keep or None,
     )
     return get_peft_model(mlm, lora)
 
 
-def prepare_for_training(mlm: nn.Module, config: BackboneConfig) -> nn.Module:
-    """Apply freezing (and DoRA if rank > 0); return the model to train."""
+def prepare_for_training(mlm: nn.Module, config: BackboneConfig, modules_to_save: Sequence[str] = ()) -> nn.Module:
+    """Apply freezing (and DoRA if rank > 0, ``modules_to_save`` trained in full); return the model to train."""
     freeze_lower(mlm, config.freeze_layers)
     if config.dora_rank > 0:
-        return apply_dora(mlm, config)
+        return apply_dora(mlm, config, modules_to_save)
     return mlm
 
 

@@ -13,14 +13,28 @@ responses never matters.
   responses). A response's score is the **mean over its tokens of that per-token logit** (the
   log-odds of "chosen"); prompt and special tokens are not scored.
 
-Saved folders hold the backbone as a plain masked LM (plus ``adapter/`` under DoRA), the head in
-``head.safetensors`` and ``tinyrm.json`` with ``objective`` set, so ``RewardModel.from_pretrained``
-dispatches here.
+Saved folders (all with ``tinyrm.json``, ``objective`` set, so ``RewardModel.from_pretrained``
+dispatches here, and a ``README.md`` model card):
+
+- ``classifier`` where the architecture's own sequence-classification head does the pooling asked
+  for (``cls`` on any architecture: BERT's pooler dense + tanh over ``[CLS]`` then a linear layer,
+  RoBERTa's dense + tanh + projection, ...; ``cls`` or ``mean`` on ModernBERT through its
+  ``classifier_pooling``): the model *is* an ``AutoModelForSequenceClassification`` with one label
+  (the reward), trained as such and saved as a standard checkpoint (DoRA merged into the weights) that
+  ``AutoModelForSequenceClassification.from_pretrained``, ``pipeline("text-classification")`` and
+  RewardBench's ``run_rm.py`` load without tinyrm and score exactly as tinyrm does. Its tokenizer is
+  saved without segment (token type) ids, so the text pair ``(prompt, response)`` and the single
+  string ``prompt + "[SEP]" + response`` (what its chat template renders) are the same input.
+- ``classifier`` with ``mean`` pooling on the BERT family (no transformers head averages tokens) and
+  ``token``: the backbone as a plain masked LM (plus ``adapter/`` under DoRA) and tinyrm's head in
+  ``head.safetensors``; these need tinyrm to load.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,14 +48,17 @@ from torch.utils.data import Dataset
 from .backbone import (
     BackboneConfig,
     base_state_dict,
+    check_model_source,
     encoder_of,
     load_mlm,
+    model_load_errors,
     prepare_for_training,
     resolve_model_path,
     unwrap_peft,
 )
 from .data import PreferencePair
 from .model import ADAPTER_DIR, RewardConfig, default_device
+from .model_card import SEQUENCE_CLASSIFICATION, write_card
 from .prompt import allocate_budget, keep_end, keep_ends
 from .train import TrainConfig, TrainResult, finish, fit, load_training_pairs, make_result, report_parameters
 
@@ -50,6 +67,10 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("classifier", "token")
 POOLINGS = ("cls", "mean")
 HEAD_FILE = "head.safetensors"
+LEGACY_FORMAT = "tinyrm-head"  # backbone as a masked LM + head.safetensors
+REWARD_LABEL = "reward"
+# Inputs of a saved sequence-classification tokenizer: no token type ids, as RewardBench feeds them.
+NATIVE_INPUT_NAMES = ["input_ids", "attention_mask"]
 PairInput = tuple[str, str, str]
 
 
@@ -212,6 +233,129 @@ def freeze_unused(scorer: BaselineScorer) -> None:
             param.requires_grad_(False)
 
 
+# ----------------------------------------------------------------------------------------- native classifier
+# Architectures whose sequence-classification head can average the tokens (``config.classifier_pooling``).
+MEAN_POOLING_TYPES = frozenset({"modernbert"})
+
+
+def native_classifier_supported(model: str | None, pooling: str) -> bool:
+    """Whether transformers' own sequence-classification head of ``model`` pools as ``pooling`` asks:
+    ``cls`` on any architecture with such a head, ``mean`` on ModernBERT only."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    path = check_model_source(model)
+    with model_load_errors(model):
+        model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return False
+    return pooling == "cls" or model_type in MEAN_POOLING_TYPES
+
+
+def load_sequence_classifier(name_or_path: str | None, pooling: str | None = None):
+    """Tokenizer and a one-label ``AutoModelForSequenceClassification`` built on a backbone checkpoint.
+
+    The label is the reward (``problem_type`` regression, so pipelines return the raw logit); weights
+    the checkpoint lacks (the classification head, BERT's pooler when absent) are initialised and
+    their names kept for ``TrainConfig.head_lr_scale``. ``pooling`` sets ``classifier_pooling`` where
+    the architecture has it (ModernBERT).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = check_model_source(name_or_path)
+    with model_load_errors(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        options: dict = {"num_labels": 1, "problem_type": "regression", "id2label": {0: REWARD_LABEL},
+                         "label2id": {REWARD_LABEL: 0}}
+        if pooling is not None and hasattr(AutoConfig.from_pretrained(path), "classifier_pooling"):
+            options["classifier_pooling"] = pooling
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a fresh classification head is expected, not news
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **options)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    model.tinyrm_initialised_keys = sorted(info.get("missing_keys", []))
+    return tokenizer, model
+
+
+def classifier_head_modules(model: nn.Module) -> list[str]:
+    """Names of the modules on top of the encoder (classification head, BERT's pooler): trained in
+    full under DoRA (peft ``modules_to_save``)."""
+    names = [name for name, child in model.named_children()
+             if name != model.base_model_prefix and next(child.parameters(), None) is not None]
+    if getattr(encoder_of(model), "pooler", None) is not None:
+        names.append("pooler")
+    return names
+
+
+def pair_separator(tokenizer) -> str:
+    """The text of the special tokens between the two segments of a pair (``[SEP]``, ``</s></s>``)."""
+    middle = ResponseEncoder(tokenizer, max_length=1 << 16).middle
+    return "".join(tokenizer.convert_ids_to_tokens(middle))
+
+
+def chat_template(separator: str) -> str:
+    """A chat template that renders ``[..., user, assistant]`` as ``prompt + separator + response``
+    (earlier turns joined by newlines), the training input as one string: what RewardBench feeds."""
+    sep = json.dumps(separator)
+    return ("{%- for message in messages -%}"
+            "{%- if loop.last and not loop.first and message['role'] == 'assistant' -%}{{ " + sep + " }}"
+            '{%- elif not loop.first -%}{{ "\n" }}{%- endif -%}'
+            "{{ message['content'] }}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ " + sep + " }}{%- endif -%}")
+
+
+def prepare_tokenizer(tokenizer) -> str | None:
+    """Make a tokenizer give a sequence classifier its training input from either text layout.
+
+    Token type ids are dropped (RewardBench's runner never passes them, and a ModernBERT forward does
+    not take them), so the text pair ``(prompt, response)`` and the one string ``prompt + SEP +
+    response`` encode alike; the chat template writes that string. Returns the separator text, or None
+    (and no chat template) where this tokenizer does not encode the two alike.
+    """
+    tokenizer.model_input_names = list(NATIVE_INPUT_NAMES)
+    tokenizer.init_kwargs["model_input_names"] = list(NATIVE_INPUT_NAMES)  # saved in tokenizer_config.json
+    separator = pair_separator(tokenizer)
+    probe = ("Is 2 + 2 = 4?", "Yes, it is.")
+    if tokenizer(*probe)["input_ids"] != tokenizer(probe[0] + separator + probe[1])["input_ids"]:
+        logger.warning("the tokenizer does not encode %r as its pair separator; no chat template saved", separator)
+        return None
+    tokenizer.chat_template = chat_template(separator)
+    return separator
+
+
+class SequenceClassifierScorer(nn.Module):
+    """A one-label ``AutoModelForSequenceClassification`` (possibly under DoRA) whose logit is the reward.
+
+    ``forward`` is ``BaselineScorer``'s classifier: rows in (chosen, rejected) pairs, Bradley-Terry loss
+    ``-log sigmoid(r(chosen) - r(rejected))``, ``logits = [[r(chosen), r(rejected)], ...]``.
+    """
+
+    objective = "classifier"
+
+    def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
+        super().__init__()
+        self.backbone = model
+        self.pooling = pooling
+        self._types = "token_type_ids" in inspect.signature(unwrap_peft(model).forward).parameters
+
+    def rewards(self, input_ids, attention_mask, response_mask=None, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._types:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.backbone(**kwargs).logits.squeeze(-1).float()
+
+    def forward(self, input_ids, attention_mask, response_mask=None, token_type_ids=None, labels=None) -> dict:
+        pairs = self.rewards(input_ids, attention_mask, response_mask, token_type_ids).view(-1, 2)
+        out = {"logits": pairs}
+        if labels is not None:
+            out["loss"] = -F.logsigmoid(pairs[:, 0] - pairs[:, 1]).mean()
+        return out
+
+
 # ----------------------------------------------------------------------------------------- the model
 def _batches(order: list[int], lengths: list[int], batch_size: int | None,
              max_batch_tokens: int | None) -> Iterable[list[int]]:
@@ -294,11 +438,16 @@ class BaselineRewardModel:
         save_baseline(directory, self.model, self.tokenizer, self.config)
 
 
-def save_baseline(directory: str | Path, scorer: BaselineScorer, tokenizer, config: RewardConfig) -> None:
+def save_baseline(directory: str | Path, scorer: BaselineScorer | SequenceClassifierScorer, tokenizer,
+                  config: RewardConfig) -> None:
+    """Save a classifier / token model (the format follows the scorer, see the module docstring) and its card."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(scorer, SequenceClassifierScorer):
+        save_sequence_classifier(directory, scorer, tokenizer, config)
+        return
     backbone = unwrap_peft(scorer.backbone)
     if backbone is not scorer.backbone:  # DoRA: base weights as a plain MLM, adapter in a subfolder
         backbone.save_pretrained(directory, state_dict=base_state_dict(scorer.backbone))
@@ -310,7 +459,35 @@ def save_baseline(directory: str | Path, scorer: BaselineScorer, tokenizer, conf
     head = {k: v.detach().cpu().contiguous() for k, v in scorer.head.state_dict().items()}
     save_file(head, str(directory / HEAD_FILE), metadata={"format": "pt"})
     tokenizer.save_pretrained(directory)
+    config.extra["format"] = LEGACY_FORMAT
     config.save(directory)
+    write_card(directory, config)
+
+
+def save_sequence_classifier(directory: Path, scorer: SequenceClassifierScorer, tokenizer,
+                             config: RewardConfig) -> None:
+    """A standard ``AutoModelForSequenceClassification`` folder (DoRA merged into the weights, so
+    plain transformers scores the trained model) + tokenizer + ``tinyrm.json`` + card."""
+    model = scorer.backbone
+    if unwrap_peft(model) is not model:
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(directory)
+    stale = directory / HEAD_FILE  # from an older save into the same folder: it would be read instead
+    if stale.is_file():
+        stale.unlink()
+    tokenizer.save_pretrained(directory)
+    config.adapter = None
+    config.extra["format"] = SEQUENCE_CLASSIFICATION
+    config.save(directory)
+    write_card(directory, config)
+
+
+def load_saved_classifier(path: str | Path):
+    """Tokenizer and model of a saved sequence-classification folder, loaded as plain transformers does."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    with model_load_errors(str(path)):
+        return AutoTokenizer.from_pretrained(str(path)), AutoModelForSequenceClassification.from_pretrained(str(path))
 
 
 def load(path: str | Path, device: str | None = None, **overrides) -> BaselineRewardModel:
@@ -330,16 +507,20 @@ def load(path: str | Path, device: str | None = None, **overrides) -> BaselineRe
             logger.warning("%s: %r does not apply to the %s objective; ignored", path, key, config.objective)
         else:
             raise TypeError(f"unknown option {key!r} for RewardModel.from_pretrained")
-    tokenizer, mlm = load_mlm(str(path))
-    if config.adapter:
-        from peft import PeftModel
+    if config.extra.get("format") == SEQUENCE_CLASSIFICATION:
+        tokenizer, model = load_saved_classifier(path)
+        scorer = SequenceClassifierScorer(model, config.extra.get("pooling", "cls"))
+    else:  # tinyrm's head format (every folder saved before the sequence-classification one)
+        head_path = path / HEAD_FILE
+        if not head_path.is_file():
+            raise FileNotFoundError(f"{head_path}: missing (not a saved {config.objective} model)")
+        tokenizer, mlm = load_mlm(str(path))
+        if config.adapter:
+            from peft import PeftModel
 
-        mlm = PeftModel.from_pretrained(mlm, str(path / config.adapter))
-    scorer = BaselineScorer(mlm, config.objective, config.extra.get("pooling", "cls"))
-    head_path = path / HEAD_FILE
-    if not head_path.is_file():
-        raise FileNotFoundError(f"{head_path}: missing (not a saved {config.objective} model)")
-    scorer.head.load_state_dict(load_file(str(head_path)))
+            mlm = PeftModel.from_pretrained(mlm, str(path / config.adapter))
+        scorer = BaselineScorer(mlm, config.objective, config.extra.get("pooling", "cls"))
+        scorer.head.load_state_dict(load_file(str(head_path)))
     rm = BaselineRewardModel(scorer, tokenizer, config, device=device)
     rm.name = str(path)
     return rm
@@ -374,21 +555,45 @@ class PairCollator:
         return batch
 
 
-def build_scorer(config: TrainConfig) -> tuple[BaselineScorer, object, RewardConfig]:
-    """Backbone (freezing / DoRA as for cloze) + a fresh head, and the config to save with it."""
+def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifierScorer, object, RewardConfig]:
+    """Backbone (freezing / DoRA as for cloze) + a fresh head, and the config to save with it.
+
+    The classifier objective is a one-label ``AutoModelForSequenceClassification`` wherever the
+    architecture's own head pools as asked (``native_classifier_supported``); else (BERT-family
+    ``mean``) and for ``token``, the masked LM + tinyrm's head.
+    """
     if config.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
-    tokenizer, mlm = load_mlm(config.model)
-    backbone = prepare_for_training(mlm, BackboneConfig(
+    if config.objective == "classifier" and config.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
+    backbone_config = BackboneConfig(
         model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
         dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
-    ))
-    scorer = BaselineScorer(backbone, config.objective, config.pooling)
-    freeze_unused(scorer)
-    train_options = {k: v for k, v in asdict(config).items() if k != "data"}
+    )
+    extra: dict = {"pooling": config.pooling}
+    if config.objective == "classifier" and native_classifier_supported(config.model, config.pooling):
+        tokenizer, model = load_sequence_classifier(config.model, config.pooling)
+        separator = prepare_tokenizer(tokenizer)
+        if separator is not None:
+            extra["separator"] = separator
+        backbone = prepare_for_training(model, backbone_config, modules_to_save=classifier_head_modules(model))
+        scorer: BaselineScorer | SequenceClassifierScorer = SequenceClassifierScorer(backbone, config.pooling)
+        extra["format"] = SEQUENCE_CLASSIFICATION
+    else:
+        if config.objective == "classifier":
+            logger.warning("%s: transformers has no sequence-classification head with %s pooling for this "
+                           "architecture; the model is saved in tinyrm's head format (tinyrm loads it, plain "
+                           "transformers does not). --pooling cls gives a standard checkpoint.",
+                           config.model, config.pooling)
+        tokenizer, mlm = load_mlm(config.model)
+        scorer = BaselineScorer(prepare_for_training(mlm, backbone_config), config.objective, config.pooling)
+        freeze_unused(scorer)
+        extra["format"] = LEGACY_FORMAT
+    extra["train"] = {k: v for k, v in asdict(config).items() if k != "data"}
+    extra["data"] = [str(d) for d in config.data]
     reward_config = RewardConfig(
         objective=config.objective, max_length=config.max_length, base_model=config.model, both_orders=False,
-        extra={"pooling": config.pooling, "train": train_options},
+        extra=extra,
     )
     return scorer, tokenizer, reward_config
 
@@ -407,7 +612,7 @@ def train(config: TrainConfig) -> TrainResult:
     outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
 
-    def save(module: BaselineScorer) -> None:
+    def save(module: BaselineScorer | SequenceClassifierScorer) -> None:
         reward_config.extra["result"] = asdict(result)
         save_baseline(config.output, module, tokenizer, reward_config)
 

@@ -98,6 +98,9 @@ def resolve_defaults(config, announce: bool = True):
         return config
     resolved = dataclasses.replace(config, **updates)
     if announce:
-        shown = ", ".join(f"{k}={v}" for k, v in updates.items())
+        # Only what applies to the objective being trained (pooling: classifier; read: cloze).
+        irrelevant = {"pooling"} if resolved.objective != "classifier" else set()
+        irrelevant |= {"read"} if resolved.objective != "cloze" else set()
+        shown = ", ".join(f"{k}={v}" for k, v in updates.items() if k not in irrelevant)
         print(f"defaults for {config.model} on {device}: {shown}")
     return resolved

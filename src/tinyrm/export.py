@@ -7,7 +7,7 @@ folder ``DIR`` holds ``model.onnx`` (inputs ``input_ids``, ``attention_mask``, `
 ``OnnxRewardModel`` scores with it through the same token-budget batching as ``RewardModel``.
 
 Needs the ``onnx`` extra (``pip install 'tinyrm[onnx]'``). Whether it beats the PyTorch path is
-measured by ``benchmarks/inference.py --onnx`` (see README "Fast inference").
+measured by ``benchmarks/inference.py --onnx`` (see docs/inference.md).
 """
 
 from __future__ import annotations

@@ -44,12 +44,12 @@ class InferenceConfig:
 
     max_batch_tokens: int = 16384  # padded tokens (rows x width) per forward pass
     precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32
-    compile: bool = False  # torch.compile the forward (measured: see README "Fast inference")
+    compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
     overlap: str = "auto"  # tokenise the next chunk during compute: auto = on GPU only
     chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
     cache_size: int = 50_000  # distinct texts kept by the token cache
     # Accuracy guard for bf16: pairs whose bf16 P(a better) is within this margin of 0.5 are
-    # re-scored in fp32, so near-ties get the fp32 decision (0 = off; see README "Fast inference").
+    # re-scored in fp32, so near-ties get the fp32 decision (0 = off; see docs/inference.md).
     # On by default: bf16 rounding turned a barely-trained model's small margins into exact ties
     # (counted wrong) and flipped 5% of dev decisions; a trained model rarely triggers it.
     recheck_margin: float = 0.01

@@ -238,6 +238,9 @@ class RewardModel:
             self.config.adapter = None
         self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
+        from .model_card import write_card
+
+        write_card(directory, self.config)  # README.md: what the model is, how it was trained, how to use it
 
     # ----------------------------------------------------------------- scoring
     def encode(self, prompt: str, a: str, b: str, domain: str | None = None) -> Encoded:

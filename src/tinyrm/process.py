@@ -650,7 +650,8 @@ def build_model(config) -> RewardModel:
         objective=config.objective, template=template.to_dict(), prefix=prefix, answer_tokens=list(answers),
         max_length=config.max_length, both_orders=False, base_model=config.model,
         extra={"process": {"context": context},
-               "train": {k: v for k, v in asdict(config).items() if k != "data"}},
+               "train": {k: v for k, v in asdict(config).items() if k != "data"},
+               "data": [str(d) for d in config.data]},  # the files, for the model card
     )
     return RewardModel(model, tokenizer, reward_config, device="cpu")
 

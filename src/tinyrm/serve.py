@@ -88,7 +88,7 @@ class BatchStats:
 
 def default_forward_batch(rm, max_batch_size: int) -> int:
     """Rows per forward pass: the whole micro-batch (both orders) on a GPU; 8 on a CPU, where wide
-    padded batches were measured slower than small length-sorted ones (README, load benchmark)."""
+    padded batches were measured slower than small length-sorted ones (docs/ranking-and-serving.md, load benchmark)."""
     device = getattr(rm, "device", None)
     if getattr(device, "type", "cpu") == "cpu":
         return 8

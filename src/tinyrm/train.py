@@ -496,7 +496,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     def save(scorer) -> None:
         rm.model = scorer.mlm
-        rm.config.extra["result"] = asdict(result)
+        rm.config.extra.update(result=asdict(result), data=[str(d) for d in config.data])  # data: model card
         rm.save_pretrained(config.output)
 
     finish(config, outcome, result, save)
