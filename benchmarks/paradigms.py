@@ -50,6 +50,7 @@ class ParadigmsConfig:
     seed: int = 42
     batch_size: int = 32  # inference
     output: str = "runs/paradigms"
+    reuse: bool = False  # keep models already trained in <output> with the same settings
 
 
 def sample_train_pairs(config: ParadigmsConfig):
@@ -109,7 +110,8 @@ def run(config: ParadigmsConfig) -> dict:
         eval_pairs = random.Random(config.seed).sample(eval_pairs, min(config.max_eval_pairs, len(eval_pairs)))
     rows = []
     for name in config.objectives:
-        result = train(train_config(config, name, data))
+        result = reused(train_config(config, name, data)) if config.reuse else None
+        result = result or train(train_config(config, name, data))
         start = time.perf_counter()
         rm = RewardModel.from_pretrained(result.output, device="cpu" if not _cuda() else None)
         scores = evaluate_pairs(rm, eval_pairs, batch_size=config.batch_size)
@@ -129,6 +131,23 @@ def run(config: ParadigmsConfig) -> dict:
                "rows": rows}
     (Path(config.output) / "paradigms.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def reused(train_config):
+    """The TrainResult of a model already trained in this output folder with the same settings, else None."""
+    from tinyrm.model import RewardConfig
+    from tinyrm.train import TrainResult
+
+    folder = Path(train_config.output)
+    if not (folder / "tinyrm.json").is_file():
+        return None
+    saved = RewardConfig.load(folder).extra
+    wanted = {k: v for k, v in asdict(train_config).items() if k != "data"}
+    if "result" not in saved or any(saved.get("train", {}).get(k, v) != v for k, v in wanted.items()
+                                    if v not in (None, "auto")):
+        return None
+    print(f"reusing {folder} (trained earlier with the same settings)", file=sys.stderr)
+    return TrainResult(**saved["result"])
 
 
 def _cuda() -> bool:
@@ -178,6 +197,8 @@ def parse_args(argv: list[str] | None = None) -> ParadigmsConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="inference batch size")
     p.add_argument("--output", default=d.output)
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a model already trained in <output>/<objective> with the same settings")
     args = p.parse_args(argv)
     if args.steps < 1 or args.pairs_per_step < 1 or args.micro_pairs < 1:
         p.error("--steps, --pairs-per-step and --micro-pairs must be >= 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,15 @@ def _train(model: str, data, out, objective: str, pooling: str = "cls", **kw):
                              **options))
 
 
+def _model_type(model: str) -> str:
+    return json.loads((Path(model) / "config.json").read_text())["model_type"]
+
+
+def _native(model: str, objective: str, pooling: str) -> bool:
+    """Where the classifier is a standard AutoModelForSequenceClassification checkpoint."""
+    return objective == "classifier" and (pooling == "cls" or _model_type(model) == "modernbert")
+
+
 @pytest.mark.parametrize("objective,pooling", OBJECTIVES)
 def test_train_save_load_compare(tiny_model, pairs_file, tmp_path, objective, pooling):
     out = tmp_path / "rm"
@@ -32,7 +42,10 @@ def test_train_save_load_compare(tiny_model, pairs_file, tmp_path, objective, po
     assert result.steps == 2 and result.pairs == 16  # one example = one pair here
     saved = json.loads((out / "tinyrm.json").read_text())
     assert saved["objective"] == objective and saved["extra"]["pooling"] == pooling
-    assert (out / "head.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    native = _native(tiny_model, objective, pooling)
+    assert saved["extra"]["format"] == ("sequence-classification" if native else "tinyrm-head")
+    assert (out / "head.safetensors").is_file() != native and (out / "metrics.jsonl").is_file()
+    assert (out / "README.md").is_file()
 
     rm = RewardModel.from_pretrained(str(out), device="cpu")
     assert isinstance(rm, BaselineRewardModel) and rm.objective == objective
@@ -83,12 +96,100 @@ def test_objective_learns_an_easy_rule(tiny_bert, tmp_path, objective, pooling, 
 
 
 def test_dora_baseline_roundtrip(tiny_modernbert, pairs_file, tmp_path):
+    """A DoRA classifier is saved merged: a plain checkpoint, no adapter folder, same scores both ways."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     out = tmp_path / "rm"
     result = _train(tiny_modernbert, pairs_file, out, "classifier", dora_rank=2, max_steps=1)
     assert result.trainable_parameters < result.total_parameters / 2
-    assert (out / "adapter").is_dir()
+    assert not (out / "adapter").exists() and json.loads((out / "tinyrm.json").read_text())["adapter"] is None
     rm = RewardModel.from_pretrained(str(out), device="cpu")
     assert 0.0 < rm.compare("q", "a", "b") < 1.0
+    tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForSequenceClassification.from_pretrained(out)
+    with torch.no_grad():
+        logit = model.eval()(**tokenizer("q", "a", return_tensors="pt")).logits[0, 0].item()
+    assert logit == pytest.approx(rm.score("q", "a"), abs=1e-5)
+
+
+def test_dora_classifier_trains_its_head_in_full(tiny_bert, pairs_file, tmp_path):
+    """Under DoRA the classification head and BERT's (fresh) pooler are trained in full, not frozen."""
+    from tinyrm.baselines import build_scorer
+    from tinyrm.defaults import resolve_defaults
+
+    config = resolve_defaults(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "x"),
+                                          objective="classifier", pooling="cls", dora_rank=2, max_length=64),
+                              announce=False)
+    scorer, _, _ = build_scorer(config)
+    full = {n for n, p in scorer.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert any(".classifier." in n for n in full) and any(".pooler." in n for n in full)
+    assert not any(".layer." in n for n in full)  # the encoder itself: adapters only
+
+
+# ----------------------------------------------------------------------------------------- HF-native classifier
+ITEMS = [("What is 2 + 2?", "It is 4."), ("Name a colour.", "Blue, I think, or maybe a deep green."),
+         ("Say hi.", "Hello there!")]
+
+
+@pytest.mark.parametrize("kind,pooling", [("bert", "cls"), ("modernbert", "cls"), ("modernbert", "mean")])
+def test_classifier_is_a_standard_sequence_classification_checkpoint(request, pairs_file, tmp_path, kind, pooling):
+    """transformers alone loads the folder (model, pipeline, RewardBench's chat-template strings) and gives
+    tinyrm's scores to 1e-5."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    model_path = request.getfixturevalue(f"tiny_{kind}")
+    out = tmp_path / "rm"
+    _train(model_path, pairs_file, out, "classifier", pooling, precision="fp32")
+    assert not (out / "head.safetensors").exists()
+    config = AutoConfig.from_pretrained(out)
+    assert config.architectures[0].endswith("ForSequenceClassification") and config.num_labels == 1
+    assert config.id2label == {0: "reward"} and config.problem_type == "regression"
+    if kind == "modernbert":
+        assert config.classifier_pooling == pooling
+
+    rm = RewardModel.from_pretrained(str(out), device="cpu")
+    ours = rm.score_batch(ITEMS)
+    assert len(set(ours)) == len(ours)  # distinct scores: the comparison below means something
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        one_by_one = [model(**tokenizer(p, r, return_tensors="pt")).logits[0, 0].item() for p, r in ITEMS]
+        batch = tokenizer([p for p, _ in ITEMS], [r for _, r in ITEMS], padding=True, return_tensors="pt")
+        batched = model(**batch).logits[:, 0].tolist()
+    assert one_by_one == pytest.approx(ours, abs=1e-5) and batched == pytest.approx(ours, abs=1e-5)
+
+    scorer = pipeline("text-classification", model=str(out), device="cpu")
+    piped = scorer([{"text": p, "text_pair": r} for p, r in ITEMS])
+    assert [row["label"] for row in piped] == ["reward"] * 3  # raw logit by default (regression)
+    assert [row["score"] for row in piped] == pytest.approx(ours, abs=1e-5)
+    # RewardBench's run_rm.py: the chat template's string, no token type ids, raw logits, batched + padded.
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                           tokenize=False) for p, r in ITEMS]
+    assert chats[0] == "What is 2 + 2?[SEP]It is 4."
+    bench = scorer(chats, batch_size=2, truncation=True, padding=True, max_length=96, function_to_apply="none",
+                   return_token_type_ids=False)
+    assert [row["score"] for row in bench] == pytest.approx(ours, abs=1e-5)
+
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "pipeline_tag: text-classification" in card
+    assert "AutoModelForSequenceClassification.from_pretrained" in card and '"text_pair"' in card
+    assert f"- pooling: `{pooling}`" in card and str(pairs_file) in card and "2 steps" in card
+
+
+def test_bert_mean_classifier_keeps_the_tinyrm_head_format(tiny_bert, pairs_file, tmp_path, caplog):
+    """BERT has no mean-pooling head in transformers: the folder keeps head.safetensors (and says so);
+    folders saved before the format key existed still load."""
+    out = tmp_path / "rm"
+    with caplog.at_level("WARNING", logger="tinyrm.baselines"):
+        _train(tiny_bert, pairs_file, out, "classifier", "mean")
+    assert "tinyrm's head format" in caplog.text and "--pooling cls" in caplog.text
+    assert (out / "head.safetensors").is_file()
+    assert "head.safetensors" in (out / "README.md").read_text()
+    score = RewardModel.from_pretrained(str(out), device="cpu").score("q", "a")
+    saved = json.loads((out / "tinyrm.json").read_text())
+    del saved["extra"]["format"]  # an older folder
+    (out / "tinyrm.json").write_text(json.dumps(saved))
+    assert RewardModel.from_pretrained(str(out), device="cpu").score("q", "a") == pytest.approx(score, abs=1e-6)
 
 
 def test_losses_match_their_definitions(tiny_bert):

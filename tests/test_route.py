@@ -67,6 +67,9 @@ def test_route_bundle_loads_and_routes(tiny_bert, tmp_path, capsys):
     assert rm.compare(*reasoning_item) == pytest.approx(specialists["reasoning"].compare(*reasoning_item), abs=1e-6)
     saved = json.loads((out / "tinyrm.json").read_text())
     assert saved["objective"] == "route" and (out / "router.json").is_file()
+    card = (out / "README.md").read_text()  # the bundle's card names its specialists, each keeps its own
+    assert "- objective: `route`" in card and "  - `safety`: `specialists/safety`" in card
+    assert (out / "specialists" / "safety" / "README.md").is_file()
 
 
 def test_route_errors(tmp_path, pairs_file):

@@ -319,6 +319,30 @@ def test_client_retries_then_gives_up_on_a_dead_server():
     assert time.perf_counter() - started >= 0.05 + 0.1  # two backoff sleeps happened
 
 
+def test_client_retries_busy_answers_only():
+    """429/502/503/504 are tried again (then succeed or give up); other errors are raised at once."""
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/compare":
+            return httpx.Response(503 if len(calls) < 3 else 200, json={"prob_a": 0.25})
+        if request.url.path == "/health":
+            return httpx.Response(429, text="slow down")
+        return httpx.Response(422, json={"error": "bad candidates", "field": "candidates"})
+
+    client = RewardClient("http://rm.test", retries=2, backoff=0.001, transport=httpx.MockTransport(answer))
+    assert client.compare("p", "a", "b") == 0.25 and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RewardClientError, match=r"gave up after 3 attempts \(HTTP 429: slow down\)"):
+        client.health()
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(RewardClientError) as info:
+        client.rank("p", ["x"])
+    assert len(calls) == 1 and info.value.status == 422 and info.value.field == "candidates"
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def test_tinyrm_serve_cli(tiny_bert):
     sock = socket.socket()

@@ -3,19 +3,20 @@
 >>> client = RewardClient("http://127.0.0.1:8000", api_key=None)  # doctest: +SKIP
 >>> client.compare("What is 2 + 2?", "4", "5")  # doctest: +SKIP
 
-Connection errors, timeouts and 429/502/503/504 answers are retried with exponential backoff;
-other errors (401, 413, 422, 500, ...) raise ``RewardClientError`` at once with the server's message.
+Connection errors, timeouts and 429/502/503/504 answers are retried with exponential backoff
+(``tenacity``: ``backoff``, then twice that, ... capped at ``max_backoff_s``); other errors (401, 413,
+422, 500, ...) raise ``RewardClientError`` at once with the server's message.
 A ``RewardClient`` is also a scorer for ``tinyrm.rank`` (it has ``compare_batch``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -27,6 +28,10 @@ class RewardClientError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.field = field
+
+
+class _Retryable(Exception):
+    """One failed attempt worth another: no connection, a timeout, or a 429/502/503/504 answer."""
 
 
 @dataclass
@@ -54,29 +59,37 @@ class RewardClient:
         self._http.close()
 
     # ------------------------------------------------------------------ transport
+    def _attempt(self, method: str, path: str, payload: dict | None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=payload)
+        except (httpx.TransportError, httpx.TimeoutException) as error:
+            raise _Retryable(f"{type(error).__name__}: {error}") from error
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
+        return response
+
     def _request(self, method: str, path: str, payload: dict | None = None) -> Any:
-        last: str = ""
-        for attempt in range(self.config.retries + 1):
-            if attempt:
-                time.sleep(min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s))
+        attempts = self.config.retries + 1
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            # waits backoff_s, 2 x backoff_s, 4 x ... (at most max_backoff_s) between attempts
+            wait=wait_exponential(multiplier=self.config.backoff_s, max=self.config.max_backoff_s),
+            retry=retry_if_exception_type(_Retryable),
+        )
+        try:
+            response = retrying(self._attempt, method, path, payload)
+        except RetryError as error:
+            last = error.last_attempt.exception()
+            raise RewardClientError(f"{method} {path}: gave up after {attempts} attempts ({last})") from last
+        if response.status_code >= 400:
             try:
-                response = self._http.request(method, path, json=payload)
-            except (httpx.TransportError, httpx.TimeoutException) as error:
-                last = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code >= 400:
-                try:
-                    body = response.json()
-                    message, field = body.get("error", response.text), body.get("field")
-                except ValueError:
-                    message, field = response.text, None
-                raise RewardClientError(f"{method} {path}: HTTP {response.status_code}: {message}",
-                                        response.status_code, field)
-            return response.json()
-        raise RewardClientError(f"{method} {path}: gave up after {self.config.retries + 1} attempts ({last})")
+                body = response.json()
+                message, field = body.get("error", response.text), body.get("field")
+            except ValueError:
+                message, field = response.text, None
+            raise RewardClientError(f"{method} {path}: HTTP {response.status_code}: {message}",
+                                    response.status_code, field)
+        return response.json()
 
     # ------------------------------------------------------------------ API
     def health(self) -> dict:

@@ -31,6 +31,7 @@ OBJECTIVE_TEXT = {
              "logits, `P(a better than b) = sigmoid(r(a) - r(b))`",
     "process": "process reward (cloze): a masked LM judges each solution step correct or not at one token",
     "outcome": "outcome reward (cloze): a masked LM judges a whole solution correct or not at one token",
+    "route": "routed bundle: a small domain classifier sends each comparison to one specialist reward model",
 }
 READ_TEXT = {"mask": "at the `[MASK]` slot", "cls": "at `[CLS]` (position 0)"}
 
@@ -72,6 +73,13 @@ def _template_text(template: Mapping[str, Any]) -> str:
 def _input_section(config) -> list[str]:
     lines = ["## Input format", ""]
     objective = config.objective
+    if objective == "route":
+        specialists = config.extra.get("specialists", {})
+        sources = config.extra.get("sources", {})
+        lines.append("- each (prompt, a, b) goes to the specialist of its predicted domain (each has its own card):")
+        lines += [f"  - `{domain}`: `{folder}`" + (f" (from `{sources[domain]}`)" if domain in sources else "")
+                  for domain, folder in sorted(specialists.items())]
+        return lines
     if objective in ("cloze", "process", "outcome"):
         template = config.template or {}
         lines.append(f"- template: `{template.get('name', '?')}`: {_template_text(template)} "
@@ -100,8 +108,12 @@ def _input_section(config) -> list[str]:
                          "the tokenizer's chat template renders a `[user, assistant]` conversation that way "
                          "(earlier turns joined by newlines), so RewardBench's `run_rm.py` scores it as tinyrm does")
             lines.append("- the one logit (label `reward`, `problem_type: regression`) is the reward; higher is better")
-    lines.append(f"- max length: {config.max_length} tokens (tinyrm keeps the end of a long prompt and the head and "
-                 "tail of a long response; plain transformers truncation differs on inputs longer than this)")
+    if objective in ("classifier", "token"):
+        note = ("tinyrm keeps the end of a long prompt and the head and tail of a long response; plain "
+                "transformers truncation differs on inputs longer than this")
+    else:
+        note = "tinyrm shortens the prompt and the responses (or steps), never the answer slot"
+    lines.append(f"- max length: {config.max_length} tokens ({note})")
     return lines
 
 
@@ -122,6 +134,11 @@ def _training_section(config) -> list[str]:
     train = config.extra.get("train") or {}
     result = config.extra.get("result") or {}
     files = _data_files(config)
+    report = config.extra.get("router_report")
+    if report:
+        counts = ", ".join(f"{d}: {n}" for d, n in report.get("counts", {}).items())
+        return ["## Training", "", f"- router trained on {counts or 'no rows'} (training accuracy "
+                f"{report.get('train_accuracy', '-')}); the specialists as trained"]
     if not (train or result or files):
         return ["## Training", "", "Not trained by tinyrm (a checkpoint wrapped as it is)."]
     lines = ["## Training", ""]
@@ -163,7 +180,7 @@ def _eval_section(config) -> list[str]:
 
 def _usage_section(config, path: str) -> list[str]:
     lines = ["## Usage", "", "With tinyrm:", "", "```python", "from tinyrm import RewardModel", "",
-             f"rm = RewardModel.from_pretrained({path!r})"]
+             f"rm = RewardModel.from_pretrained({json.dumps(path)})"]
     if config.objective in ("process", "outcome"):
         lines += ['rm.score_steps("What is 2 + 3 * 4?", ["3 * 4 = 12.", "2 + 12 = 14."])  # P(step correct) each',
                   'rm.score_solution("What is 2 + 3 * 4?", ["3 * 4 = 12.", "2 + 12 = 14."])']
@@ -175,11 +192,11 @@ def _usage_section(config, path: str) -> list[str]:
     if _is_sequence_classification(config):
         lines += ["", "With plain transformers (no tinyrm needed):", "", "```python",
                   "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline", "",
-                  f"tokenizer = AutoTokenizer.from_pretrained({path!r})",
-                  f"model = AutoModelForSequenceClassification.from_pretrained({path!r})",
+                  f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(path)})",
+                  f"model = AutoModelForSequenceClassification.from_pretrained({json.dumps(path)})",
                   'inputs = tokenizer("What is 2 + 2?", "4", return_tensors="pt")  # text pair (prompt, response)',
                   "reward = model(**inputs).logits[0, 0].item()", "",
-                  f'scorer = pipeline("text-classification", model={path!r})',
+                  f'scorer = pipeline("text-classification", model={json.dumps(path)})',
                   'scorer({"text": "What is 2 + 2?", "text_pair": "4"})  # {"label": "reward", "score": reward}',
                   "```", "",
                   f"RewardBench: `python scripts/run_rm.py --model {path} --max_length {config.max_length}` "
@@ -190,9 +207,12 @@ def _usage_section(config, path: str) -> list[str]:
 def build_card(config, path: str = "PATH") -> str:
     """The card text for a model saved with ``config``; ``path`` is what the usage snippet loads."""
     objective = config.objective
-    lines = [_front_matter(config), "", f"# tinyrm reward model ({objective})", "",
-             f"- base model: `{base_model_name(config)}`"
-             + (f" (tinyrm's embedded default, `{config.base_model}`)" if config.base_model == "default" else ""),
+    if objective == "route":
+        base = "- base model: each specialist's (see their cards)"
+    else:
+        base = (f"- base model: `{base_model_name(config)}`"
+                + (f" (tinyrm's embedded default, `{config.base_model}`)" if config.base_model == "default" else ""))
+    lines = [_front_matter(config), "", f"# tinyrm reward model ({objective})", "", base,
              f"- objective: `{objective}`: {OBJECTIVE_TEXT.get(objective, 'see tinyrm')}"]
     if config.adapter:
         lines.append(f"- DoRA adapter in `{config.adapter}/` (the root weights are the base model without it)")

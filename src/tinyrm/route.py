@@ -20,6 +20,7 @@ import numpy as np
 
 from .data import PreferencePair, load_pairs
 from .model import CONFIG_FILE, RewardConfig, RewardModel
+from .model_card import write_card
 
 ROUTER_FILE = "router.json"
 SPECIALISTS_DIR = "specialists"
@@ -148,6 +149,7 @@ class RoutedRewardModel:
             specialist.save_pretrained(directory / SPECIALISTS_DIR / domain)
         self.router.save(directory / ROUTER_FILE)
         self.config.save(directory)
+        write_card(directory, self.config)
 
 
 def load(path: str | Path, device: str | None = None, **overrides) -> RoutedRewardModel:
@@ -233,8 +235,10 @@ def build_route(config: RouteConfig) -> RouteReport:
     router.save(output / ROUTER_FILE)
     report = RouteReport(output=str(output), counts=dict(sorted(counts.items())), train_accuracy=round(accuracy, 4),
                          skipped_other_domains=skipped)
-    RewardConfig(objective="route", base_model=None, extra={
+    bundle = RewardConfig(objective="route", base_model=None, extra={
         "specialists": specialists, "router": ROUTER_FILE, "sources": dict(config.specialists),
         "router_report": asdict(report),
-    }).save(output)
+    })
+    bundle.save(output)
+    write_card(output, bundle)
     return report
