@@ -70,6 +70,7 @@ class ProcessBenchConfig:
     max_length: int = 256
     freeze_layers: int = 4
     context: str = "prefix"
+    read: str = "auto"  # where verdicts are read: auto (the backbone's default) | mask | cls
     step_class_weight: str = "balanced"
     max_rows: int = 0  # 0: every training row; else a seeded sample of that many
     max_questions: int = 0  # 0: every held-out question; else the first N (hash order)
@@ -132,7 +133,8 @@ def run(config: ProcessBenchConfig) -> dict:
         model=config.model, data=[str(train_file)], output=str(output), objective="process", context=config.context,
         step_class_weight=str(config.step_class_weight), max_steps=config.steps, batch_size=config.pairs_per_step,
         micro_batch_size=config.micro_batch_size or config.pairs_per_step, lr=config.lr,
-        max_length=config.max_length, freeze_layers=config.freeze_layers, seed=config.seed, save_steps=0))
+        max_length=config.max_length, freeze_layers=config.freeze_layers, seed=config.seed, save_steps=0,
+        read=config.read))
     train_seconds = time.perf_counter() - start
     extra = json.loads((output / "tinyrm.json").read_text())["extra"]
 
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freeze-layers", type=int, default=d.freeze_layers)
     parser.add_argument("--context", default=d.context, choices=list(CONTEXTS), help="train and score in this mode")
     parser.add_argument("--step-class-weight", default=d.step_class_weight, metavar="balanced|none|W")
+    parser.add_argument("--read", default=d.read, choices=["auto", "mask", "cls"],
+                        help="where verdicts are read (auto: [CLS] on a head-less backbone, prefix context)")
     parser.add_argument("--max-rows", type=int, default=d.max_rows,
                         help="train on a seeded sample of N training rows (0 = all)")
     parser.add_argument("--max-questions", type=int, default=d.max_questions,

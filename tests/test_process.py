@@ -415,3 +415,38 @@ def test_process_rewards_benchmark_end_to_end(tiny_bert, tmp_path, capsys, monke
     assert results["selection"][0]["accuracy"] == pytest.approx(0.5)
     printed = capsys.readouterr().out
     assert "first-error-step accuracy" in printed and "fewest steps" in printed
+
+
+def test_prefix_process_model_can_read_its_verdict_at_cls(tiny_bert, tmp_path):
+    """read=cls (the default for a head-less backbone) applies where each sequence holds one verdict."""
+    import torch
+
+    from tinyrm.backbone import mask_logits, unwrap_peft
+    from tinyrm.process import collate, process_read
+
+    data = rows_file(tmp_path / "p.jsonl")
+    out = tmp_path / "cls"
+    train(TrainConfig(model=tiny_bert, data=[str(data)], output=str(out), objective="process", read="cls",
+                      batch_size=4, micro_batch_size=4, max_steps=2, max_length=128, save_steps=0, precision="fp32"))
+    rm = RewardModel.from_pretrained(str(out), device="cpu")
+    assert rm.config.read == "cls"
+    scores = rm.score_steps(PROBLEM, GOOD)
+    # the verdicts equal the answer logits read at position 0 of each prefix sequence
+    encoder = spec(rm).encoder
+    problem_ids, step_ids = encoder.tokenize(PROBLEM, GOOD)
+    encodings = [encoder.encode_step(problem_ids, step_ids, k) for k in range(len(GOOD))]
+    batch = collate(encodings, rm.tokenizer.pad_token_id or 0)
+    def read_at(positions):
+        with torch.no_grad():
+            logits = mask_logits(unwrap_peft(rm.model).eval(), batch["input_ids"], batch["attention_mask"],
+                                 positions, token_ids=spec(rm).answer_ids, mask_rows=batch["mask_rows"])
+        return torch.softmax(logits.float(), -1)[:, 0]
+
+    at_cls, at_mask = read_at(torch.zeros_like(batch["mask_positions"])), read_at(batch["mask_positions"])
+    got = torch.tensor(scores)
+    # scoring may run in bf16, so compare distances: the verdicts are the [CLS] reads, not the mask ones
+    assert ((got - at_cls).abs() < (got - at_mask).abs()).all(), (got, at_cls, at_mask)
+    with pytest.raises(ValueError, match="prefix"):
+        rm.score_steps(PROBLEM, GOOD, context="full")
+    full = TrainConfig(model=tiny_bert, objective="process", context="full", read="cls")
+    assert process_read(full) == "mask"  # a full window reads several masks: [CLS] cannot hold them all

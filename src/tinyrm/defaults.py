@@ -100,7 +100,8 @@ def resolve_defaults(config, announce: bool = True):
     if announce:
         # Only what applies to the objective being trained (pooling: classifier; read: cloze).
         irrelevant = {"pooling"} if resolved.objective != "classifier" else set()
-        irrelevant |= {"read"} if resolved.objective != "cloze" else set()
+        irrelevant |= {"read"} if resolved.objective not in ("cloze", "process", "outcome") else set()
         shown = ", ".join(f"{k}={v}" for k, v in updates.items() if k not in irrelevant)
-        print(f"defaults for {config.model} on {device}: {shown}")
+        if shown:
+            print(f"defaults for {config.model} on {device}: {shown}")
     return resolved

@@ -114,7 +114,7 @@ class ClozeScorer(nn.Module):
         """``mask_rows`` (with flattened ``mask_positions``) reads several masks per row (process rewards)."""
         backbone = unwrap_peft(self.mlm)
         full_vocab = self.loss_kind == "full-vocab" and labels is not None
-        if self.read == "cls" and mask_rows is None:
+        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
             mask_positions = torch.zeros_like(mask_positions)
         logits = mask_logits(
             backbone, input_ids, attention_mask, mask_positions,

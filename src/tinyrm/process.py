@@ -416,6 +416,9 @@ def _context(s: ProcessSpec, context: str | None) -> str:
 def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int = 32) -> list[list[float]]:
     """P(answer token 0, i.e. correct) at each read mask of each encoding; batched by length."""
     s = spec(rm)
+    if getattr(rm.config, "read", "mask") == "cls" and any(len(e.mask_positions) > 1 for e in encodings):
+        raise ValueError("this process model reads its verdict at [CLS], one per sequence: score it with "
+                         "context 'prefix' (a 'full' window reads several steps at once)")
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
     out: list[list[float]] = [[] for _ in encodings]
     pad_id = rm.tokenizer.pad_token_id or 0
@@ -423,6 +426,8 @@ def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int 
     for begin in range(0, len(order), batch_size):
         idx = order[begin : begin + batch_size]
         batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], pad_id).items()}
+        if rm.config.read == "cls":  # one verdict per sequence, read at [CLS] (see process_read)
+            batch["mask_positions"] = torch.zeros_like(batch["mask_positions"])
         logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
                              token_ids=s.answer_ids, token_type_ids=batch.get("token_type_ids"),
                              mask_rows=batch["mask_rows"])
@@ -607,7 +612,7 @@ class WeightedClozeScorer(ClozeScorer):
         if labels is None:
             return super().forward(input_ids, attention_mask, mask_positions, token_type_ids, None, mask_rows)
         full_vocab = self.loss_kind == "full-vocab"
-        if self.read == "cls" and mask_rows is None:
+        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
             mask_positions = torch.zeros_like(mask_positions)
         logits = mask_logits(
             unwrap_peft(self.mlm), input_ids, attention_mask, mask_positions,
@@ -638,6 +643,16 @@ def process_settings(config) -> tuple[StepTemplate, str, tuple[str, str]]:
     return template, prefix, answers
 
 
+def process_read(config) -> str:
+    """Where verdicts are read: [CLS] only where each sequence holds one read mask (prefix context, or
+    an outcome model) and the backbone's defaults ask for it; full-context windows read many masks."""
+    read = getattr(config, "read", "mask")
+    read = "mask" if read == "auto" else read
+    if read == "cls" and getattr(config, "context", "prefix") == "full" and config.objective == "process":
+        return "mask"
+    return read
+
+
 def build_model(config) -> RewardModel:
     """Backbone (freezing / DoRA applied) wrapped as a RewardModel with the process config."""
     tokenizer, mlm = load_mlm(config.model)
@@ -648,7 +663,7 @@ def build_model(config) -> RewardModel:
     context = getattr(config, "context", "prefix")
     reward_config = RewardConfig(
         objective=config.objective, template=template.to_dict(), prefix=prefix, answer_tokens=list(answers),
-        max_length=config.max_length, both_orders=False, base_model=config.model,
+        max_length=config.max_length, both_orders=False, base_model=config.model, read=process_read(config),
         extra={"process": {"context": context},
                "train": {k: v for k, v in asdict(config).items() if k != "data"},
                "data": [str(d) for d in config.data]},  # the files, for the model card
@@ -681,10 +696,10 @@ def train(config):
     rm.config.extra["step_class_weight"] = {
         "setting": weighting, "weights": None if weights is None else dict(zip(("correct", "incorrect"), weights))}
     if weights is None:
-        scorer = ClozeScorer(rm.model, rm.answer_ids, loss=config.loss)
+        scorer = ClozeScorer(rm.model, rm.answer_ids, loss=config.loss, read=rm.config.read)
     else:
         logger.info("class weights: correct %.4f, incorrect %.4f (%s)", *weights, weighting)
-        scorer = WeightedClozeScorer(rm.model, rm.answer_ids, weights, loss=config.loss)
+        scorer = WeightedClozeScorer(rm.model, rm.answer_ids, weights, loss=config.loss, read=rm.config.read)
     outcome = fit(scorer, dataset, ProcessCollator(rm.tokenizer.pad_token_id or 0), config)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
 
