@@ -142,7 +142,7 @@ def reused(train_config):
     if not (folder / "tinyrm.json").is_file():
         return None
     saved = RewardConfig.load(folder).extra
-    wanted = {k: v for k, v in asdict(train_config).items() if k != "data"}
+    wanted = json.loads(json.dumps({k: v for k, v in asdict(train_config).items() if k != "data"}))  # as saved
     if "result" not in saved or any(saved.get("train", {}).get(k, v) != v for k, v in wanted.items()
                                     if v not in (None, "auto")):
         return None

@@ -34,11 +34,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-tokens", nargs=2, default=list(d.answer_tokens), metavar=("TOK0", "TOK1"))
     p.add_argument("--read", default=d.read, choices=["auto", "mask", "cls"],
                    help="cloze: where the MLM head reads the answer ([MASK] slot or [CLS])")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="default: fits the device (CPU 1e-4, GPU 5e-5)")
     p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="effective batch (gradient accumulation)")
-    p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="effective batch (gradient accumulation); default: CPU 16, GPU 256")
+    p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="default: CPU 16, GPU 32")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="default: CPU 256, GPU 512")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps; overrides --epochs")
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale, metavar="X",
