@@ -160,17 +160,8 @@ class OnnxRewardModel:
     def encode(self, prompt: str, a: str, b: str):
         return self.encoder.encode(prompt, a, b)
 
-    def compare_batch(self, items, batch_size: int | None = 32, both_orders: bool | None = None,
-                      max_batch_tokens: int | None = None, domains=None) -> list[float]:
-        """As ``RewardModel.compare_batch`` (``domains`` picks per-row prefixes)."""
-        both = self.config.both_orders if both_orders is None else both_orders
-        items = list(items)
-        if domains is not None:
-            domains = list(domains)
-            if len(domains) != len(items):
-                raise ValueError(f"got {len(domains)} domains for {len(items)} pairs")
-        return self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                         prefixes=self.config.prefixes_for(domains))
+    # The same pairs-to-engine logic as RewardModel (it reads only ``config`` and ``engine``).
+    compare_batch = RewardModel.compare_batch
 
     def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None) -> float:
         return self.compare_batch([(prompt, a, b)], both_orders=both_orders)[0]

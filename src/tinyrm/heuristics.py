@@ -63,7 +63,7 @@ def heuristic_results(kind: str, pairs: Sequence[PreferencePair], seed: int = 0)
 
 def run_eval(args: argparse.Namespace) -> int:
     """``tinyrm eval --baseline length|random --data FILE... [--seed N] [--output results.json]``."""
-    from .cli.output import emit_json, make_console
+    from .cli.output import show_results
     from .data import load_pairs
     from .evaluate import results_table, write_results
 
@@ -73,11 +73,4 @@ def run_eval(args: argparse.Namespace) -> int:
     results = heuristic_results(args.baseline, pairs, seed=args.seed)
     if args.output:
         write_results(results, args.output)
-    if getattr(args, "json", False):
-        emit_json(results)
-        return 0
-    console = make_console()
-    console.print(results_table(results))
-    if args.output:
-        console.print(f"wrote {args.output}")
-    return 0
+    return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

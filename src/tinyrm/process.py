@@ -860,7 +860,7 @@ def results_table(results: dict):
 
 def run_eval(args) -> int:
     """``tinyrm eval --objective process|outcome --model DIR --data FILE...``."""
-    from .cli.output import emit_json, make_console
+    from .cli.output import show_results
 
     if not args.data:
         raise ValueError("--data FILE... is required with --objective process|outcome")
@@ -870,12 +870,5 @@ def run_eval(args) -> int:
         max_length=args.max_length, skip_bad_rows=args.skip_bad_rows, output=args.output,
     )
     results = evaluate(config)
-    if getattr(args, "json", False):
-        emit_json(results)
-        return 0
-    console = make_console()
-    console.print(results_table(results))
-    if args.output:
-        console.print(f"wrote {args.output}")
-    return 0
+    return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))
 

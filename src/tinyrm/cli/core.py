@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .output import emit_json, make_console
+from .output import make_console, show_results
 
 console = make_console()
 
@@ -121,13 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
-    if args.json:
-        emit_json(results)
-        return 0
-    console.print(results_table(results))
-    if args.output:
-        console.print(f"wrote {args.output}")
-    return 0
+    return show_results(results, results_table, args.output, args.json)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

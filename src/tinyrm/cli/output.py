@@ -74,3 +74,15 @@ def emit_json(document: Any) -> None:
     stream = _json_streams[-1] if _json_streams else sys.stdout
     stream.write(json.dumps(document, indent=2) + "\n")
     stream.flush()
+
+
+def show_results(results: dict, table, output: str | None, as_json: bool) -> int:
+    """An eval command's end: the JSON document with ``--json``, else the table and where it was written."""
+    if as_json:
+        emit_json(results)
+        return 0
+    console = make_console()
+    console.print(table(results))
+    if output:
+        console.print(f"wrote {output}")
+    return 0
