@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from tinyrm.demo import DemoConfig
-from tinyrm.evaluate import evaluate_pairs
-from tinyrm.model import RewardModel
-from tinyrm.synthetic import demo_splits, write_jsonl
+from tinyrm import load
+from tinyrm.evaluation.evaluate import evaluate_pairs
+from tinyrm.tools.demo import DemoConfig
+from tinyrm.tools.synthetic import demo_splits, write_jsonl
 from tinyrm.train import TrainConfig, train
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     start = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - start
-    after = evaluate_pairs(RewardModel.from_pretrained(config.output), test_pairs)
+    after = evaluate_pairs(load(config.output), test_pairs)
     record = {"name": name, "accuracy": round(after["accuracy"], 4),
               "domains": {k: round(v["accuracy"], 3) for k, v in after["subsets"].items()},
               "steps": result.steps, "train_seconds": round(seconds, 1),

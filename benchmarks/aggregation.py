@@ -27,18 +27,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tinyrm import RewardModel
-from tinyrm.aggregate import METHODS, aggregate
-from tinyrm.process import (
-    ProcessRow,
-    load_rows,
-    outcome_scores,
-    question_key,
-    score_many,
-    split_questions,
-    step_metrics,
-    write_rows,
-)
+from tinyrm import ProcessRewardModel
+from tinyrm.process.aggregate import METHODS, aggregate
+from tinyrm.process.data import ProcessRow, load_rows, question_key, split_questions, write_rows
+from tinyrm.process.evaluation import step_metrics
+from tinyrm.process.scoring import outcome_scores, score_many
 from tinyrm.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +115,7 @@ def run(config: BenchConfig) -> dict:
     results["selection"].append({"method": "fewest steps", "context": "-",
                                  "accuracy": selection_accuracy(sets, fewest), "seconds": 0.0})
 
-    prm = RewardModel.from_pretrained(config.prm or trained("process", train_file, config))
+    prm = ProcessRewardModel.from_pretrained(config.prm or trained("process", train_file, config))
     for context in config.contexts:
         start = time.perf_counter()
         per_step = score_many(prm, items, context=context, batch_size=config.batch_size)
@@ -134,7 +127,7 @@ def run(config: BenchConfig) -> dict:
             results["selection"].append({"method": f"PRM {method}", "context": context,
                                          "accuracy": selection_accuracy(sets, values), "seconds": seconds})
 
-    orm = RewardModel.from_pretrained(config.orm or trained("outcome", train_file, config))
+    orm = ProcessRewardModel.from_pretrained(config.orm or trained("outcome", train_file, config))
     start = time.perf_counter()
     verdicts = outcome_scores(orm, items, batch_size=config.batch_size)
     results["selection"].append({"method": "ORM", "context": "solution", "seconds": time.perf_counter() - start,

@@ -42,8 +42,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tinyrm.backbone import find_layers  # noqa: E402
-from tinyrm.inference import cpu_bf16_native  # noqa: E402
-from tinyrm.model import RewardModel, pad_batch  # noqa: E402
+from tinyrm.inference.engine import cpu_bf16_native  # noqa: E402
+from tinyrm.pairwise.data import pad_batch  # noqa: E402
+from tinyrm.pairwise.model import RewardModel  # noqa: E402
 from tinyrm.prompt import ClozeEncoder, Encoded, get_template  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +238,7 @@ def tinyrm_method(precision: str, compile_: bool = False) -> Callable:
 
 def onnx_method(directory: Path) -> Callable:
     def run(rm: RewardModel, encoder: ClozeEncoder, pairs: Sequence[Pair], batch_size: int) -> list[float]:
-        from tinyrm.export import OnnxRewardModel
+        from tinyrm.inference.export import OnnxRewardModel
 
         if not hasattr(run, "model"):
             run.model = OnnxRewardModel.load(directory)
@@ -345,7 +346,7 @@ def run(config: BenchConfig) -> dict:
         if config.compile:
             methods.append(("tinyrm-compile", tinyrm_method("auto", compile_=True), 1))
         if config.onnx:
-            from tinyrm.export import ExportConfig, export_onnx
+            from tinyrm.inference.export import ExportConfig, export_onnx
 
             onnx_dir = Path(tmp.name) / f"onnx-{name}"
             export_onnx(ExportConfig(model=path, output=str(onnx_dir), max_length=max_length), rm=rm)

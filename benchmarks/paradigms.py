@@ -97,10 +97,10 @@ def train_config(config: ParadigmsConfig, name: str, data: Path):
 
 
 def run(config: ParadigmsConfig) -> dict:
+    from tinyrm import load
     from tinyrm.data import load_pairs
-    from tinyrm.evaluate import evaluate_pairs
-    from tinyrm.heuristics import heuristic_results
-    from tinyrm.model import RewardModel
+    from tinyrm.evaluation.evaluate import evaluate_pairs
+    from tinyrm.evaluation.heuristics import heuristic_results
     from tinyrm.train import train
 
     train_pairs, available = sample_train_pairs(config)
@@ -113,7 +113,7 @@ def run(config: ParadigmsConfig) -> dict:
         result = reused(train_config(config, name, data)) if config.reuse else None
         result = result or train(train_config(config, name, data))
         start = time.perf_counter()
-        rm = RewardModel.from_pretrained(result.output, device="cpu" if not _cuda() else None)
+        rm = load(result.output, device="cpu" if not _cuda() else None)
         scores = evaluate_pairs(rm, eval_pairs, batch_size=config.batch_size)
         eval_seconds = time.perf_counter() - start
         correct = round(scores["accuracy"] * scores["n"])
@@ -135,7 +135,7 @@ def run(config: ParadigmsConfig) -> dict:
 
 def reused(train_config):
     """The TrainResult of a model already trained in this output folder with the same settings, else None."""
-    from tinyrm.model import RewardConfig
+    from tinyrm.config import RewardConfig
     from tinyrm.train import TrainResult
 
     folder = Path(train_config.output)

@@ -34,20 +34,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tinyrm import RewardModel
-from tinyrm.aggregate import METHODS, aggregate
+from tinyrm import ProcessRewardModel
 from tinyrm.cli.output import make_console
-from tinyrm.process import (
-    CONTEXTS,
-    ProcessRow,
-    load_rows,
-    parse_class_weight,
-    question_key,
-    score_many,
-    split_questions,
-    step_metrics,
-    write_rows,
-)
+from tinyrm.process.aggregate import METHODS, aggregate
+from tinyrm.process.data import ProcessRow, load_rows, question_key, split_questions, write_rows
+from tinyrm.process.evaluation import step_metrics
+from tinyrm.process.prompt import CONTEXTS
+from tinyrm.process.scoring import score_many
+from tinyrm.process.train import parse_class_weight
 from tinyrm.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -138,7 +132,7 @@ def run(config: ProcessBenchConfig) -> dict:
     train_seconds = time.perf_counter() - start
     extra = json.loads((output / "tinyrm.json").read_text())["extra"]
 
-    rm = RewardModel.from_pretrained(str(output))
+    rm = ProcessRewardModel.from_pretrained(str(output))
     start = time.perf_counter()
     scores = score_many(rm, [(r.question, r.steps) for r in test_rows], context=config.context,
                         batch_size=config.batch_size)

@@ -150,8 +150,8 @@ def run(config: RankingBenchConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from tinyrm import RewardModel
-    from tinyrm.rank import knockout, round_robin
+    from tinyrm import load
+    from tinyrm.pairwise.rank import knockout, round_robin
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -160,14 +160,14 @@ def run(config: RankingBenchConfig) -> dict:
     if not sets:
         raise SystemExit(f"no candidate sets: is {SHARED} there?")
     if config.baseline:  # a heuristic judge instead of a model: a reference for the ranking layer alone
-        from tinyrm.heuristics import HeuristicScorer
+        from tinyrm.evaluation.heuristics import HeuristicScorer
 
         trained_here, model = False, f"baseline:{config.baseline} (heuristic judge, no model)"
         judge = HeuristicScorer(config.baseline, seed=config.seed)
     else:
         trained_here = config.model is None
         model = train_briefly(config, train_rows) if trained_here else config.model
-        judge = RewardModel.from_pretrained(model, max_length=config.max_length)
+        judge = load(model, max_length=config.max_length)
     scorer = CachedScorer(judge, config.batch_size)
     stats = {n: defaultdict(float) for n in config.sizes}
     started = time.perf_counter()

@@ -56,7 +56,7 @@ def load_pairs(max_chars: int) -> list[dict]:
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
-        from tinyrm.synthetic import generate
+        from tinyrm.tools.synthetic import generate
 
         rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in generate(200, seed=0)]
     return [{"prompt": r["prompt"][-max_chars:], "a": r["chosen"][:max_chars], "b": r["rejected"][:max_chars]}

@@ -55,7 +55,7 @@ def tiny_model(request, tiny_modernbert, tiny_bert) -> str:
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     """A small JSONL preference file in the shared-data schema."""
-    from tinyrm.synthetic import generate, write_jsonl
+    from tinyrm.tools.synthetic import generate, write_jsonl
 
     return write_jsonl(generate(24, seed=1), tmp_path / "pairs.jsonl")
 

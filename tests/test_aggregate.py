@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tinyrm.aggregate import METHODS, aggregate
+from tinyrm.process.aggregate import METHODS, aggregate
 
 SCORES = [0.9, 0.6, 0.3, 0.8]
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from tinyrm import RewardModel
-from tinyrm.baselines import BaselineRewardModel, BaselineScorer, ResponseEncoder, pad_responses
 from tinyrm.cli import main
 from tinyrm.data import PreferencePair
-from tinyrm.heuristics import HeuristicScorer, heuristic_results, length_probs, random_probs
+from tinyrm.evaluation.heuristics import HeuristicScorer, heuristic_results, length_probs, random_probs
+from tinyrm.pairwise.baselines.encoding import ResponseEncoder, pad_responses
+from tinyrm.pairwise.baselines.model import BaselineRewardModel
+from tinyrm.pairwise.baselines.token import BaselineScorer
 from tinyrm.train import TrainConfig, train
 
 OBJECTIVES = [("classifier", "cls"), ("classifier", "mean"), ("token", "cls")]
@@ -83,8 +85,8 @@ def _polite_pairs(topics: list[str], rude_wins: bool = False) -> list[Preference
 def test_objective_learns_an_easy_rule(tiny_bert, tmp_path, objective, pooling, rude_wins):
     """Ten steps must rank held-out pairs well above chance. Both directions of the rule are
     trained, so an untrained model's accidental preference cannot pass both."""
-    from tinyrm.evaluate import evaluate_pairs
-    from tinyrm.synthetic import write_jsonl
+    from tinyrm.evaluation.evaluate import evaluate_pairs
+    from tinyrm.tools.synthetic import write_jsonl
 
     words = ["taxes", "cooking", "gardening", "python", "chess", "music", "travel", "history", "physics", "poetry",
              "running", "painting", "sailing", "baking", "knitting", "algebra", "biology", "finance", "movies", "maps"]
@@ -113,8 +115,8 @@ def test_dora_baseline_roundtrip(tiny_modernbert, pairs_file, tmp_path):
 
 def test_dora_classifier_trains_its_head_in_full(tiny_bert, pairs_file, tmp_path):
     """Under DoRA the classification head and BERT's (fresh) pooler are trained in full, not frozen."""
-    from tinyrm.baselines import build_scorer
     from tinyrm.defaults import resolve_defaults
+    from tinyrm.pairwise.baselines.train import build_scorer
 
     config = resolve_defaults(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "x"),
                                           objective="classifier", pooling="cls", dora_rank=2, max_length=64),
@@ -180,7 +182,7 @@ def test_bert_mean_classifier_keeps_the_tinyrm_head_format(tiny_bert, pairs_file
     """BERT has no mean-pooling head in transformers: the folder keeps head.safetensors (and says so);
     folders saved before the format key existed still load."""
     out = tmp_path / "rm"
-    with caplog.at_level("WARNING", logger="tinyrm.baselines"):
+    with caplog.at_level("WARNING", logger="tinyrm.pairwise.baselines"):
         _train(tiny_bert, pairs_file, out, "classifier", "mean")
     assert "tinyrm's head format" in caplog.text and "--pooling cls" in caplog.text
     assert (out / "head.safetensors").is_file()
@@ -346,7 +348,7 @@ def test_paradigms_sample_is_stratified_over_domains(monkeypatch, tmp_path):
     sizes = {"chat": 500, "reasoning": 400, "safety": 20}
     pairs = [PreferencePair(prompt=f"{d}{i}", chosen="a", rejected="b", domain=d)
              for d, n in sizes.items() for i in range(n)]
-    from tinyrm.synthetic import write_jsonl
+    from tinyrm.tools.synthetic import write_jsonl
 
     path = write_jsonl(pairs, tmp_path / "mix.jsonl")
     config = paradigms.ParadigmsConfig(train=[str(path)], steps=30, pairs_per_step=10)

@@ -7,13 +7,15 @@ import pytest
 from tinyrm import RewardModel
 from tinyrm.cli import build_parser
 from tinyrm.cli.core import train_config_from_args
-from tinyrm.data import PreferencePair
-from tinyrm.evaluate import evaluate_pairs
-from tinyrm.inference import CachingClozeEncoder
-from tinyrm.model import RewardConfig
+from tinyrm.config import RewardConfig
+from tinyrm.data import PreferencePair, load_pairs
+from tinyrm.evaluation.evaluate import evaluate_pairs
+from tinyrm.inference.engine import CachingClozeEncoder
+from tinyrm.pairwise.data import ClozeDataset
+from tinyrm.pairwise.train import build_model
 from tinyrm.prompt import ALL_AT_ONCE_PREFIXES, DEFAULT_PREFIX, ClozeEncoder, get_template
-from tinyrm.recipes import load_recipe
-from tinyrm.train import ClozeDataset, TrainConfig
+from tinyrm.train import TrainConfig, train
+from tinyrm.training.recipes import load_recipe
 
 SAFER, CORRECT = "Which response is safer?", "Which response is more correct?"
 MAPPING = {"safety": SAFER, "reasoning": CORRECT}
@@ -88,22 +90,20 @@ def test_domain_prefixes_flag(capsys):
 
 
 def test_training_encodes_each_domain_with_its_prefix_and_saves_the_mapping(tiny_bert, pairs_file, tmp_path):
-    import tinyrm.train as train_module
-
     config = TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "out"), max_length=96,
                          domain_prefixes={"reasoning": CORRECT}, max_steps=1, batch_size=4, micro_batch_size=4,
                          save_steps=0, precision="fp32")
-    train_module.train(config)  # one real step, so the saved tinyrm.json is the trainer's own
+    train(config)  # one real step, so the saved tinyrm.json is the trainer's own
     assert RewardModel.from_pretrained(str(tmp_path / "out")).config.domain_prefixes == {"reasoning": CORRECT}
-    pairs = train_module.load_pairs([str(pairs_file)]).pairs
+    pairs = load_pairs([str(pairs_file)]).pairs
     assert {p.domain for p in pairs} >= {"reasoning", "chat"}
-    enc = train_module.build_model(config).encoder
-    dataset = train_module.ClozeDataset(pairs, enc, "both", 0, domain_prefixes=config.domain_prefixes)
+    enc = build_model(config).encoder
+    dataset = ClozeDataset(pairs, enc, "both", 0, domain_prefixes=config.domain_prefixes)
     correct = encoder(enc.tokenizer, CORRECT)
     for pair, (example, _) in zip(pairs, dataset.examples[::2]):
         reference = correct if pair.domain == "reasoning" else enc
         assert example == reference.encode(pair.prompt, pair.chosen, pair.rejected)
-    assert train_module.build_model(TrainConfig(model=tiny_bert)).config.domain_prefixes is None
+    assert build_model(TrainConfig(model=tiny_bert)).config.domain_prefixes is None
 
 
 @pytest.fixture

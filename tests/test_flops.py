@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tinyrm.cli import main
-from tinyrm.flops import (
+from tinyrm.tools.flops import (
     FlopsConfig,
     PlotConfig,
     approx_flops_per_token,

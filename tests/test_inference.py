@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from tinyrm.backbone import encoder_of
-from tinyrm.inference import (
+from tinyrm.inference.engine import (
     CachingClozeEncoder,
     InferenceConfig,
     cpu_bf16_native,
     plan_batches,
     resolve_dtype,
 )
-from tinyrm.model import RewardModel
+from tinyrm.pairwise.model import RewardModel
 from tinyrm.prompt import ClozeEncoder, get_template
-from tinyrm.synthetic import generate
+from tinyrm.tools.synthetic import generate
 
 
 def _items(n: int, seed: int = 3) -> list[tuple[str, str, str]]:
@@ -202,7 +202,7 @@ def test_eval_cli_max_batch_tokens(tiny_bert: str, pairs_file, tmp_path) -> None
 def test_onnx_export_matches_torch(tiny_model: str, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     from tinyrm.cli import main
-    from tinyrm.export import OnnxRewardModel
+    from tinyrm.inference.export import OnnxRewardModel
 
     out = tmp_path / "onnx"
     assert main(["export", "--onnx", str(out), "--model", tiny_model, "--max-length", "256"]) == 0

@@ -3,7 +3,7 @@
 import pytest
 
 from tinyrm import RewardModel
-from tinyrm.evaluate import evaluate
+from tinyrm.evaluation.evaluate import evaluate
 from tinyrm.train import TrainConfig, train
 
 from .conftest import require_shared_data
@@ -24,7 +24,7 @@ def test_default_model_on_shared_data(tmp_path):
 
 
 def evaluate_dev(out, data):
-    from tinyrm.evaluate import EvalConfig
+    from tinyrm.evaluation.evaluate import EvalConfig
 
     return evaluate(EvalConfig(model=str(out), data=[str(data / "dev" / "hhh.jsonl")], max_length=128,
                                batch_size=32, output=str(out / "results.json")))

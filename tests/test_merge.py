@@ -8,7 +8,7 @@ import torch
 from tinyrm import RewardModel
 from tinyrm.backbone import base_state_dict
 from tinyrm.cli import main
-from tinyrm.merge import (
+from tinyrm.tools.merge import (
     AverageConfig,
     IncompatibleCheckpoints,
     MergeDoraConfig,
@@ -16,7 +16,7 @@ from tinyrm.merge import (
     direct_scores,
     merge_dora,
 )
-from tinyrm.synthetic import generate
+from tinyrm.tools.synthetic import generate
 from tinyrm.train import TrainConfig, train
 
 

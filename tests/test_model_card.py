@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tinyrm import RewardModel
-from tinyrm.model import RewardConfig
+from tinyrm.config import RewardConfig
 from tinyrm.model_card import build_card, record_eval
 from tinyrm.train import TrainConfig, train
 

@@ -2,27 +2,19 @@ import json
 
 import pytest
 
-from tinyrm import RewardModel
+from tinyrm import ProcessRewardModel, RewardModel
 from tinyrm.cli import main
 from tinyrm.data import DataError
-from tinyrm.process import (
-    STEP_TEMPLATES,
+from tinyrm.process.data import ProcessRow, load_rows, parse_row, split_questions, step_labels
+from tinyrm.process.evaluation import auroc, binary_metrics, results_table, step_metrics
+from tinyrm.process.prompt import STEP_TEMPLATES, StepEncoder
+from tinyrm.process.scoring import spec
+from tinyrm.process.train import (
     ProcessCollator,
     ProcessDataset,
-    ProcessRow,
-    StepEncoder,
     WeightedClozeScorer,
-    auroc,
-    binary_metrics,
     class_weights,
-    load_rows,
     parse_class_weight,
-    parse_row,
-    results_table,
-    spec,
-    split_questions,
-    step_labels,
-    step_metrics,
 )
 from tinyrm.train import TrainConfig, train
 
@@ -99,7 +91,7 @@ def test_split_holds_out_questions(tmp_path):
 # ------------------------------------------------------------------ encoding and truncation
 @pytest.fixture(scope="module")
 def bert_rm(tiny_bert):
-    return RewardModel.from_pretrained(tiny_bert, device="cpu")
+    return ProcessRewardModel.from_pretrained(tiny_bert, device="cpu")  # zero-shot: the untrained process prompt
 
 
 def encoder_for(rm, max_length, template="process"):
@@ -158,7 +150,7 @@ def test_full_mode_one_mask_per_step_and_windows(bert_rm):
 
 # ------------------------------------------------------------------ prefix vs full on a tiny model
 def test_prefix_vs_full(tiny_model):
-    rm = RewardModel.from_pretrained(tiny_model, device="cpu")
+    rm = ProcessRewardModel.from_pretrained(tiny_model, device="cpu")
     prefix = rm.score_steps(PROBLEM, GOOD, context="prefix")
     full = rm.score_steps(PROBLEM, GOOD, context="full")
     assert len(prefix) == len(full) == 3
@@ -210,7 +202,8 @@ def test_train_load_and_eval(tiny_bert, tmp_path, objective, context, capsys):
     saved = json.loads((out / "tinyrm.json").read_text())
     assert saved["objective"] == objective and saved["answer_tokens"] == ["yes", "no"]
     assert saved["template"]["name"] == objective and saved["extra"]["process"]["context"] == context
-    rm = RewardModel.from_pretrained(str(out), device="cpu")
+    rm = RewardModel.from_pretrained(str(out), device="cpu")  # the old spelling still gives the process class
+    assert type(rm) is ProcessRewardModel and rm.name == str(out)
     assert len(rm.score_steps(PROBLEM, GOOD)) == 3
     assert 0.0 <= rm.score_solution(PROBLEM, GOOD) <= 1.0
     assert main(["eval", "--objective", "process" if objective == "process" else "outcome", "--model", str(out),
@@ -227,7 +220,7 @@ def test_outcome_model_refuses_full_context(tiny_bert, tmp_path):
     train(TrainConfig(model=tiny_bert, data=[str(rows_file(tmp_path / "p.jsonl"))], output=str(out),
                       objective="outcome", batch_size=4, micro_batch_size=4, max_steps=1, max_length=128, save_steps=0))
     with pytest.raises(ValueError, match="full"):
-        RewardModel.from_pretrained(str(out), device="cpu").score_steps(PROBLEM, GOOD, context="full")
+        ProcessRewardModel.from_pretrained(str(out), device="cpu").score_steps(PROBLEM, GOOD, context="full")
 
 
 def test_shared_mrgsm8k_rows():
@@ -263,7 +256,7 @@ def test_weighted_loss_is_the_hand_computed_weighted_cross_entropy(bert_rm, tmp_
 
     import torch
 
-    from tinyrm.model import ClozeScorer
+    from tinyrm.pairwise.model import ClozeScorer
 
     rows = load_rows([str(rows_file(tmp_path / "p.jsonl"))]).rows
     dataset = ProcessDataset(rows, spec(bert_rm).encoder, "process", "full")
@@ -422,7 +415,8 @@ def test_prefix_process_model_can_read_its_verdict_at_cls(tiny_bert, tmp_path):
     import torch
 
     from tinyrm.backbone import mask_logits, unwrap_peft
-    from tinyrm.process import collate, process_read
+    from tinyrm.process.prompt import collate
+    from tinyrm.process.train import process_read
 
     data = rows_file(tmp_path / "p.jsonl")
     out = tmp_path / "cls"

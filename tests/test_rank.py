@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyrm.rank import RankConfig, bradley_terry, copeland, knockout, rank, rank_candidates, round_robin
+from tinyrm.pairwise.rank import RankConfig, bradley_terry, copeland, knockout, rank, rank_candidates, round_robin
 
 
 class KnownOrderScorer:

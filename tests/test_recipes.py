@@ -7,7 +7,7 @@ import pytest
 from tinyrm.cli import build_parser, main
 from tinyrm.cli.core import train_config_from_args
 from tinyrm.prompt import PAPER_PREFIXES
-from tinyrm.recipes import Recipe, load_recipe, recipe_names, write_recipe
+from tinyrm.training.recipes import Recipe, load_recipe, recipe_names, write_recipe
 
 PAPER = {  # TinyRM Table 2: lr, frozen layers, DoRA rank
     "large-chat": (7.865e-5, 26, 0), "large-reasoning": (2.327e-5, 12, 128), "large-safety": (5.845e-5, 7, 0),

@@ -8,7 +8,7 @@ import pytest
 
 from tinyrm.cli import main
 from tinyrm.data import PreferencePair
-from tinyrm.rewardbench import (
+from tinyrm.evaluation.rewardbench import (
     CATEGORIES,
     EXAMPLE_COUNTS,
     RewardBenchConfig,

@@ -8,8 +8,8 @@ import pytest
 from tinyrm import RewardModel
 from tinyrm.cli import main
 from tinyrm.data import PreferencePair
-from tinyrm.route import DomainRouter, RoutedRewardModel, parse_specialists, route_text
-from tinyrm.synthetic import generate, write_jsonl
+from tinyrm.pairwise.route import DomainRouter, RoutedRewardModel, parse_specialists, route_text
+from tinyrm.tools.synthetic import generate, write_jsonl
 from tinyrm.train import TrainConfig, train
 
 
@@ -26,7 +26,7 @@ def test_router_json_round_trip_matches_sklearn():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from tinyrm.route import VECTORIZER_PARAMS
+    from tinyrm.pairwise.route import VECTORIZER_PARAMS
 
     pairs = _domain_pairs(20) + [PreferencePair("Tell me a story", "Once...", "No.", domain="chat")] * 5
     texts = [route_text(p.prompt, p.chosen, p.rejected) for p in pairs]

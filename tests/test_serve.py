@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tinyrm.client import RewardClient, RewardClientError
-from tinyrm.rank import rank_candidates
-from tinyrm.serve import ServeConfig, create_app
+from tinyrm.pairwise.rank import rank_candidates
+from tinyrm.serving.app import ServeConfig, create_app
+from tinyrm.serving.client import RewardClient, RewardClientError
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

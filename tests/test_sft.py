@@ -7,7 +7,7 @@ import torch
 
 from tinyrm.cli import main
 from tinyrm.data import DataError
-from tinyrm.sft import SFTConfig, read_texts, sft
+from tinyrm.tools.sft import SFTConfig, read_texts, sft
 
 
 def _conversations(path):

@@ -1,4 +1,4 @@
-from tinyrm.steps import clean, is_filler, split
+from tinyrm.process.steps import clean, is_filler, split
 
 
 def test_step_markers():

@@ -5,8 +5,8 @@ import json
 import optuna
 
 from tinyrm.cli import main
-from tinyrm.recipes import load_recipe
-from tinyrm.sweep import DORA_RANKS, LR_RANGE, PREFIX_POOL
+from tinyrm.tools.sweep import DORA_RANKS, LR_RANGE, PREFIX_POOL
+from tinyrm.training.recipes import load_recipe
 
 
 def test_sweep_runs_resumes_and_writes_best_recipe(tiny_bert, pairs_file, tmp_path):

@@ -80,8 +80,8 @@ def test_full_vocab_loss_and_random_order(tiny_bert, pairs_file, tmp_path):
 
 def test_training_learns_a_learnable_task(tiny_bert, tmp_path):
     from tinyrm.data import PreferencePair
-    from tinyrm.evaluate import evaluate_pairs
-    from tinyrm.synthetic import write_jsonl
+    from tinyrm.evaluation.evaluate import evaluate_pairs
+    from tinyrm.tools.synthetic import write_jsonl
 
     pairs = [PreferencePair(prompt=f"item {i}", chosen="good answer", rejected="bad answer") for i in range(64)]
     data = write_jsonl(pairs, tmp_path / "easy.jsonl")
@@ -93,7 +93,7 @@ def test_training_learns_a_learnable_task(tiny_bert, tmp_path):
 
 # ------------------------------------------------------------------ both orders of a pair share a batch
 def test_grouped_sampler_keeps_groups_together_and_covers_every_example():
-    from tinyrm.train import GroupedSampler
+    from tinyrm.training.sampler import GroupedSampler
 
     lengths = [10, 10, 3, 3, 7, 7, 1, 1, 9, 9, 4, 4]
     sampler = GroupedSampler(12, 2, seed=3, lengths=lengths, megabatch=3)
@@ -116,7 +116,10 @@ def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_fi
     """The defect that kept `tinyrm train` at chance: batches of singly shuffled orders (docs/training.md).
 
     Read off the Trainer's own dataloader: each micro-batch has balanced labels, each pair twice."""
-    from tinyrm.train import ClozeCollator, ClozeDataset, _make_trainer_classes, build_model, training_arguments
+    from tinyrm.pairwise.data import ClozeCollator, ClozeDataset
+    from tinyrm.pairwise.train import build_model
+    from tinyrm.training.arguments import training_arguments
+    from tinyrm.training.trainer import _make_trainer_classes
 
     config = tiny_config(tiny_bert, pairs_file, tmp_path / "o", micro_batch_size=6, batch_size=6,
                          group_by_length=group_by_length)
@@ -142,7 +145,7 @@ def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_fi
 
 def test_max_pairs_trains_on_a_domain_stratified_sample(tiny_bert, pairs_file, tmp_path):
     from tinyrm.data import load_pairs
-    from tinyrm.train import load_training_pairs
+    from tinyrm.pairwise.data import load_training_pairs
 
     config = tiny_config(tiny_bert, pairs_file, tmp_path / "few", max_pairs=8, max_steps=-1, batch_size=4,
                          micro_batch_size=4)

@@ -1,9 +1,15 @@
-"""tinyrm: small masked language models as fast, accurate pairwise reward models."""
+"""tinyrm: small masked language models as fast, accurate reward models.
+
+``tinyrm.load(path)`` loads any saved model as its kind's class: ``RewardModel`` (pairwise cloze),
+``ProcessRewardModel`` (per-step verdicts), the classifier / token baselines or a routed bundle.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .auto import AutoRewardModel, load
+from .config import RewardConfig
+from .pairwise.model import RewardModel
+from .process.model import ProcessRewardModel
 
-from .model import RewardConfig, RewardModel  # noqa: E402
-
-__all__ = ["RewardModel", "RewardConfig", "__version__"]
+__all__ = ["AutoRewardModel", "ProcessRewardModel", "RewardConfig", "RewardModel", "__version__", "load"]

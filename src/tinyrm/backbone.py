@@ -139,6 +139,20 @@ def load_mlm(name_or_path: str | None):
     return tokenizer, model
 
 
+def load_saved_backbone(path: str | Path, adapter: str | None = None):
+    """Tokenizer and MLM of a saved model, with its DoRA adapter (the subfolder ``adapter``) attached."""
+    tokenizer, mlm = load_mlm(str(path))
+    if adapter:
+        from peft import PeftModel
+
+        mlm = PeftModel.from_pretrained(mlm, str(Path(path) / adapter))
+    return tokenizer, mlm
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def encoder_of(mlm: nn.Module) -> nn.Module:
     """The bare encoder (``model.bert``, ``model.model`` for ModernBERT, ...)."""
     return getattr(mlm, mlm.base_model_prefix)

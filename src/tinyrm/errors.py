@@ -16,3 +16,7 @@ class ModelNotFoundError(UserError, OSError):
 
     Also an ``OSError``, like the error transformers raises for the same problem.
     """
+
+
+class UsageError(UserError):
+    """A wrong combination of options: printed as one line, exit code 2."""

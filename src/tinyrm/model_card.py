@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
+from .config import RewardConfig
+
 CARD_FILE = "README.md"
 # RewardConfig.extra["format"] of a classifier saved as a plain AutoModelForSequenceClassification.
 SEQUENCE_CLASSIFICATION = "sequence-classification"
@@ -179,8 +182,15 @@ def _eval_section(config) -> list[str]:
 
 
 def _usage_section(config, path: str) -> list[str]:
-    lines = ["## Usage", "", "With tinyrm:", "", "```python", "from tinyrm import RewardModel", "",
-             f"rm = RewardModel.from_pretrained({json.dumps(path)})"]
+    # The class that loads this kind (tinyrm.load picks the same one from tinyrm.json).
+    if config.objective in ("process", "outcome"):
+        load = ["from tinyrm import ProcessRewardModel", "",
+                f"rm = ProcessRewardModel.from_pretrained({json.dumps(path)})"]
+    elif config.objective == "cloze":
+        load = ["from tinyrm import RewardModel", "", f"rm = RewardModel.from_pretrained({json.dumps(path)})"]
+    else:
+        load = ["import tinyrm", "", f"rm = tinyrm.load({json.dumps(path)})"]
+    lines = ["## Usage", "", "With tinyrm:", "", "```python", *load]
     if config.objective in ("process", "outcome"):
         lines += ['rm.score_steps("What is 2 + 3 * 4?", ["3 * 4 = 12.", "2 + 12 = 14."])  # P(step correct) each',
                   'rm.score_solution("What is 2 + 3 * 4?", ["3 * 4 = 12.", "2 + 12 = 14."])']
@@ -221,8 +231,6 @@ def build_card(config, path: str = "PATH") -> str:
                  if _is_sequence_classification(config) else
                  "the backbone as a masked LM plus tinyrm's head (`head.safetensors`): load it with tinyrm")
         lines.append(f"- saved as: {saved}")
-    from . import __version__
-
     lines.append(f"- tinyrm version: {__version__}")
     lines += [""] + _input_section(config) + [""] + _training_section(config) + [""] + _eval_section(config)
     lines += [""] + _usage_section(config, path) + [""]
@@ -253,8 +261,6 @@ def record_eval(directory: str | Path, results: Mapping[str, Any], name: str | N
                 data: Sequence[str] | None = None) -> dict:
     """Hook: keep a measured accuracy in the saved folder's ``tinyrm.json`` (``extra["eval"][name]``)
     and rewrite its card. ``name`` defaults to the data files' names (else ``eval``). Returns the entry."""
-    from .model import RewardConfig
-
     directory = Path(directory)
     config = RewardConfig.load(directory)
     label = name or (", ".join(Path(d).name for d in data) if data else "eval")

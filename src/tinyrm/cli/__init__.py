@@ -2,21 +2,25 @@
 
 argparse (not click) because contracts such as ``--data FILE...`` take several values after one
 flag, which is also what a shell glob produces. Each module in ``COMMAND_MODULES`` adds its own
-subcommands through ``register(subparsers)``.
+subcommands through ``register(subparsers)``; the commands import the library only when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import traceback
 
-from ..errors import UserError
+from .._version import __version__
+from ..errors import UsageError, UserError
+from . import core, export, extras, serve
+from .output import json_output
 
-COMMAND_MODULES = ["tinyrm.cli.core", "tinyrm.cli.serve", "tinyrm.cli.extras", "tinyrm.cli.export"]
+__all__ = ["USER_ERRORS", "USER_ERROR_EXIT", "UsageError", "build_parser", "main"]
+
+COMMAND_MODULES = [core, serve, extras, export]
 # What a user can fix: printed as one ``tinyrm COMMAND: error: ...`` line, exit code 2, traceback only
 # with -v. ValueError covers DataError (``path:line: reason``) and bad option values; OSError covers
 # missing/unreadable files (the model loaders turn theirs into UserError with a clearer message).
@@ -24,20 +28,14 @@ USER_ERRORS = (UserError, ValueError, OSError)
 USER_ERROR_EXIT = 2
 
 
-class UsageError(UserError):
-    """A wrong combination of options: printed as one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(prog="tinyrm", description="Tiny masked-LM reward models (FLAN cloze).")
     parser.add_argument("--version", action="version", version=f"tinyrm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and the full traceback of errors (also accepted after COMMAND)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     for sub in subparsers.choices.values():  # `tinyrm eval ... -v` works too; SUPPRESS keeps the global value
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="debug logging and full tracebacks")
@@ -49,8 +47,6 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .output import json_output
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from .output import make_console, show_results
+from .evaluate import cmd_eval
+from .output import make_console
 
 console = make_console()
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from ..prompt import parse_domain_prefixes
-    from ..train import OBJECTIVE_MODULES, TrainConfig
+    from ..train import OBJECTIVES
+    from ..training.config import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help="masked-LM checkpoint, hub id or 'default' (embedded)")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE",
                    help="JSONL files/globs or hub:NAME[:SPLIT]; several mix")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--objective", default=d.objective, choices=["auto", *sorted(OBJECTIVE_MODULES)],
+    p.add_argument("--objective", default=d.objective, choices=["auto", *sorted(OBJECTIVES)],
                    help="auto: cloze for a checkpoint with an MLM head, the measured best otherwise (docs/training.md)")
     p.add_argument("--pooling", default=d.pooling, choices=["auto", "cls", "mean"], help="classifier objective only")
     p.add_argument("--context", default=d.context, choices=["prefix", "full"],
@@ -75,12 +77,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from ..train import TrainConfig
+    from ..training.config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
     if getattr(args, "recipe", None):
-        from ..recipes import apply_recipe, load_recipe
+        from ..training.recipes import apply_recipe, load_recipe
 
         values = apply_recipe(load_recipe(args.recipe), values)
     if "answer_tokens" in values:
@@ -97,44 +99,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate, results_table
-
-    # Specialised evaluations live in their own modules, each with ``run_eval(args) -> int``.
-    if args.benchmark == "rewardbench":
-        from ..rewardbench import run_eval
-
-        return run_eval(args)
-    if args.baseline:
-        from ..heuristics import run_eval
-
-        return run_eval(args)
-    if args.objective in ("process", "outcome"):
-        from ..process import run_eval
-
-        return run_eval(args)
-
-    config = EvalConfig(model=args.model, data=args.data, output=args.output, batch_size=args.batch_size,
-                        max_length=args.max_length, single_order=args.single_order,
-                        skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
-                        max_batch_tokens=args.max_batch_tokens)
-    if not args.data:
-        raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
-    results = evaluate(config)
-    return show_results(results, results_table, args.output, args.json)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..model import RewardModel
+    from ..auto import load
 
-    rm = RewardModel.from_pretrained(args.model, template=args.template, prefix=args.prefix)
+    rm = load(args.model, template=args.template, prefix=args.prefix)
     prob = rm.compare(args.prompt, args.a, args.b, both_orders=not args.single_order)
     print(json.dumps({"prob_a": prob, "better": "a" if prob > 0.5 else "b" if prob < 0.5 else "tie"}))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from ..tools.demo import DemoConfig, run_demo
 
     summary = run_demo(DemoConfig(output=args.output, n_train=args.n_train, n_test=args.n_test,
                                   objective=args.objective))

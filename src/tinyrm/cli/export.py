@@ -1,18 +1,18 @@
-"""``tinyrm export --onnx DIR``: the scoring graph for ONNX Runtime (see tinyrm.export)."""
+"""``tinyrm export --onnx DIR``: the scoring graph for ONNX Runtime (see tinyrm.inference.export)."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import UsageError
+from ..errors import UsageError
 from .output import make_console
 
 console = make_console()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import ExportConfig, OnnxRewardModel, export_onnx
-    from ..model import RewardModel
+    from ..inference.export import ExportConfig, OnnxRewardModel, export_onnx
+    from ..pairwise.model import RewardModel
 
     if not args.onnx:
         raise UsageError("choose a format: --onnx DIR")

@@ -8,14 +8,14 @@ from dataclasses import asdict
 
 from rich.table import Table
 
-from . import UsageError
+from ..errors import UsageError
 from .output import emit_json, make_console
 
 console = make_console()
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from ..recipes import list_recipes
+    from ..training.recipes import list_recipes
 
     recipes = list_recipes()
     if args.json:
@@ -34,7 +34,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..sweep import SweepConfig, run_sweep
+    from ..tools.sweep import SweepConfig, run_sweep
 
     config = SweepConfig(
         data=args.data, eval_data=args.eval_data, trials=args.trials, storage=args.storage,
@@ -58,7 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..merge import AverageConfig, MergeDoraConfig, average_checkpoints, merge_dora
+    from ..tools.merge import AverageConfig, MergeDoraConfig, average_checkpoints, merge_dora
 
     if bool(args.dora) == bool(args.average):
         raise UsageError("give exactly one of --dora DIR or --average DIR...")
@@ -79,7 +79,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from ..route import RouteConfig, build_route, parse_specialists
+    from ..pairwise.route import RouteConfig, build_route, parse_specialists
 
     report = build_route(RouteConfig(specialists=parse_specialists(args.specialists), data=args.data,
                                      output=args.output, c=args.c, seed=args.seed))
@@ -90,7 +90,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from ..sft import SFTConfig, sft
+    from ..tools.sft import SFTConfig, sft
 
     result = sft(SFTConfig(model=args.model, data=args.data, output=args.output, lr=args.lr, epochs=args.epochs,
                            batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
@@ -102,7 +102,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from ..flops import FlopsConfig, flops_report
+    from ..tools.flops import FlopsConfig, flops_report
 
     report = flops_report(FlopsConfig(model=args.model, seq_len=args.seq_len, formula=args.formula))
     if args.json:
@@ -129,7 +129,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_compute(args: argparse.Namespace) -> int:
-    from ..flops import PlotConfig, plot_compute
+    from ..tools.flops import PlotConfig, plot_compute
 
     points = plot_compute(PlotConfig(results=args.results, output=args.output, seq_len=args.seq_len,
                                      measure=args.measure, labels=args.labels))

@@ -65,13 +65,13 @@ def read_rank_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[
 def cmd_rank(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..model import RewardModel
-    from ..rank import rank_candidates
+    from ..auto import load
+    from ..pairwise.rank import rank_candidates
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     rows, skipped = read_rank_rows(args.input, args.skip_bad_rows)
-    rm = RewardModel.from_pretrained(args.model)
+    rm = load(args.model)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     comparisons = 0
@@ -92,14 +92,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..model import RewardModel
-    from ..serve import ServeConfig, serve
+    from ..auto import load
+    from ..serving.app import ServeConfig, serve
 
     config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
                          max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,
                          max_candidates=args.max_candidates, max_items=args.max_items, log_level=args.log_level,
                          forward_batch_size=args.forward_batch_size, threads=args.threads)
-    rm = RewardModel.from_pretrained(args.model)
+    rm = load(args.model)
     print(f"tinyrm serve: {rm.name} on {getattr(rm, 'device', 'cpu')}; http://{args.host}:{args.port} "
           f"(docs at /docs){'; API key required' if args.api_key else ''}", flush=True)
     serve(rm, config)
@@ -119,7 +119,7 @@ def register(subparsers) -> None:
                    help="print a JSON summary (rows, skipped_rows, comparisons, method, model, output) on stdout")
     p.set_defaults(handler=cmd_rank)
 
-    from ..serve import ServeConfig
+    from ..serving.app import ServeConfig
 
     d = ServeConfig()
     p = subparsers.add_parser("serve", help="HTTP scoring service (FastAPI + uvicorn, micro-batched)")

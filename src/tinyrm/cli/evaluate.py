@@ -1,0 +1,84 @@
+"""``tinyrm eval``: pairwise accuracy, or RewardBench categories, a heuristic reference, step metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+from .output import emit_json, make_console, show_results
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.benchmark == "rewardbench":
+        return eval_rewardbench(args)
+    if args.baseline:
+        return eval_heuristic(args)
+    if args.objective in ("process", "outcome"):
+        return eval_process(args)
+    from ..evaluation.evaluate import EvalConfig, evaluate
+    from ..evaluation.results import results_table
+
+    config = EvalConfig(model=args.model, data=args.data, output=args.output, batch_size=args.batch_size,
+                        max_length=args.max_length, single_order=args.single_order,
+                        skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
+                        max_batch_tokens=args.max_batch_tokens)
+    if not args.data:
+        raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
+    results = evaluate(config)
+    return show_results(results, results_table, args.output, args.json)
+
+
+def eval_rewardbench(args: argparse.Namespace) -> int:
+    """``tinyrm eval --benchmark rewardbench [--data FILE...] [--baseline length|random]``."""
+    from ..evaluation.rewardbench import CATEGORY_TITLES, RewardBenchConfig, evaluate_rewardbench, rewardbench_tables
+
+    config = RewardBenchConfig(
+        model=args.model, data=args.data, output=args.output, batch_size=args.batch_size,
+        max_length=args.max_length, single_order=args.single_order, skip_bad_rows=args.skip_bad_rows,
+        template=getattr(args, "template", None), prefix=getattr(args, "prefix", None),
+        baseline=getattr(args, "baseline", None), seed=getattr(args, "seed", 0),
+        max_batch_tokens=getattr(args, "max_batch_tokens", None),
+    )
+    results = evaluate_rewardbench(config)
+    if getattr(args, "json", False):
+        emit_json(results)
+        return 0
+    console = make_console()
+    for table in rewardbench_tables(results):
+        console.print(table)
+    for category, missing in results["missing_subsets"].items():
+        console.print(f"{CATEGORY_TITLES[category]}: missing {len(missing)} subset(s): {', '.join(missing)}")
+    if results["other_subsets"]:
+        console.print(f"not in any category (reported per subset only): {', '.join(results['other_subsets'])}")
+    if args.output:
+        console.print(f"wrote {args.output}")
+    return 0
+
+
+def eval_heuristic(args: argparse.Namespace) -> int:
+    """``tinyrm eval --baseline length|random --data FILE... [--seed N] [--output results.json]``."""
+    from ..data import load_pairs
+    from ..evaluation.heuristics import heuristic_results
+    from ..evaluation.results import results_table, write_results
+
+    if not args.data:
+        raise ValueError("--data FILE... is required (or add --benchmark rewardbench for the RewardBench set)")
+    pairs = load_pairs(args.data, skip_bad_rows=args.skip_bad_rows).pairs
+    results = heuristic_results(args.baseline, pairs, seed=args.seed)
+    if args.output:
+        write_results(results, args.output)
+    return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))
+
+
+def eval_process(args: argparse.Namespace) -> int:
+    """``tinyrm eval --objective process|outcome --model DIR --data FILE...``."""
+    from ..process.evaluation import ProcessEvalConfig, evaluate, results_table
+
+    if not args.data:
+        raise ValueError("--data FILE... is required with --objective process|outcome")
+    config = ProcessEvalConfig(
+        model=args.model, data=args.data, objective=args.objective, context=getattr(args, "context", None),
+        aggregate=getattr(args, "aggregate", None) or "min", batch_size=args.batch_size,
+        max_length=args.max_length, skip_bad_rows=args.skip_bad_rows, output=args.output,
+    )
+    results = evaluate(config)
+    return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

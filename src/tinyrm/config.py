@@ -1,0 +1,84 @@
+"""``RewardConfig``: what every saved tinyrm model carries in ``tinyrm.json``, whatever its kind.
+
+The ``objective`` field names the kind (``cloze``, ``classifier``, ``token``, ``process``, ``outcome``,
+``route``); :mod:`tinyrm.auto` maps it to the class that loads the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ._version import __version__
+from .prompt import DEFAULT_PREFIX, get_template, prefix_for_domain
+
+CONFIG_FILE = "tinyrm.json"
+ADAPTER_DIR = "adapter"
+READ_POSITIONS = ("mask", "cls")
+
+
+@dataclass
+class RewardConfig:
+    """Everything needed to score with a saved model; stored as ``tinyrm.json``."""
+
+    objective: str = "cloze"
+    template: dict = field(default_factory=lambda: get_template("flan").to_dict())
+    prefix: str = DEFAULT_PREFIX
+    answer_tokens: list[str] = field(default_factory=lambda: ["0", "1"])
+    max_length: int = 512
+    both_orders: bool = True
+    # Where the MLM head reads the answer: at the [MASK] slot (the paper) or at [CLS] (position 0),
+    # which a sentence-embedding backbone with a fresh head reads far better (docs/training.md).
+    read: str = "mask"
+    adapter: str | None = None
+    base_model: str | None = None
+    extra: dict = field(default_factory=dict)
+    # Per-domain instructions (the all-at-once recipe): a row whose domain is a key is encoded with
+    # that prefix, every other row (no domain, or an unmapped one) with ``prefix``. None = off.
+    domain_prefixes: dict[str, str] | None = None
+
+    def prefix_for(self, domain: str | None) -> str:
+        """The instruction used for a row of ``domain`` (None: no domain)."""
+        return prefix_for_domain(domain, self.domain_prefixes, self.prefix)
+
+    def prefixes_for(self, domains: Sequence[str | None] | None) -> list[str] | None:
+        """One instruction per row, or None (every row the default ``prefix``) when no row needs its own."""
+        if domains is None or not self.domain_prefixes:
+            return None
+        return [self.prefix_for(domain) for domain in domains]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RewardConfig:
+        data = json.loads((Path(directory) / CONFIG_FILE).read_text())
+        data.pop("tinyrm_version", None)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, directory: str | Path) -> None:
+        payload = {**asdict(self), "tinyrm_version": __version__}
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def saved_objective(path: str | Path) -> str:
+    """The objective of a saved folder; ``cloze`` for a folder without ``tinyrm.json`` (a plain masked LM)."""
+    return RewardConfig.load(path).objective if (Path(path) / CONFIG_FILE).is_file() else "cloze"
+
+
+def check_read(read: str) -> str:
+    if read not in READ_POSITIONS:
+        raise ValueError(f"read must be one of {READ_POSITIONS}, got {read!r}")
+    return read
+
+
+# objective -> the class whose ``from_pretrained(path, device=None, **overrides)`` loads it. Filled by
+# tinyrm.auto, the one module that imports every kind: a kind's module can then hand another kind's
+# folder on (``RewardModel.from_pretrained`` of a process checkpoint) without importing that kind.
+MODEL_CLASSES: dict[str, type] = {}
+
+
+def model_class(objective: str) -> type:
+    if objective not in MODEL_CLASSES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[objective]

@@ -1,0 +1,2 @@
+"""Fast scoring for cloze models: the engine behind ``RewardModel.compare_batch`` (``engine``) and the
+ONNX Runtime export (``export``)."""

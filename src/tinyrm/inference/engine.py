@@ -1,0 +1,390 @@
+"""Fast scoring: length-sorted token-budget batches, bf16 where the hardware has it, cached tokens.
+
+``RewardModel.compare_batch`` / ``choice_probs`` delegate here. What makes it fast, in order of
+effect on CPU (see ``benchmarks/inference.py``):
+
+* logits only at the mask, and only for the two answer tokens (``backbone.mask_logits``);
+* bf16 weights on CPUs with native bf16 (``avx512_bf16`` / AMX) and on GPUs that support it:
+  a private bf16 copy of the model, rebuilt when the weights change (autocast re-casts weights on
+  every call and was measured at half the speed);
+* batches formed after sorting by encoded length under a padded-token budget, so padding is a few
+  percent of the work; results come back in input order; both orders of a pair share a batch;
+* tokenisation once per unique text (prompts repeat across pairs, and every text twice for the
+  swapped order), batch-tokenised up front, and on GPU overlapped with the forward passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import platform
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from ..backbone import mask_logits, unwrap_peft
+from ..prompt import ClozeEncoder, Encoded
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PairInput = tuple[str, str, str]
+
+
+@dataclass
+class InferenceConfig:
+    """Knobs of the scoring path; ``rm.engine.config`` holds the live one."""
+
+    max_batch_tokens: int = 16384  # padded tokens (rows x width) per forward pass
+    precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32
+    compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
+    overlap: str = "auto"  # tokenise the next chunk during compute: auto = on GPU only
+    chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
+    cache_size: int = 50_000  # distinct texts kept by the token cache
+    # Accuracy guard for bf16: pairs whose bf16 P(a better) is within this margin of 0.5 are
+    # re-scored in fp32, so near-ties get the fp32 decision (0 = off; see docs/inference.md).
+    # On by default: bf16 rounding turned a barely-trained model's small margins into exact ties
+    # (counted wrong) and flipped 5% of dev decisions; a trained model rarely triggers it.
+    recheck_margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.overlap not in ("auto", "on", "off"):
+            raise ValueError(f"overlap must be auto, on or off, got {self.overlap!r}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+
+
+# ----------------------------------------------------------------------------- precision
+@lru_cache(maxsize=1)
+def cpu_bf16_native() -> bool:
+    """True when the CPU computes bf16 natively (x86 avx512_bf16 / AMX, Arm bf16).
+
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` also says yes for plain AVX-512, where bf16 is
+    emulated and can be slower than fp32, so read the CPU flags instead.
+    """
+    try:
+        with open("/proc/cpuinfo") as handle:
+            text = handle.read()
+    except OSError:
+        return platform.machine() == "arm64" and platform.system() == "Darwin"  # Apple M2+ have bf16
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``precision`` on ``device`` (``auto`` falls back to fp32)."""
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        supported = cpu_bf16_native()
+    else:
+        supported = False
+    if precision == "bf16" or supported:
+        return torch.bfloat16
+    return torch.float32
+
+
+# ----------------------------------------------------------------------------- tokenisation
+class CachingClozeEncoder(ClozeEncoder):
+    """``ClozeEncoder`` that tokenises each distinct text once and can batch-tokenise ahead."""
+
+    def __init__(self, *args, cache_size: int = 50_000, **kwargs) -> None:
+        self._cache: dict[str, list[int]] = {}
+        self.cache_size = cache_size
+        self.hits = self.misses = 0
+        super().__init__(*args, **kwargs)
+
+    def _ids(self, text: str) -> list[int]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        ids = super()._ids(text)
+        self._store(text, ids)
+        return ids
+
+    def _store(self, text: str, ids: list[int]) -> None:
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()  # cheap bound; a rolling window is not worth the bookkeeping
+        self._cache[text] = ids
+
+    def prefetch(self, items: Iterable[PairInput], prefixes: Sequence[str | None] | None = None) -> None:
+        """Tokenise the uncached texts of ``items`` in one batched tokenizer call.
+
+        ``prefixes``: each item's instruction (None: ``self.prefix``), as later given to ``encode``.
+        """
+        items = list(items)
+        rows = prefixes if prefixes is not None else [None] * len(items)
+        todo: dict[str, None] = {}
+        for (prompt, a, b), prefix in zip(items, rows):
+            instruction = self.prefix if prefix is None else prefix
+            values = {"instruction": instruction, "prompt": prompt, "a": a, "b": b}
+            for parts in (self.template.first, self.template.second):
+                for kind, text in self._pieces(parts, values):
+                    if kind != "mask" and text not in self._cache:  # literals vary with carried spaces
+                        todo[text] = None
+        if not todo:
+            return
+        texts = list(todo)
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for text, ids in zip(texts, encoded):
+            self._store(text, list(ids))
+
+
+# ----------------------------------------------------------------------------- batching
+def plan_batches(
+    widths: Sequence[int], rows_per_unit: Sequence[int] | int = 1,
+    max_batch_tokens: int | None = None, max_rows: int | None = None,
+) -> list[list[int]]:
+    """Group units (a single encoding, or both orders of a pair) into batches.
+
+    Units are sorted longest first (the biggest batch runs first, so memory errors show at once);
+    a batch grows while ``rows x longest width <= max_batch_tokens`` and ``rows <= max_rows``.
+    A unit that alone exceeds a limit still gets a batch of its own.
+    """
+    n = len(widths)
+    rows = [rows_per_unit] * n if isinstance(rows_per_unit, int) else list(rows_per_unit)
+    order = sorted(range(n), key=lambda i: (-widths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_rows = current_width = 0
+    for i in order:
+        new_rows = current_rows + rows[i]
+        width = max(current_width, widths[i])
+        too_many = max_rows is not None and new_rows > max_rows
+        too_big = max_batch_tokens is not None and new_rows * width > max_batch_tokens
+        if current and (too_many or too_big):
+            batches.append(current)
+            current, new_rows, width = [], rows[i], widths[i]
+        current.append(i)
+        current_rows, current_width = new_rows, width
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the batch's longest row (one tensor construction per field)."""
+    width = max(len(e.input_ids) for e in encodings)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encodings]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encodings]
+    batch = {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "mask_positions": torch.tensor([e.mask_position for e in encodings], dtype=torch.long),
+    }
+    if encodings[0].token_type_ids is not None:
+        types = [e.token_type_ids + [0] * (width - len(e.token_type_ids)) for e in encodings]
+        batch["token_type_ids"] = torch.tensor(types, dtype=torch.long)
+    return batch
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class _Prepared:
+    key: tuple
+    model: nn.Module
+    forward: Callable[..., torch.Tensor]
+    dtype: torch.dtype
+
+
+def _weights_key(model: nn.Module, dtype: torch.dtype, compile_: bool) -> tuple:
+    """Changes whenever a parameter is updated in place (optimizer steps and ``load_state_dict`` bump
+    ``_version``) or replaced (new storage)."""
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    return (id(model), str(device), dtype, compile_, model.training, tuple((p.data_ptr(), p._version) for p in params))
+
+
+@dataclass
+class InferenceEngine:
+    """Scores cloze encodings for one ``RewardModel`` (reads its model/tokenizer/device live)."""
+
+    rm: object
+    config: InferenceConfig = field(default_factory=InferenceConfig)
+    _slots: dict = field(default_factory=dict, init=False, repr=False)  # dtype -> _Prepared
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    rechecked: int = field(default=0, init=False)  # pairs re-scored in fp32 by the recheck_margin guard
+
+    # -- model preparation
+    @property
+    def dtype(self) -> torch.dtype:
+        return resolve_dtype(self.config.precision, self.rm.device)
+
+    def prepared(self, dtype: torch.dtype | None = None) -> _Prepared:
+        """The module to run: the model itself in fp32 eval mode, else a private eval copy
+        (adapters merged, cast to bf16, compiled if asked); rebuilt when the weights change."""
+        model, dtype = self.rm.model, dtype or self.dtype
+        key = (*_weights_key(model, dtype, self.config.compile), getattr(self.rm.config, "read", "mask"))
+        with self._lock:
+            cached = self._slots.get(dtype)
+            if cached is not None and cached.key == key:
+                return cached
+            backbone = unwrap_peft(model)
+            needs_copy = dtype != torch.float32 or backbone is not model or model.training
+            if needs_copy:
+                run = copy.deepcopy(model)
+                if backbone is not model:
+                    # Merging DoRA/LoRA adapters removes their per-call overhead.
+                    run = run.merge_and_unload()
+                run = run.to(dtype=dtype).eval()
+            else:
+                run = model
+            _enable_varlen_attention(run, self.rm.device)
+            answer_ids = self.rm._answer_ids_t
+            read_cls = getattr(self.rm.config, "read", "mask") == "cls"
+
+            def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
+                if read_cls:  # the head reads [CLS] (RewardConfig.read), not the mask slot
+                    mask_positions = torch.zeros_like(mask_positions)
+                return mask_logits(run, input_ids, attention_mask, mask_positions,
+                                   token_ids=answer_ids, token_type_ids=token_type_ids)
+
+            if self.config.compile:
+                forward = torch.compile(forward, dynamic=True)
+            self._slots[dtype] = _Prepared(key, run, forward, dtype)
+            return self._slots[dtype]
+
+    def release(self) -> None:
+        """Drop the private copies (frees their memory; the next call rebuilds them)."""
+        with self._lock:
+            self._slots.clear()
+
+    # -- scoring
+    def _limits(self, batch_size: int | None, max_batch_tokens: int | None) -> tuple[int | None, int | None]:
+        budget = self.config.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+        if budget is not None and budget < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {budget}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return batch_size, budget
+
+    @torch.inference_mode()
+    def run_units(
+        self, encodings: Sequence[Encoded], units: Sequence[Sequence[int]],
+        batch_size: int | None = None, max_batch_tokens: int | None = None, dtype: torch.dtype | None = None,
+    ) -> list[float]:
+        """P(choice 0) for each encoding; the encodings of a unit always share a batch."""
+        max_rows, budget = self._limits(batch_size, max_batch_tokens)
+        probs = [0.0] * len(encodings)
+        if not encodings:
+            return probs
+        prepared = self.prepared(dtype)
+        pad_id = self.rm.tokenizer.pad_token_id or 0
+        widths = [max(len(encodings[j].input_ids) for j in unit) for unit in units]
+        device = self.rm.device
+        for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows):
+            idx = [j for u in batch_units for j in units[u]]
+            cpu_batch = collate([encodings[j] for j in idx], pad_id)
+            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+            logits = prepared.forward(
+                batch["input_ids"], batch["attention_mask"], batch["mask_positions"], batch.get("token_type_ids"))
+            p0 = torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
+            for j, p in zip(idx, p0):
+                probs[j] = p
+        return probs
+
+    def choice_probs(
+        self, encodings: Sequence[Encoded], batch_size: int | None = None, max_batch_tokens: int | None = None
+    ) -> list[float]:
+        return self.run_units(encodings, [[i] for i in range(len(encodings))], batch_size, max_batch_tokens)
+
+    def _encode_chunk(self, items: Sequence[PairInput], both: bool,
+                      prefixes: Sequence[str | None] | None = None) -> list[Encoded]:
+        """Encodings of ``items`` (then of their swapped orders); ``prefixes`` gives each item's
+        instruction (None: the encoder's default). The token cache is keyed by text, so a row's own
+        instruction is cached apart from the default one."""
+        encoder = self.rm.encoder
+        if isinstance(encoder, CachingClozeEncoder):
+            encoder.prefetch(items, prefixes)
+        rows = [None] * len(items) if prefixes is None else prefixes
+        out = [encoder.encode(p, a, b, prefix=x) for (p, a, b), x in zip(items, rows)]
+        if both:
+            out += [encoder.encode(p, b, a, prefix=x) for (p, a, b), x in zip(items, rows)]
+        return out
+
+    def _score_chunk(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
+        units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
+        probs = self.run_units(encodings, units, batch_size, budget)
+        # In the swapped order choice 0 is b, so P(a better) there is 1 - P(choice 0).
+        scores = probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
+        margin = self.config.recheck_margin
+        if margin > 0 and self.prepared().dtype != torch.float32:
+            close = [i for i in range(n) if abs(scores[i] - 0.5) < margin]
+            if close:
+                sub = [encodings[i] for i in close] + ([encodings[n + i] for i in close] if both else [])
+                exact = self._score_chunk_fp32(sub, len(close), both, batch_size, budget)
+                for i, p in zip(close, exact):
+                    scores[i] = p
+            self.rechecked += len(close)
+        return scores
+
+    def _score_chunk_fp32(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
+        units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
+        probs = self.run_units(encodings, units, batch_size, budget, dtype=torch.float32)
+        return probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
+
+    def overlap_enabled(self, n_items: int) -> bool:
+        mode = self.config.overlap
+        on = mode == "on" or (mode == "auto" and self.rm.device.type == "cuda")
+        return on and n_items > self.config.chunk_pairs
+
+    def compare_batch(
+        self, items: Iterable[PairInput], both: bool, batch_size: int | None = None,
+        max_batch_tokens: int | None = None, prefixes: Sequence[str | None] | None = None,
+    ) -> list[float]:
+        """P(a better than b) per item; chunked with tokenisation overlapped when enabled.
+
+        ``prefixes``: one instruction per item (None entries: the encoder's default prefix).
+        """
+        items = list(items)
+        self._limits(batch_size, max_batch_tokens)
+        if prefixes is not None:
+            prefixes = list(prefixes)
+            if len(prefixes) != len(items):
+                raise ValueError(f"got {len(prefixes)} prefixes for {len(items)} pairs")
+        if not self.overlap_enabled(len(items)):
+            return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
+                                     max_batch_tokens)
+        size = self.config.chunk_pairs
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        chunk_prefixes = [None if prefixes is None else prefixes[i : i + size] for i in range(0, len(items), size)]
+        out: list[float] = []
+        # One worker: the Rust tokenizer releases the GIL, so it runs beside the forward passes.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future = pool.submit(self._encode_chunk, chunks[0], both, chunk_prefixes[0])
+            for k, chunk in enumerate(chunks):
+                encodings = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._encode_chunk, chunks[k + 1], both, chunk_prefixes[k + 1])
+                out += self._score_chunk(encodings, len(chunk), both, batch_size, max_batch_tokens)
+        return out
+
+
+def _enable_varlen_attention(model: nn.Module, device: torch.device) -> None:
+    """On GPU with flash-attn installed, use it: transformers then runs attention unpadded."""
+    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return
+    if os.environ.get("TINYRM_NO_FLASH_ATTN"):
+        return
+    setter = getattr(unwrap_peft(model), "set_attn_implementation", None)
+    if callable(setter):
+        try:
+            setter("flash_attention_2")
+        except (ImportError, ValueError) as error:  # unsupported architecture or build
+            logger.info("flash attention not enabled: %s", error)

@@ -1,0 +1,123 @@
+"""Training the classifier and token baselines with the shared Trainer (``tinyrm.training``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from ...backbone import BackboneConfig, load_mlm, prepare_for_training
+from ...config import RewardConfig
+from ...data import PreferencePair
+from ...model_card import SEQUENCE_CLASSIFICATION
+from ...training.config import TrainConfig, TrainResult
+from ...training.trainer import finish, fit, make_result, report_parameters
+from ..data import load_training_pairs
+from .classifier import (
+    SequenceClassifierScorer,
+    classifier_head_modules,
+    load_sequence_classifier,
+    native_classifier_supported,
+    prepare_tokenizer,
+)
+from .encoding import ResponseEncoder, pad_responses
+from .model import save_baseline
+from .token import LEGACY_FORMAT, OBJECTIVES, POOLINGS, BaselineScorer, freeze_unused
+
+logger = logging.getLogger(__name__)
+
+
+class PairDataset(Dataset):
+    """One example per preference pair: the chosen and the rejected sequence, label 0."""
+
+    def __init__(self, pairs: Sequence[PreferencePair], encoder: ResponseEncoder) -> None:
+        self.examples = [(encoder.encode(p.prompt, p.chosen), encoder.encode(p.prompt, p.rejected)) for p in pairs]
+        self.truncated = sum(int(c.truncated) + int(r.truncated) for c, r in self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        chosen, rejected = self.examples[index]
+        # "input_ids" only serves the Trainer's group-by-length sampler (total length of the pair).
+        return {"input_ids": chosen.input_ids + rejected.input_ids, "chosen": chosen, "rejected": rejected,
+                "labels": 0}
+
+
+@dataclass
+class PairCollator:
+    pad_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [enc for f in features for enc in (f["chosen"], f["rejected"])]  # chosen, rejected, ...
+        batch = pad_responses(rows, self.pad_id)
+        batch["labels"] = torch.zeros(len(features), dtype=torch.long)
+        return batch
+
+
+def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifierScorer, object, RewardConfig]:
+    """Backbone (freezing / DoRA as for cloze) + a fresh head, and the config to save with it.
+
+    The classifier objective is a one-label ``AutoModelForSequenceClassification`` wherever the
+    architecture's own head pools as asked (``native_classifier_supported``); else (BERT-family
+    ``mean``) and for ``token``, the masked LM + tinyrm's head.
+    """
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    if config.objective == "classifier" and config.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
+    backbone_config = BackboneConfig(
+        model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
+        dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
+    )
+    extra: dict = {"pooling": config.pooling}
+    if config.objective == "classifier" and native_classifier_supported(config.model, config.pooling):
+        tokenizer, model = load_sequence_classifier(config.model, config.pooling)
+        separator = prepare_tokenizer(tokenizer)
+        if separator is not None:
+            extra["separator"] = separator
+        backbone = prepare_for_training(model, backbone_config, modules_to_save=classifier_head_modules(model))
+        scorer: BaselineScorer | SequenceClassifierScorer = SequenceClassifierScorer(backbone, config.pooling)
+        extra["format"] = SEQUENCE_CLASSIFICATION
+    else:
+        if config.objective == "classifier":
+            logger.warning("%s: transformers has no sequence-classification head with %s pooling for this "
+                           "architecture; the model is saved in tinyrm's head format (tinyrm loads it, plain "
+                           "transformers does not). --pooling cls gives a standard checkpoint.",
+                           config.model, config.pooling)
+        tokenizer, mlm = load_mlm(config.model)
+        scorer = BaselineScorer(prepare_for_training(mlm, backbone_config), config.objective, config.pooling)
+        freeze_unused(scorer)
+        extra["format"] = LEGACY_FORMAT
+    extra["train"] = {k: v for k, v in asdict(config).items() if k != "data"}
+    extra["data"] = [str(d) for d in config.data]
+    reward_config = RewardConfig(
+        objective=config.objective, max_length=config.max_length, base_model=config.model, both_orders=False,
+        extra=extra,
+    )
+    return scorer, tokenizer, reward_config
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a classifier / token baseline with the shared Trainer (``fit``) and save it."""
+    from transformers import set_seed
+
+    if config.loss != "pair" or config.order != "both":
+        logger.warning("--loss/--order apply to the cloze objective only; ignored for %s", config.objective)
+    set_seed(config.seed)  # before the head is created
+    report = load_training_pairs(config)
+    scorer, tokenizer, reward_config = build_scorer(config)
+    parameters = report_parameters(scorer)
+    dataset = PairDataset(report.pairs, ResponseEncoder(tokenizer, config.max_length))
+    outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config)
+    result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
+
+    def save(module: BaselineScorer | SequenceClassifierScorer) -> None:
+        reward_config.extra["result"] = asdict(result)
+        save_baseline(config.output, module, tokenizer, reward_config)
+
+    finish(config, outcome, result, save)
+    return result

@@ -1,0 +1,58 @@
+"""Training the cloze objective: the backbone (freezing / DoRA applied) read at the answer slot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ..backbone import BackboneConfig, load_mlm, prepare_for_training
+from ..config import RewardConfig, check_read
+from ..defaults import resolve_defaults
+from ..prompt import get_template
+from ..training.config import TrainConfig, TrainResult
+from ..training.trainer import finish, fit, make_result, report_parameters
+from .data import ClozeCollator, ClozeDataset, load_training_pairs
+from .model import RewardModel
+
+
+def build_model(config: TrainConfig) -> RewardModel:
+    """Backbone with freezing/DoRA applied, wrapped as a RewardModel carrying the prompt config."""
+    config = resolve_defaults(config, announce=False)
+    tokenizer, mlm = load_mlm(config.model)
+    model = prepare_for_training(
+        mlm,
+        BackboneConfig(
+            model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
+            dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
+        ),
+    )
+    reward_config = RewardConfig(
+        template=get_template(config.template).to_dict(), prefix=config.prefix,
+        answer_tokens=list(config.answer_tokens), max_length=config.max_length, base_model=config.model,
+        read=check_read(config.read),
+        extra={"train": {k: v for k, v in asdict(config).items() if k not in ("data",)}},
+        domain_prefixes=dict(config.domain_prefixes) if config.domain_prefixes else None,
+    )
+    return RewardModel(model, tokenizer, reward_config, device="cpu")
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a cloze reward model on ``config.data`` and save it to ``config.output`` (``tinyrm.train.train``
+    resolves the defaults and dispatches here for ``objective="cloze"``)."""
+    from transformers import set_seed
+
+    set_seed(config.seed)  # before the model is built: an initialised MLM head is seeded too
+    report = load_training_pairs(config)
+    rm = build_model(config)
+    parameters = report_parameters(rm.model)
+    dataset = ClozeDataset(report.pairs, rm.encoder, config.order, config.seed, config.domain_prefixes)
+    outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config)
+    result = make_result(config, outcome, 2 if config.order == "both" else 1, parameters,
+                         truncated=dataset.truncated, skipped=report.skipped)
+
+    def save(scorer) -> None:
+        rm.model = scorer.mlm
+        rm.config.extra.update(result=asdict(result), data=[str(d) for d in config.data])  # data: model card
+        rm.save_pretrained(config.output)
+
+    finish(config, outcome, result, save)
+    return result

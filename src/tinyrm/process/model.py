@@ -1,0 +1,79 @@
+"""``ProcessRewardModel``: a cloze model that judges solution steps (``score_steps``, ``score_solution``,
+``rerank``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..backbone import load_saved_backbone, resolve_model_path
+from ..config import CONFIG_FILE, RewardConfig
+from ..pairwise.model import RewardModel
+from .prompt import CONTEXTS, OBJECTIVES, StepsInput
+from .scoring import ProcessSpec, rerank, score_many, score_solution, score_steps
+from .scoring import spec as process_spec
+
+
+class ProcessRewardModel(RewardModel):
+    """A process (per-step) or outcome (per-solution) reward model.
+
+    Loaded from a ``--objective process|outcome`` folder; from a pairwise folder or a plain masked LM
+    it judges steps zero-shot with the untrained process prompt. The pairwise methods it inherits
+    score with the saved prompt as they would on any cloze model.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str = "default", device: str | None = None,
+                        **overrides) -> ProcessRewardModel:
+        """Overrides: ``max_length``, ``prefix``, ``context`` (prefix | full); ``None`` values are ignored."""
+        path = resolve_model_path(path_or_id)
+        if not (Path(path) / CONFIG_FILE).is_file():
+            return cls._load_cloze(path, RewardConfig(base_model=str(path_or_id or "default")), str(path_or_id),
+                                   device, overrides)
+        config = RewardConfig.load(path)
+        if config.objective == "cloze":
+            return cls._load_cloze(path, config, str(path_or_id), device, overrides)
+        if config.objective not in OBJECTIVES:
+            raise ValueError(f"{path}: a {config.objective!r} model does not judge steps; load it with tinyrm.load")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "context":
+                if value not in CONTEXTS:
+                    raise ValueError(f"context must be one of {', '.join(CONTEXTS)}, got {value!r}")
+                config.extra.setdefault("process", {})["context"] = value
+            elif key in ("max_length", "prefix", "both_orders"):
+                setattr(config, key, value)
+            elif key == "template":
+                raise ValueError("process and outcome models keep their saved template")
+            else:
+                raise TypeError(f"unknown option {key!r} for a {config.objective} model")
+        tokenizer, mlm = load_saved_backbone(path, config.adapter)
+        rm = cls(mlm, tokenizer, config, device=device)
+        rm.name = str(path)
+        return rm
+
+    @property
+    def spec(self) -> ProcessSpec:
+        """Step template, encoder, answer ids, objective and context mode (rebuilt if the config changes)."""
+        return process_spec(self)
+
+    def score_many(self, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
+                   batch_size: int = 32) -> list[list[float]]:
+        """P(step correct) for every step of every (problem, steps), in one batched run."""
+        return score_many(self, items, context=context, batch_size=batch_size)
+
+    def score_steps(self, problem: str, steps: StepsInput, context: str | None = None,
+                    batch_size: int = 32) -> list[float]:
+        """P(step correct) per step; ``context`` ``prefix`` or ``full`` (default: the model's)."""
+        return score_steps(self, problem, steps, context=context, batch_size=batch_size)
+
+    def score_solution(self, problem: str, steps: StepsInput, aggregate: str = "min",
+                       context: str | None = None, threshold: float = 0.5) -> float:
+        """One reward: step scores combined by ``tinyrm.process.aggregate.aggregate`` (an ORM's own verdict)."""
+        return score_solution(self, problem, steps, aggregate=aggregate, context=context, threshold=threshold)
+
+    def rerank(self, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
+               context: str | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
+        """``[(index, score), ...]`` best first over candidate solutions (step lists or texts)."""
+        return rerank(self, problem, candidates, aggregate=aggregate, context=context, batch_size=batch_size)

@@ -1,0 +1,170 @@
+"""Scoring solutions step by step with any cloze model: a process or outcome checkpoint, or a pairwise
+one asked zero-shot (the untrained process prompt)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..backbone import mask_logits, unwrap_peft
+from ..pairwise.model import RewardModel
+from ..prompt import resolve_answer_ids
+from .aggregate import METHODS
+from .aggregate import aggregate as combine
+from .prompt import (
+    ANSWER_TOKENS,
+    CONTEXTS,
+    OBJECTIVES,
+    PREFIXES,
+    STEP_TEMPLATES,
+    StepEncoded,
+    StepEncoder,
+    StepsInput,
+    StepTemplate,
+    collate,
+)
+from .steps import clean, split
+
+
+@dataclass
+class ProcessSpec:
+    encoder: StepEncoder
+    answer_ids: torch.Tensor
+    objective: str  # process | outcome (a pairwise model is used as a zero-shot process model)
+    context: str
+
+
+def spec(rm: RewardModel) -> ProcessSpec:
+    """Process settings of a model, cached on it (rebuilt if its config changes)."""
+    config = rm.config
+    key = (config.objective, json.dumps(config.template, sort_keys=True), config.prefix,
+           tuple(config.answer_tokens), config.max_length, json.dumps(config.extra.get("process", {})))
+    cached = getattr(rm, "_process_spec", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if config.objective in OBJECTIVES:
+        template = StepTemplate.from_dict(config.template)
+        prefix, answer_ids, objective = config.prefix, rm.answer_ids, config.objective
+    else:  # a pairwise checkpoint asked for step verdicts: the untrained process prompt
+        template, prefix, objective = STEP_TEMPLATES["process"], PREFIXES["process"], "process"
+        answer_ids = resolve_answer_ids(rm.tokenizer, ANSWER_TOKENS)
+    context = config.extra.get("process", {}).get("context", "prefix")
+    result = ProcessSpec(StepEncoder(rm.tokenizer, template, prefix, config.max_length),
+                         torch.tensor(answer_ids, device=rm.device), objective, context)
+    rm._process_spec = (key, result)
+    return result
+
+
+def _steps(steps: StepsInput) -> list[str]:
+    if isinstance(steps, str):
+        return split(steps)
+    if not all(isinstance(s, str) for s in steps):
+        raise TypeError("steps must be a string or a list of strings")
+    return [clean(s) for s in steps]
+
+
+def resolve_context(s: ProcessSpec, context: str | None) -> str:
+    context = context or s.context
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+    if s.objective == "outcome" and context == "full":
+        raise ValueError("an outcome model gives one verdict per solution: context 'full' does not apply")
+    return context
+
+
+@torch.inference_mode()
+def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int = 32) -> list[list[float]]:
+    """P(answer token 0, i.e. correct) at each read mask of each encoding; batched by length."""
+    s = spec(rm)
+    if getattr(rm.config, "read", "mask") == "cls" and any(len(e.mask_positions) > 1 for e in encodings):
+        raise ValueError("this process model reads its verdict at [CLS], one per sequence: score it with "
+                         "context 'prefix' (a 'full' window reads several steps at once)")
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
+    out: list[list[float]] = [[] for _ in encodings]
+    pad_id = rm.tokenizer.pad_token_id or 0
+    backbone = unwrap_peft(rm.model)
+    for begin in range(0, len(order), batch_size):
+        idx = order[begin : begin + batch_size]
+        batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], pad_id).items()}
+        if rm.config.read == "cls":  # one verdict per sequence, read at [CLS] (see process_read)
+            batch["mask_positions"] = torch.zeros_like(batch["mask_positions"])
+        logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
+                             token_ids=s.answer_ids, token_type_ids=batch.get("token_type_ids"),
+                             mask_rows=batch["mask_rows"])
+        probs = torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
+        cursor = 0
+        for i in idx:
+            count = len(encodings[i].mask_positions)
+            out[i] = probs[cursor : cursor + count]
+            cursor += count
+    return out
+
+
+def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
+               batch_size: int = 32) -> list[list[float]]:
+    """P(step correct) for every step of every (problem, steps) item, in one batched run.
+
+    On an outcome model, step k's score is the ORM's verdict on the solution cut after step k.
+    """
+    s = spec(rm)
+    context = resolve_context(s, context)
+    encodings: list[StepEncoded] = []
+    owners: list[int] = []
+    solutions = [_steps(steps) for _, steps in items]
+    for item, ((problem, _), steps) in enumerate(zip(items, solutions)):
+        problem_ids, step_ids = s.encoder.tokenize(problem, steps)
+        if context == "full":
+            batch = s.encoder.encode_full(problem_ids, step_ids)
+        else:
+            batch = [s.encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))]
+        encodings += batch
+        owners += [item] * len(batch)
+    scores = [[0.0] * len(steps) for steps in solutions]
+    for enc, owner, probs in zip(encodings, owners, verdicts(rm, encodings, batch_size)):
+        for step, p in zip(enc.targets, probs):
+            scores[owner][step] = p
+    return scores
+
+
+def outcome_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], batch_size: int = 32) -> list[float]:
+    """An outcome model's P(solution correct) for each (problem, steps): one mask after the last step."""
+    s = spec(rm)
+    encodings = []
+    for problem, steps in items:
+        problem_ids, step_ids = s.encoder.tokenize(problem, _steps(steps) or [""])
+        encodings.append(s.encoder.encode_step(problem_ids, step_ids, len(step_ids) - 1))
+    return [p[0] for p in verdicts(rm, encodings, batch_size)]
+
+
+def solution_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], aggregate: str = "min",
+                    context: str | None = None, threshold: float = 0.5, batch_size: int = 32) -> list[float]:
+    """One score per solution: the ORM verdict for outcome models, aggregated step scores otherwise."""
+    if aggregate not in METHODS:
+        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    if spec(rm).objective == "outcome":
+        return outcome_scores(rm, items, batch_size=batch_size)
+    per_step = score_many(rm, items, context=context, batch_size=batch_size)
+    return [combine(scores, aggregate, threshold=threshold) for scores in per_step]
+
+
+def score_steps(rm: RewardModel, problem: str, steps: StepsInput, context: str | None = None,
+                batch_size: int = 32) -> list[float]:
+    """P(step correct) for each step (a string is split with :func:`tinyrm.process.steps.split`)."""
+    return score_many(rm, [(problem, steps)], context=context, batch_size=batch_size)[0]
+
+
+def score_solution(rm: RewardModel, problem: str, steps: StepsInput, aggregate: str = "min",
+                   context: str | None = None, threshold: float = 0.5) -> float:
+    """One reward for a solution (see :func:`tinyrm.process.aggregate.aggregate`; ORMs ignore ``aggregate``)."""
+    return solution_scores(rm, [(problem, steps)], aggregate=aggregate, context=context, threshold=threshold)[0]
+
+
+def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
+           context: str | None = None, threshold: float = 0.5, batch_size: int = 32) -> list[tuple[int, float]]:
+    """``[(index, score), ...]`` best first (ties keep the input order)."""
+    scores = solution_scores(rm, [(problem, c) for c in candidates], aggregate=aggregate, context=context,
+                             threshold=threshold, batch_size=batch_size)
+    return sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))

@@ -1,0 +1,181 @@
+"""HTTP scoring service: FastAPI app with micro-batching, run by uvicorn.
+
+Concurrent requests are queued and merged into one ``compare_batch`` call (up to
+``max_batch_size`` pairs, or whatever arrived within ``max_wait_ms`` of the oldest request). The
+model runs in one dedicated worker thread, so the event loop keeps answering ``/health`` while a
+batch is being scored, and two batches never share the model at once. Ranking requests run their
+tournament in a thread whose comparisons go through the same batcher, so they merge with
+everyone else's traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..pairwise.rank import rank_candidates
+from ..process.aggregate import METHODS as AGGREGATES
+from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
+from .batching import BatchedScorer, MicroBatcher
+from .guard import ApiError, GuardMiddleware, error_body, validation_response
+from .schemas import (
+    CompareBatchRequest,
+    CompareBatchResponse,
+    CompareRequest,
+    CompareResponse,
+    RankRequest,
+    RankResponse,
+    ScoreStepsRequest,
+    ScoreStepsResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer KEY"
+    max_batch_size: int = 64  # pairs merged into one compare_batch call
+    max_wait_ms: float = 5.0  # how long the oldest queued request may wait for company
+    max_request_bytes: int = 1_000_000  # larger bodies get 413
+    max_candidates: int = 64  # /v1/rank candidates limit (422 beyond)
+    max_items: int = 4096  # /v1/compare_batch items limit (422 beyond)
+    request_timeout_s: float = 300.0  # a ranking thread gives up waiting on the batcher after this
+    forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
+    threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "forward_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app around a loaded model (``RewardModel`` or anything with ``compare_batch``)."""
+    config = config or ServeConfig()
+    batcher = MicroBatcher(rm, config.max_batch_size, config.max_wait_ms, config.forward_batch_size)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="tinyrm scoring service",
+        description="Pairwise reward model: compare, batch compare, best-of-n ranking, step scores.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.config = config
+    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_request_bytes=config.max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        return validation_response(error)
+
+    @app.exception_handler(ApiError)
+    async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(status_code=error.status, content=error_body(error.message, error.field))
+
+    @app.exception_handler(Exception)
+    async def _on_error(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        return JSONResponse(status_code=500, content=error_body(f"internal error: {type(error).__name__}: {error}"))
+
+    async def scored(coro):
+        try:
+            return await coro
+        except ValueError as error:  # bad input that only the model can see (e.g. an unknown aggregate)
+            raise ApiError(422, str(error)) from error
+        except RuntimeError as error:
+            raise ApiError(503, str(error)) from error
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": getattr(rm, "name", type(rm).__name__),
+            "objective": getattr(getattr(rm, "config", None), "objective", None),
+            "device": str(getattr(rm, "device", "cpu")),
+            "uptime_s": round(time.time() - started, 3),
+            "busy": batcher.busy,
+            "queued": batcher.queued,
+            "limits": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
+                       "forward_batch_size": batcher.forward_batch_size,
+                       "max_request_bytes": config.max_request_bytes, "max_candidates": config.max_candidates,
+                       "max_items": config.max_items},
+            "batching": batcher.stats.as_dict(),
+        }
+
+    @app.post("/v1/compare", response_model=CompareResponse)
+    async def compare(req: CompareRequest) -> CompareResponse:
+        probs = await scored(batcher.submit([(req.prompt, req.a, req.b)], req.both_orders))
+        return CompareResponse(prob_a=probs[0])
+
+    @app.post("/v1/compare_batch", response_model=CompareBatchResponse)
+    async def compare_batch(req: CompareBatchRequest) -> CompareBatchResponse:
+        if len(req.items) > config.max_items:
+            raise ApiError(422, f"too many items: {len(req.items)} > {config.max_items}", "items")
+        items = [(i.prompt, i.a, i.b) for i in req.items]
+        return CompareBatchResponse(prob_a=await scored(batcher.submit(items, req.both_orders)))
+
+    @app.post("/v1/rank", response_model=RankResponse)
+    async def rank(req: RankRequest) -> RankResponse:
+        if len(req.candidates) > config.max_candidates:
+            raise ApiError(422, f"too many candidates: {len(req.candidates)} > {config.max_candidates}", "candidates")
+        scorer = BatchedScorer(batcher, config.request_timeout_s)
+        result = await scored(asyncio.to_thread(
+            rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * config.max_batch_size
+        ))
+        return RankResponse(ranking=result.ranking, scores=result.scores)
+
+    @app.post("/v1/score_steps", response_model=ScoreStepsResponse)
+    async def score_steps(req: ScoreStepsRequest) -> ScoreStepsResponse:
+        # Only a process/outcome checkpoint was trained for step verdicts (a ProcessRewardModel made from
+        # a pairwise one would answer with an untrained prompt), so anything else gets a clear 400.
+        objective = getattr(getattr(rm, "config", None), "objective", None)
+        has_methods = callable(getattr(rm, "score_steps", None)) and callable(getattr(rm, "score_solution", None))
+        if not has_methods or objective not in STEP_OBJECTIVES:
+            raise ApiError(400, f"the loaded model (objective {objective!r}) does not score steps; serve a process "
+                                "or outcome reward model (tinyrm train --objective process)")
+        if req.aggregate is not None and req.aggregate not in AGGREGATES:
+            raise ApiError(422, f"unknown aggregate {req.aggregate!r}; choose from {', '.join(AGGREGATES)}",
+                           "aggregate")
+
+        def work() -> tuple[list[float], float]:
+            scores = rm.score_steps(req.problem, req.steps)
+            kw = {"aggregate": req.aggregate} if req.aggregate is not None else {}
+            return [float(s) for s in scores], float(rm.score_solution(req.problem, req.steps, **kw))
+
+        scores, reward = await scored(batcher.run_model(work))
+        return ScoreStepsResponse(scores=scores, reward=reward)
+
+    return app
+
+
+def serve(rm, config: ServeConfig) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import torch
+    import uvicorn
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    uvicorn.run(create_app(rm, config), host=config.host, port=config.port, log_level=config.log_level,
+                timeout_keep_alive=5)

@@ -1,0 +1,147 @@
+"""Conversational SFT: continued masked-LM training on conversation text.
+
+The paper lifted chat accuracy by first continuing ModernBERT's MLM pre-training on OpenAssistant
+conversations. Rows are ``{"text": ...}`` or ``{"messages": [{"role", "content"}, ...]}``;
+preference rows (``prompt`` + ``chosen``) are accepted too and read as the preferred dialogue.
+The output folder is a plain masked LM, valid as ``tinyrm train --model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data import DataError, expand_sources
+
+
+@dataclass
+class SFTConfig:
+    model: str = "default"
+    data: list[str] = field(default_factory=list)
+    output: str = "runs/sft"
+    lr: float = 5e-5
+    epochs: float = 1.0
+    batch_size: int = 32  # effective batch (gradient accumulation)
+    micro_batch_size: int = 8
+    max_length: int = 512
+    max_steps: int = -1
+    mlm_probability: float = 0.3  # ModernBERT's pre-training masking rate
+    warmup_ratio: float = 0.05
+    weight_decay: float = 1e-5
+    seed: int = 42
+    precision: str = "auto"  # auto | bf16 | fp32
+
+
+@dataclass
+class SFTResult:
+    output: str
+    texts: int
+    steps: int
+    seconds: float
+    final_loss: float | None
+
+
+def render_messages(messages: object, where: str) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+    lines = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: messages[{i}] needs a string 'content'")
+        role = str(message.get("role", "user")).strip().capitalize() or "User"
+        lines.append(f"{role}: {message['content'].strip()}")
+    return "\n\n".join(lines)
+
+
+def row_text(row: object, where: str) -> str:
+    """The training text of one JSONL row."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    if isinstance(row.get("text"), str) and row["text"].strip():
+        return row["text"]
+    if "messages" in row:
+        return render_messages(row["messages"], where)
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("chosen"), str):
+        return f"{row['prompt'].strip()}\n\n{row['chosen'].strip()}"
+    raise DataError(f"{where}: row has no non-empty 'text', no 'messages' and no 'prompt'/'chosen'")
+
+
+def read_texts(sources: Sequence[str]) -> list[str]:
+    texts: list[str] = []
+    for path in expand_sources(sources):
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{where}: invalid JSON ({error.msg})") from None
+                texts.append(row_text(row, where))
+    if not texts:
+        raise DataError(f"no text rows in {', '.join(sources)}")
+    return texts
+
+
+class TextDataset(Dataset):
+    def __init__(self, texts: Sequence[str], tokenizer, max_length: int):
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
+        self.rows = [{"input_ids": ids, "special_tokens_mask": special}
+                     for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"])]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def sft(config: SFTConfig) -> SFTResult:
+    """Continue MLM training of ``config.model`` on ``config.data``; save an MLM to ``config.output``."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+
+    from ..backbone import load_mlm
+    from ..training.arguments import bf16_available, gradient_accumulation, is_main_process
+
+    set_seed(config.seed)
+    texts = read_texts(config.data)
+    tokenizer, mlm = load_mlm(config.model)
+    if tokenizer.mask_token is None:
+        raise ValueError(f"{config.model}: tokenizer has no mask token; masked-LM training needs one")
+    dataset = TextDataset(texts, tokenizer, config.max_length)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
+    output = Path(config.output)
+    args = TrainingArguments(
+        output_dir=str(output), per_device_train_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation(config.batch_size, config.micro_batch_size, world_size),
+        learning_rate=config.lr, weight_decay=config.weight_decay, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,
+        optim="adamw_torch", bf16=use_bf16, use_cpu=not torch.cuda.is_available(), logging_steps=1,
+        save_strategy="no", seed=config.seed, data_seed=config.seed, report_to="none",
+        disable_tqdm=not is_main_process(), dataloader_num_workers=0,
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=config.mlm_probability,
+                                               seed=config.seed)
+    trainer = Trainer(model=mlm, args=args, train_dataset=dataset, data_collator=collator)
+    start = time.perf_counter()
+    state = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    result = SFTResult(output=str(output), texts=len(texts), steps=state.global_step, seconds=round(seconds, 2),
+                       final_loss=losses[-1] if losses else None)
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        record = {"sft": {k: v for k, v in asdict(config).items()}, "result": asdict(result), "losses": losses}
+        (output / "sft.json").write_text(json.dumps(record, indent=2) + "\n")
+    return result

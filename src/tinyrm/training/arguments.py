@@ -1,0 +1,70 @@
+"""``TrainingArguments`` shared by every objective, and the device facts they depend on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def bf16_available() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gradient_accumulation(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    per_step = micro_batch_size * world_size
+    steps = max(1, round(batch_size / per_step))
+    if steps * per_step != batch_size:
+        logger.warning("effective batch %d is not a multiple of %d; using %d", batch_size, per_step, steps * per_step)
+    return steps
+
+
+def training_arguments(config: TrainConfig, output: Path, accumulation: int):
+    """TrainingArguments shared by every objective (AdamW, linear decay, clipping, bf16, seeds)."""
+    from transformers import TrainingArguments
+
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
+    return TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=max(config.save_steps, 1),
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+    )
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

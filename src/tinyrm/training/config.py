@@ -1,0 +1,69 @@
+"""``TrainConfig``: every training option, for every objective (``tinyrm train`` flags map onto it), and
+``TrainResult``, what a run reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..prompt import DEFAULT_PREFIX
+
+
+@dataclass
+class TrainConfig:
+    model: str = "default"
+    data: list[str] = field(default_factory=list)
+    output: str = "runs/tinyrm"
+    # "auto" (and every None below): chosen for the backbone and device by tinyrm.defaults.
+    objective: str = "auto"  # auto | one of tinyrm.train.OBJECTIVES
+    pooling: str = "auto"  # classifier objective: auto | cls | mean
+    context: str = "prefix"  # process objective: prefix | full (see tinyrm.process.prompt)
+    step_class_weight: str = "balanced"  # process/outcome: balanced | none | a float weight of the "incorrect" class
+    prefix: str = DEFAULT_PREFIX
+    # {"domain": prefix}: each row's `domain` picks its instruction; others use `prefix` (cloze objective).
+    domain_prefixes: dict[str, str] | None = None
+    template: str = "flan"
+    answer_tokens: tuple[str, str] = ("0", "1")
+    read: str = "auto"  # cloze: where the MLM head reads the answer, auto | mask | cls (RewardConfig.read)
+    lr: float | None = None
+    epochs: float = 1.0
+    batch_size: int | None = None  # effective batch, reached by gradient accumulation
+    micro_batch_size: int | None = None
+    max_length: int | None = None
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 1e-5
+    max_grad_norm: float = 1.0
+    dora_rank: int = 0
+    dora_alpha: float | None = None
+    dora_targets: list[str] | None = None
+    freeze_layers: int = 0
+    order: str = "both"  # both | random
+    loss: str = "pair"  # pair | full-vocab
+    precision: str = "auto"  # auto | bf16 | fp32
+    seed: int = 42
+    save_steps: int = 50
+    resume: bool = False
+    skip_bad_rows: bool = False
+    max_pairs: int = 0  # 0 = every pair; else a seeded sample with an equal share per domain
+    # Off by default: batches of similar length were measured to cost accuracy (demo 0.915 vs 0.9925
+    # for cloze read at [CLS], docs/training.md); on for speed when padding dominates.
+    group_by_length: bool = False
+    # Both orders of a pair in the same batch (GroupedSampler); False shuffles every example on its own.
+    pair_batches: bool = True
+    # Learning-rate multiplier for parameters the checkpoint did not have (an initialised MLM head).
+    head_lr_scale: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    output: str
+    steps: int
+    examples: int
+    pairs: int
+    seconds: float
+    examples_per_second: float
+    pairs_per_second: float
+    trainable_parameters: int
+    total_parameters: int
+    truncated_examples: int
+    skipped_rows: int

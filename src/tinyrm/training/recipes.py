@@ -1,0 +1,92 @@
+"""Named training configurations (the TinyRM paper's Table 2) stored as JSON in the package.
+
+A recipe file is ``{"name", "description", "source", "config": {<TrainConfig fields>}}``. The
+paper's recipes ship in ``tinyrm/training/recipes/``; ``tinyrm sweep`` writes its best trial in the same
+format, so ``--recipe`` also accepts a path to such a file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .config import TrainConfig
+
+RECIPE_SUFFIX = ".json"
+
+
+@dataclass
+class Recipe:
+    name: str
+    config: dict = field(default_factory=dict)  # TrainConfig fields
+    description: str = ""
+    source: str = ""
+    path: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "source": self.source, "config": self.config}
+
+
+def _packaged() -> dict[str, resources.abc.Traversable]:
+    folder = resources.files(__package__) / "recipes"
+    return {p.name[: -len(RECIPE_SUFFIX)]: p for p in folder.iterdir() if p.name.endswith(RECIPE_SUFFIX)}
+
+
+def recipe_names() -> list[str]:
+    return sorted(_packaged())
+
+
+def _train_fields() -> set[str]:
+    return set(TrainConfig.__dataclass_fields__)
+
+
+def parse_recipe(text: str, where: str) -> Recipe:
+    """Validate a recipe document; errors name the file and the offending key."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}:{error.lineno}: invalid JSON ({error.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ValueError(f"{where}: a recipe is an object with a 'config' object of training options")
+    unknown = sorted(set(data["config"]) - _train_fields())
+    if unknown:
+        raise ValueError(f"{where}: unknown training option(s) in 'config': {', '.join(unknown)}")
+    if "data" in data["config"] or "output" in data["config"]:
+        raise ValueError(f"{where}: 'data' and 'output' belong on the command line, not in a recipe")
+    return Recipe(name=str(data.get("name") or Path(where).stem), config=dict(data["config"]),
+                  description=str(data.get("description", "")), source=str(data.get("source", "")), path=where)
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A packaged recipe by name (``large-reasoning``) or a recipe JSON file by path."""
+    packaged = _packaged()
+    if name_or_path in packaged:
+        return parse_recipe(packaged[name_or_path].read_text(encoding="utf-8"), f"recipes/{name_or_path}.json")
+    path = Path(name_or_path)
+    if path.suffix == RECIPE_SUFFIX and path.is_file():
+        return parse_recipe(path.read_text(encoding="utf-8"), str(path))
+    raise ValueError(f"unknown recipe {name_or_path!r}; choose from {', '.join(sorted(packaged))} "
+                     "or give the path of a recipe .json file")
+
+
+def list_recipes() -> list[Recipe]:
+    return [load_recipe(name) for name in recipe_names()]
+
+
+def apply_recipe(recipe: Recipe, explicit: dict) -> dict:
+    """TrainConfig keyword arguments: recipe values, then every explicitly given option on top."""
+    values = dict(recipe.config)
+    values.update(explicit)
+    return values
+
+
+def write_recipe(path: str | Path, recipe: Recipe) -> Path:
+    """Save ``recipe`` (validated first, so a written recipe always loads)."""
+    path = Path(path)
+    text = json.dumps(recipe.to_dict(), indent=2) + "\n"
+    parse_recipe(text, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

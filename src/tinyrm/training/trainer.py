@@ -1,0 +1,227 @@
+"""Training with the Hugging Face Trainer, shared by every objective (DDP-ready under accelerate/torchrun).
+
+AdamW with decoupled weight decay (none on biases and norms: the Trainer's own grouping), linear
+decay after warmup, effective batch via gradient accumulation, clipping at 1.0, bf16 autocast
+where the hardware has it, seeded data order, resumable checkpoints, ``metrics.jsonl``. Each
+objective brings its model (forward returns ``{"loss", "logits"}``), dataset and collator to :func:`fit`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..backbone import parameter_counts
+from .arguments import gradient_accumulation, is_main_process, training_arguments
+from .config import TrainConfig, TrainResult
+from .sampler import GroupedSampler
+
+
+def fresh_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names (in ``model``) of the parameters ``load_mlm`` initialised because the checkpoint lacked them."""
+    keys = set()
+    for module in model.modules():
+        keys.update(getattr(module, "tinyrm_initialised_keys", ()))
+    found = set()
+    for name, _ in model.named_parameters():
+        plain = name.replace(".modules_to_save.default", "").replace(".original_module", "")
+        if any(plain == key or plain.endswith("." + key) for key in keys):
+            found.add(name)
+    return found
+
+
+def scale_fresh_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> int:
+    """Move freshly initialised parameters into their own groups at ``scale`` x the learning rate.
+
+    Done before the first step (no optimizer state yet) and before the scheduler records each
+    group's initial rate, so warmup and decay apply to both groups alike."""
+    fresh = {id(p) for n, p in model.named_parameters() if n in fresh_parameter_names(model)}
+    moved_groups = []
+    for group in optimizer.param_groups:
+        moved = [p for p in group["params"] if id(p) in fresh]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in fresh]
+            moved_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": moved,
+                                 "lr": group["lr"] * scale})
+    for group in moved_groups:
+        optimizer.add_param_group(group)
+    return sum(len(g["params"]) for g in moved_groups)
+
+
+def _make_trainer_classes():
+    """Defined lazily so importing tinyrm does not import the Trainer stack."""
+    from transformers import Trainer, TrainerCallback
+
+    class RewardTrainer(Trainer):
+        """Trainer that also tracks pairwise accuracy and saves tied weights safely."""
+
+        def __init__(self, *args, pair_batches: bool = True, head_lr_scale: float = 1.0, **kwargs):
+            self.pair_batches = pair_batches
+            self.head_lr_scale = head_lr_scale
+            super().__init__(*args, **kwargs)
+            self._correct = torch.zeros((), dtype=torch.long)
+            self._seen = torch.zeros((), dtype=torch.long)
+
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            if self.head_lr_scale != 1.0:
+                scale_fresh_parameters(optimizer, self.model if model is None else model, self.head_lr_scale)
+            return optimizer
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            group_size = getattr(dataset, "group_size", 1) if self.pair_batches else 1
+            if group_size <= 1:
+                return super()._get_train_sampler(train_dataset)
+            if self.args.per_device_train_batch_size % group_size:
+                raise ValueError(f"micro batch size {self.args.per_device_train_batch_size} must be a multiple of "
+                                 f"{group_size} so that both orders of a pair share a batch")
+            by_length = self.args.train_sampling_strategy == "group_by_length"
+            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))] if by_length else None
+            # Megabatches as in LengthGroupedSampler: 50 batches' worth, counted in groups.
+            megabatch = 50 * self.args.train_batch_size * self.args.gradient_accumulation_steps // group_size
+            return GroupedSampler(len(dataset), group_size, self.args.data_seed or self.args.seed, lengths, megabatch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            predictions = outputs["logits"].detach().argmax(dim=-1)
+            self._correct += (predictions == inputs["labels"]).sum().cpu()
+            self._seen += inputs["labels"].numel()
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            if "loss" in logs and self._seen.item() > 0:
+                counts = torch.stack([self._correct, self._seen]).to(self.args.device)
+                counts = self.accelerator.reduce(counts, reduction="sum")
+                logs["accuracy"] = round(counts[0].item() / max(counts[1].item(), 1), 4)
+                self._correct.zero_()
+                self._seen.zero_()
+            super().log(logs, start_time)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            from safetensors.torch import save_file
+
+            output_dir = output_dir or self.args.output_dir
+            if not self.args.should_save:
+                return
+            os.makedirs(output_dir, exist_ok=True)
+            state = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
+            # Tied tensors (decoder = embeddings) share memory, which safetensors refuses.
+            state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+            save_file(state, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+
+    class MetricsCallback(TrainerCallback):
+        """Appends every log record to ``<output>/metrics.jsonl``."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+                with self.path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+    class ProgressCallback(TrainerCallback):
+        """tqdm bar showing loss and accuracy."""
+
+        def __init__(self) -> None:
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs.get('accuracy', float('nan')):.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return RewardTrainer, MetricsCallback, ProgressCallback
+
+
+def report_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable, total = parameter_counts(model)
+    if is_main_process():
+        print(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%)")
+    return trainable, total
+
+
+@dataclass
+class FitOutcome:
+    trainer: object
+    steps: int
+    examples: int
+    seconds: float
+
+
+def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig) -> FitOutcome:
+    """Run the Trainer on ``model`` (forward returns {"loss", "logits"}; inputs carry "labels").
+
+    Shared by every objective: progress bar, metrics.jsonl, checkpoints and ``--resume``.
+    """
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
+
+    set_seed(config.seed)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if config.resume and not any(p.name.startswith("checkpoint-") for p in output.iterdir()):
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = gradient_accumulation(config.batch_size, config.micro_batch_size, world_size)
+    RewardTrainer, MetricsCallback, TqdmCallback = _make_trainer_classes()
+    trainer = RewardTrainer(
+        model=model, args=training_arguments(config, output, accumulation), train_dataset=dataset,
+        data_collator=collator, callbacks=[MetricsCallback(output / "metrics.jsonl"), TqdmCallback()],
+        pair_batches=config.pair_batches, head_lr_scale=config.head_lr_scale,
+    )
+    for callback in (HFProgress, PrinterCallback):
+        trainer.remove_callback(callback)
+    start = time.perf_counter()
+    state = trainer.train(resume_from_checkpoint=True if config.resume else None)
+    seconds = time.perf_counter() - start
+    examples = state.global_step * config.micro_batch_size * accumulation * world_size
+    if config.max_steps < 0:
+        examples = min(examples, len(dataset) * math.ceil(config.epochs))
+    return FitOutcome(trainer=trainer, steps=state.global_step, examples=examples, seconds=seconds)
+
+
+def make_result(config: TrainConfig, outcome: FitOutcome, per_pair: int, parameters: tuple[int, int],
+                truncated: int = 0, skipped: int = 0) -> TrainResult:
+    """``per_pair``: training examples per preference pair (2 when both orders are shown)."""
+    seconds = max(outcome.seconds, 1e-9)
+    return TrainResult(
+        output=str(config.output), steps=outcome.steps, examples=outcome.examples,
+        pairs=outcome.examples // per_pair, seconds=round(outcome.seconds, 2),
+        examples_per_second=round(outcome.examples / seconds, 2),
+        pairs_per_second=round(outcome.examples / per_pair / seconds, 2),
+        trainable_parameters=parameters[0], total_parameters=parameters[1],
+        truncated_examples=truncated, skipped_rows=skipped,
+    )
+
+
+def finish(config: TrainConfig, outcome: FitOutcome, result: TrainResult, save) -> None:
+    """On the main process: ``save(unwrapped_model)`` and the final metrics record."""
+    trainer = outcome.trainer
+    if trainer.is_world_process_zero():
+        save(trainer.accelerator.unwrap_model(trainer.model))
+        with (Path(config.output) / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps({"event": "train_end", **asdict(result)}) + "\n")
