@@ -76,3 +76,16 @@ def test_process_model_card(tiny_bert, tmp_path):
     assert "- objective: `process`" in card and '"Check the solution step by step."' in card
     assert "- step context: `prefix`" in card and f"- data: `{data}`" in card and "correct verdicts: 8" in card
     assert "rm.score_steps(" in card
+
+
+def test_eval_record_flag_writes_the_accuracy_into_the_card(tiny_bert, pairs_file, tmp_path):
+    from tinyrm.cli import main
+
+    out = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_bert, device="cpu").save_pretrained(out)
+    assert main(["eval", "--model", str(out), "--data", str(pairs_file), "--max-length", "96", "--record"]) == 0
+    saved = json.loads((out / "tinyrm.json").read_text())["extra"]["eval"]["pairs.jsonl"]
+    assert 0.0 <= saved["accuracy"] <= 1.0 and saved["n"] > 0
+    assert f"| pairs.jsonl | {saved['accuracy']:.4f} | {saved['n']} |" in (out / "README.md").read_text()
+    # A hub id or a plain checkpoint has no folder of ours to write to: one clear error, nothing written.
+    assert main(["eval", "--model", tiny_bert, "--data", str(pairs_file), "--max-length", "96", "--record"]) == 2

@@ -161,6 +161,8 @@ def register(subparsers) -> None:
     p.add_argument("--skip-bad-rows", action="store_true")
     p.add_argument("--json", action="store_true",
                    help="print the results (as written to --output) as JSON on stdout, and nothing else there")
+    p.add_argument("--record", action="store_true",
+                   help="keep the accuracy in the model folder (tinyrm.json extra.eval) and its model card")
     add_prompt_overrides(p)
     p.set_defaults(handler=cmd_eval)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
 from .output import emit_json, make_console, show_results
 
 
@@ -24,7 +25,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
+    record(args, results)
     return show_results(results, results_table, args.output, args.json)
+
+
+def record(args: argparse.Namespace, results: dict) -> None:
+    """``--record``: the measured accuracy goes into the saved folder's tinyrm.json and model card."""
+    if not getattr(args, "record", False):
+        return
+    from pathlib import Path
+
+    from ..config import CONFIG_FILE
+    from ..model_card import record_eval
+
+    if not (Path(args.model) / CONFIG_FILE).is_file():
+        raise UserError(f"--record: {args.model!r} is not a saved tinyrm folder (no {CONFIG_FILE})")
+    record_eval(args.model, results, data=args.data)
 
 
 def eval_rewardbench(args: argparse.Namespace) -> int:
@@ -39,6 +55,7 @@ def eval_rewardbench(args: argparse.Namespace) -> int:
         max_batch_tokens=getattr(args, "max_batch_tokens", None),
     )
     results = evaluate_rewardbench(config)
+    record(args, results)
     if getattr(args, "json", False):
         emit_json(results)
         return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..auto import load
 from ..defaults import resolve_defaults
 from ..evaluation.evaluate import evaluate_pairs
+from ..model_card import record_eval
 from ..pairwise.baselines.model import BaselineRewardModel
 from ..pairwise.baselines.train import build_scorer
 from ..pairwise.train import build_model
@@ -64,6 +65,7 @@ def run_demo(config: DemoConfig) -> dict:
     result = train(train_config)
     train_seconds = time.perf_counter() - start
     after = evaluate_pairs(load(str(out / "model")), test_pairs)
+    record_eval(out / "model", after, name="demo held-out set", data=[str(out / "data" / "test.jsonl")])
     summary = {
         "objective": train_config.objective, "before": before, "after": after, "train": asdict(result),
         "train_wall_seconds": round(train_seconds, 1), "config": asdict(config),
