@@ -10,7 +10,7 @@ import glob
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -50,6 +50,7 @@ class LoadReport:
     pairs: list[PreferencePair]
     skipped: int = 0
     per_file: dict[str, int] = field(default_factory=dict)
+    skipped_rows: list[tuple[str, str]] = field(default_factory=list)  # (location, reason)
 
 
 def validate_row(row: object) -> PreferencePair:
@@ -89,6 +90,7 @@ class JsonlRows(Generic[T]):
         self.parse = parse
         self.skip_bad_rows = skip_bad_rows
         self.skipped = 0
+        self.skipped_rows: list[tuple[str, str]] = []  # ("path:line", reason) of each skipped row
 
     def __iter__(self) -> Iterator[tuple[int, object, T]]:
         with self.path.open(encoding="utf-8") as handle:
@@ -104,19 +106,37 @@ class JsonlRows(Generic[T]):
                         raise DataError(f"{self.path}:{line_no}: {reason}") from None
                     logger.warning("%s:%d: skipped: %s", self.path, line_no, reason)
                     self.skipped += 1
+                    self.skipped_rows.append((f"{self.path}:{line_no}", reason))
                     continue
                 yield line_no, obj, parsed
 
 
 def read_jsonl(path: str | Path, skip_bad_rows: bool = False) -> LoadReport:
     """Read one JSONL file of preference pairs. The subset defaults to the file's stem."""
-    rows = JsonlRows(path, validate_row, skip_bad_rows)
-    pairs: list[PreferencePair] = []
+    report = LoadReport(pairs=[])
+    report.pairs.extend(iter_pairs(str(path), skip_bad_rows, report))
+    return report
+
+
+def iter_pairs(source: str, skip_bad_rows: bool, report: LoadReport) -> Iterator[PreferencePair]:
+    """Stream one source's pairs (a JSONL file or ``hub:NAME[:SPLIT]``) without holding them.
+
+    Once the iterator is exhausted, ``report`` counts the source's pairs in ``per_file`` and its
+    skipped rows in ``skipped`` (with their ``(location, reason)`` in ``skipped_rows``).
+    """
+    if source.startswith(HUB_PREFIX):
+        yield from _hub_pairs(source, skip_bad_rows, report)
+        return
+    rows = JsonlRows(source, validate_row, skip_bad_rows)
+    count = 0
     for _, _, pair in rows:
         if pair.subset is None:
-            pair = PreferencePair(**{**pair.__dict__, "subset": rows.path.stem})
-        pairs.append(pair)
-    return LoadReport(pairs=pairs, skipped=rows.skipped, per_file={str(rows.path): len(pairs)})
+            pair = replace(pair, subset=rows.path.stem)
+        count += 1
+        yield pair
+    report.skipped += rows.skipped
+    report.skipped_rows.extend(rows.skipped_rows)
+    report.per_file[str(rows.path)] = count
 
 
 def write_records(records: Iterable[dict], path: str | Path) -> Path:
@@ -138,8 +158,8 @@ def parse_hub_spec(spec: str) -> tuple[str, str]:
     return name, split or "train"
 
 
-def read_hub(spec: str, skip_bad_rows: bool = False) -> LoadReport:
-    """Load a Hugging Face dataset (hub id or local ``save_to_disk`` folder) with our columns."""
+def load_hub_dataset(spec: str):
+    """The ``datasets.Dataset`` behind ``hub:NAME[:SPLIT]`` (a hub id or a local ``save_to_disk`` folder)."""
     import datasets
 
     name, split = parse_hub_spec(spec)
@@ -152,20 +172,34 @@ def read_hub(spec: str, skip_bad_rows: bool = False) -> LoadReport:
     missing = [key for key in REQUIRED_FIELDS if key not in dataset.column_names]
     if missing:
         raise DataError(f"{spec}: dataset has no column(s) {missing}; columns are {dataset.column_names}")
-    pairs: list[PreferencePair] = []
-    skipped = 0
+    return dataset
+
+
+def _hub_pairs(spec: str, skip_bad_rows: bool, report: LoadReport) -> Iterator[PreferencePair]:
+    dataset = load_hub_dataset(spec)
+    stem = Path(parse_hub_spec(spec)[0]).name
+    count = 0
     for index, row in enumerate(dataset):
         try:
             pair = validate_row(row)
         except ValueError as error:
             if not skip_bad_rows:
                 raise DataError(f"{spec}:row {index}: {error}") from None
-            skipped += 1
+            report.skipped += 1
+            report.skipped_rows.append((f"{spec}:row {index}", str(error)))
             continue
         if pair.subset is None:
-            pair = PreferencePair(**{**pair.__dict__, "subset": Path(name).name})
-        pairs.append(pair)
-    return LoadReport(pairs=pairs, skipped=skipped, per_file={spec: len(pairs)})
+            pair = replace(pair, subset=stem)
+        count += 1
+        yield pair
+    report.per_file[spec] = count
+
+
+def read_hub(spec: str, skip_bad_rows: bool = False) -> LoadReport:
+    """Load a Hugging Face dataset (hub id or local ``save_to_disk`` folder) with our columns."""
+    report = LoadReport(pairs=[])
+    report.pairs.extend(_hub_pairs(spec, skip_bad_rows, report))
+    return report
 
 
 def expand_sources(sources: Iterable[str]) -> list[str]:
@@ -188,31 +222,34 @@ def load_pairs(sources: Sequence[str], skip_bad_rows: bool = False) -> LoadRepor
         raise DataError("no data given (pass --data FILE...)")
     report = LoadReport(pairs=[])
     for source in expand_sources(sources):
-        part = (read_hub if source.startswith(HUB_PREFIX) else read_jsonl)(source, skip_bad_rows)
-        report.pairs.extend(part.pairs)
-        report.skipped += part.skipped
-        report.per_file.update(part.per_file)
+        report.pairs.extend(iter_pairs(source, skip_bad_rows, report))
     if report.skipped:
         logger.warning("skipped %d malformed row(s)", report.skipped)
     return report
 
 
 def stratified_sample(pairs: Sequence[PreferencePair], n: int, seed: int) -> list[PreferencePair]:
-    """``n`` pairs (seeded, shuffled) with the same share from every domain.
+    """``n`` pairs (seeded, shuffled) with the same share from every domain (:func:`stratified_indices`)."""
+    return [pairs[i] for i in stratified_indices([pair.domain for pair in pairs], n, seed)]
+
+
+def stratified_indices(domains: Sequence[str | None], n: int, seed: int) -> list[int]:
+    """Indices of ``n`` rows (seeded, shuffled) with the same share from every domain, given each row's domain.
 
     A domain with fewer rows than its share gives all it has and the others fill the rest, so a
     mix dominated by one domain (the shared data is half safety) does not teach only that domain.
+    Only the domains are read, so an Arrow table is sampled without loading its rows.
     """
     import random
 
     rng = random.Random(seed)
-    by_domain: dict[str, list[PreferencePair]] = {}
-    for pair in pairs:
-        by_domain.setdefault(pair.domain or "", []).append(pair)
+    by_domain: dict[str, list[int]] = {}
+    for index, domain in enumerate(domains):
+        by_domain.setdefault(domain or "", []).append(index)
     for rows in by_domain.values():
         rng.shuffle(rows)
-    target = min(n, len(pairs))
-    chosen: list[PreferencePair] = []
+    target = min(n, len(domains))
+    chosen: list[int] = []
     remaining = dict(sorted(by_domain.items()))
     while len(chosen) < target:
         share = max(1, (target - len(chosen)) // len(remaining))
