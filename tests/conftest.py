@@ -13,6 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory) -> Path:
+    """Tokenised training data goes to a folder of this session, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("datasets-cache")
+    os.environ["TINYRM_DATASETS_CACHE"] = str(path)
+    return path
+
+
 def _save_tiny(kind: str, directory: Path) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM

@@ -54,13 +54,13 @@ def test_dataset_encodes_each_row_with_its_domain_prefix(tokenizer):
     expected = [SAFER, CORRECT, DEFAULT_PREFIX, DEFAULT_PREFIX]
     for i, (pair, prefix) in enumerate(zip(pairs, expected)):
         reference = encoder(tokenizer, prefix)
-        (first, label0), (second, label1) = dataset.examples[2 * i], dataset.examples[2 * i + 1]
+        (first, label0), (second, label1) = dataset.example(2 * i), dataset.example(2 * i + 1)
         assert first == reference.encode(pair.prompt, pair.chosen, pair.rejected) and label0 == 0
         assert second == reference.encode(pair.prompt, pair.rejected, pair.chosen) and label1 == 1
-    assert dataset.examples[0][0].input_ids != dataset.examples[2][0].input_ids
+    assert dataset.example(0)[0].input_ids != dataset.example(2)[0].input_ids
     # Without a mapping every row gets the encoder's prefix, as before.
     plain = ClozeDataset(pairs, enc, "both", seed=0)
-    assert [e for e, _ in plain.examples] == [e for p in pairs for e in (
+    assert [plain.example(i)[0] for i in range(len(plain))] == [e for p in pairs for e in (
         enc.encode(p.prompt, p.chosen, p.rejected), enc.encode(p.prompt, p.rejected, p.chosen))]
 
 
@@ -100,7 +100,7 @@ def test_training_encodes_each_domain_with_its_prefix_and_saves_the_mapping(tiny
     enc = build_model(config).encoder
     dataset = ClozeDataset(pairs, enc, "both", 0, domain_prefixes=config.domain_prefixes)
     correct = encoder(enc.tokenizer, CORRECT)
-    for pair, (example, _) in zip(pairs, dataset.examples[::2]):
+    for pair, (example, _) in zip(pairs, map(dataset.example, range(0, len(dataset), 2))):
         reference = correct if pair.domain == "reasoning" else enc
         assert example == reference.encode(pair.prompt, pair.chosen, pair.rejected)
     assert build_model(TrainConfig(model=tiny_bert)).config.domain_prefixes is None

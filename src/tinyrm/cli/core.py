@@ -65,6 +65,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", help="the default")
     p.add_argument("--max-pairs", type=int, default=d.max_pairs, metavar="N",
                    help="train on N pairs, a seeded sample with an equal share per domain (0 = all)")
+    p.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
+                   help="where tokenised data is cached (default: $TINYRM_DATASETS_CACHE or ~/.cache/tinyrm/datasets)")
+    p.add_argument("--no-cache", dest="data_cache", action="store_false",
+                   help="tokenise afresh into a temporary folder: nothing read from or left in the cache")
     p.add_argument("--no-pair-batches", dest="pair_batches", action="store_false",
                    help="shuffle each order on its own instead of keeping a pair's two orders in one batch")
     p.add_argument("--recipe", default=None, metavar="NAME",

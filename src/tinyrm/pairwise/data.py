@@ -1,4 +1,8 @@
-"""Cloze training examples: each preference pair encoded in both orders, and their batches."""
+"""Cloze training examples: each preference pair encoded in both orders, and their batches.
+
+The examples are rows of a memory-mapped Arrow table (``tinyrm.arrow``): tokenised once by
+``Dataset.map`` and cached on disk, read by index while training.
+"""
 
 from __future__ import annotations
 
@@ -9,50 +13,110 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from ..data import LoadReport, PreferencePair, load_pairs, stratified_sample
+from ..arrow import PairTable, has_token_types, load_pair_table, resolve_cache_dir, tokenizer_signature
+from ..data import PreferencePair
 from ..prompt import ClozeEncoder, Encoded, prefix_for_domain
 from ..training.config import TrainConfig
 
 
-def load_training_pairs(config: TrainConfig) -> LoadReport:
-    """``config.data``, cut to ``config.max_pairs`` by a domain-stratified seeded sample when set."""
-    report = load_pairs(config.data, skip_bad_rows=config.skip_bad_rows)
-    if config.max_pairs and config.max_pairs < len(report.pairs):
-        report.pairs = stratified_sample(report.pairs, config.max_pairs, config.seed)
-    return report
+def load_training_pairs(config: TrainConfig) -> PairTable:
+    """``config.data`` as a cached pairs table, cut to ``config.max_pairs`` by a domain-stratified
+    seeded sample when set (the same pairs as ``stratified_sample``)."""
+    cache = resolve_cache_dir(config.cache_dir, config.data_cache)
+    table = load_pair_table(config.data, skip_bad_rows=config.skip_bad_rows, cache_dir=cache)
+    return table.sample(config.max_pairs, config.seed)
 
 
-class ClozeDataset(Dataset):
-    """Pre-encoded training examples; each pair in both orders (or one seeded random order).
+def column_sum(rows, name: str) -> int:
+    """The sum of an Arrow column (0 for an empty table), read without decoding rows."""
+    import pyarrow.compute as pc
 
-    ``domain_prefixes``: a pair whose ``domain`` is a key is encoded with that instruction; pairs
-    without a domain, or of an unmapped one, with the encoder's own prefix.
+    total = pc.sum(rows.data.column(name)).as_py()
+    return int(total or 0)
+
+
+class EncodedRows(Dataset):
+    """A torch ``Dataset`` over the rows of an encoded Arrow table, with the facts the trainer reads:
+    ``group_size`` (consecutive rows kept in one micro-batch), ``lengths`` and ``truncated``."""
+
+    group_size = 1
+
+    def __init__(self, rows) -> None:
+        self.rows = rows  # a datasets.Dataset (memory-mapped unless built in memory)
+        self.truncated = column_sum(rows, "truncated")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each example's length in tokens (for length-grouped sampling)."""
+        return self.rows.data.column("length").to_pylist()
+
+
+class ClozeDataset(EncodedRows):
+    """Training examples; each pair in both orders (or one seeded random order), as Arrow rows.
+
+    ``pairs``: a :class:`PairTable` (cached: encoded once per table and settings, then reused) or
+    Python pairs (encoded in memory). ``domain_prefixes``: a pair whose ``domain`` is a key is
+    encoded with that instruction; pairs without a domain, or of an unmapped one, with the
+    encoder's own prefix. Rows ``2i`` and ``2i + 1`` are the two orders of pair ``i``.
     """
 
-    def __init__(self, pairs: Sequence[PreferencePair], encoder: ClozeEncoder, order: str, seed: int,
+    def __init__(self, pairs: PairTable | Sequence[PreferencePair], encoder: ClozeEncoder, order: str, seed: int,
                  domain_prefixes: dict[str, str] | None = None):
+        import datasets
+
         if order not in ("both", "random"):
             raise ValueError(f"order must be 'both' or 'random', got {order!r}")
-        rng = random.Random(seed)
-        self.examples: list[tuple[Encoded, int]] = []
-        self.truncated = 0
-        for pair in pairs:
-            prefix = prefix_for_domain(pair.domain, domain_prefixes, encoder.prefix)
-            flips = (False, True) if order == "both" else (rng.random() < 0.5,)
-            for flipped in flips:
-                a, b = (pair.rejected, pair.chosen) if flipped else (pair.chosen, pair.rejected)
-                enc = encoder.encode(pair.prompt, a, b, prefix=prefix)
-                self.truncated += enc.truncated
-                self.examples.append((enc, int(flipped)))  # label = index of the chosen response
+        table = pairs if isinstance(pairs, PairTable) else PairTable.from_pairs(pairs)
+        flips = None
+        if order == "random":
+            rng = random.Random(seed)
+            flips = [rng.random() < 0.5 for _ in range(len(table))]
+        with_types = has_token_types(encoder.tokenizer)
+        columns = {"input_ids": datasets.List(datasets.Value("int32")), "mask_position": datasets.Value("int32"),
+                   "labels": datasets.Value("int8"), "truncated": datasets.Value("bool"),
+                   "length": datasets.Value("int32"), "pair": datasets.Value("int32")}
+        if with_types:
+            columns["token_type_ids"] = datasets.List(datasets.Value("int8"))
 
+        def encode(batch: dict, indices: list[int]) -> dict:
+            out: dict[str, list] = {name: [] for name in columns}
+            for j, index in enumerate(indices):
+                prompt, chosen, rejected = batch["prompt"][j], batch["chosen"][j], batch["rejected"][j]
+                prefix = prefix_for_domain(batch["domain"][j], domain_prefixes, encoder.prefix)
+                for flipped in (False, True) if flips is None else (flips[index],):
+                    a, b = (rejected, chosen) if flipped else (chosen, rejected)
+                    enc = encoder.encode(prompt, a, b, prefix=prefix)
+                    out["input_ids"].append(enc.input_ids)
+                    out["mask_position"].append(enc.mask_position)
+                    out["labels"].append(int(flipped))  # label = index of the chosen response
+                    out["truncated"].append(bool(enc.truncated))
+                    out["length"].append(len(enc.input_ids))
+                    out["pair"].append(index)
+                    if with_types:
+                        out["token_type_ids"].append(enc.token_type_ids)
+            return out
+
+        settings = {"tokenizer": tokenizer_signature(encoder.tokenizer), "template": encoder.template.to_dict(),
+                    "prefix": encoder.prefix, "domain_prefixes": domain_prefixes or None,
+                    "max_length": encoder.max_length, "elision_marker": encoder.elision_marker,
+                    "order": order, "seed": seed if order == "random" else None}
+        super().__init__(table.encode("cloze", encode, datasets.Features(columns), settings,
+                                      desc="tokenising (cloze)"))
+        self.with_types = with_types
         # Both orders of a pair are consecutive examples; GroupedSampler keeps them in one batch.
         self.group_size = 2 if order == "both" else 1
 
-    def __len__(self) -> int:
-        return len(self.examples)
+    def example(self, index: int) -> tuple[Encoded, int]:
+        """Example ``index`` as the encoder returned it, and its label."""
+        row = self.rows[index]
+        types = row["token_type_ids"] if self.with_types else None
+        return Encoded(row["input_ids"], types, row["mask_position"], row["truncated"]), row["labels"]
 
     def __getitem__(self, index: int) -> dict:
-        enc, label = self.examples[index]
+        enc, label = self.example(index)
         return {"input_ids": enc.input_ids, "encoding": enc, "labels": label}
 
 

@@ -9,7 +9,7 @@ from ..config import RewardConfig, check_read
 from ..defaults import resolve_defaults
 from ..prompt import get_template
 from ..training.config import TrainConfig, TrainResult
-from ..training.trainer import finish, fit, make_result, report_parameters
+from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from .data import ClozeCollator, ClozeDataset, load_training_pairs
 from .model import RewardModel
 
@@ -41,13 +41,17 @@ def train(config: TrainConfig) -> TrainResult:
     from transformers import set_seed
 
     set_seed(config.seed)  # before the model is built: an initialised MLM head is seeded too
-    report = load_training_pairs(config)
+    args = arguments_for(config)
+    with args.main_process_first(desc="reading the data"):  # rank 0 fills the cache, the others reuse it
+        table = load_training_pairs(config)
     rm = build_model(config)
     parameters = report_parameters(rm.model)
-    dataset = ClozeDataset(report.pairs, rm.encoder, config.order, config.seed, config.domain_prefixes)
-    outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config)
+    with args.main_process_first(desc="tokenising"):
+        dataset = ClozeDataset(table, rm.encoder, config.order, config.seed, config.domain_prefixes)
+    outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config,
+                  args)
     result = make_result(config, outcome, 2 if config.order == "both" else 1, parameters,
-                         truncated=dataset.truncated, skipped=report.skipped)
+                         truncated=dataset.truncated, skipped=table.skipped)
 
     def save(scorer) -> None:
         rm.model = scorer.mlm

@@ -79,12 +79,18 @@ def _make_trainer_classes():
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             group_size = getattr(dataset, "group_size", 1) if self.pair_batches else 1
             if group_size <= 1:
+                if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+                    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+                    # The lengths column of the Arrow table, rather than decoding every row.
+                    return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                                lengths=dataset.lengths)
                 return super()._get_train_sampler(train_dataset)
             if self.args.per_device_train_batch_size % group_size:
                 raise ValueError(f"micro batch size {self.args.per_device_train_batch_size} must be a multiple of "
                                  f"{group_size} so that both orders of a pair share a batch")
             by_length = self.args.train_sampling_strategy == "group_by_length"
-            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))] if by_length else None
+            lengths = example_lengths(dataset) if by_length else None
             # Megabatches as in LengthGroupedSampler: 50 batches' worth, counted in groups.
             megabatch = 50 * self.args.train_batch_size * self.args.gradient_accumulation_steps // group_size
             return GroupedSampler(len(dataset), group_size, self.args.data_seed or self.args.seed, lengths, megabatch)
@@ -171,10 +177,26 @@ class FitOutcome:
     seconds: float
 
 
-def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig) -> FitOutcome:
+def example_lengths(dataset: Dataset) -> list[int]:
+    """Each example's length: the dataset's ``lengths`` (an Arrow column), else from every row."""
+    if hasattr(dataset, "lengths"):
+        return list(dataset.lengths)
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+
+
+def arguments_for(config: TrainConfig):
+    """The run's ``TrainingArguments``; built before the data so that ``args.main_process_first()``
+    lets rank 0 tokenise into the shared cache while the other ranks wait (with the DDP timeout)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = gradient_accumulation(config.batch_size, config.micro_batch_size, world_size)
+    return training_arguments(config, Path(config.output), accumulation)
+
+
+def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig, args=None) -> FitOutcome:
     """Run the Trainer on ``model`` (forward returns {"loss", "logits"}; inputs carry "labels").
 
-    Shared by every objective: progress bar, metrics.jsonl, checkpoints and ``--resume``.
+    Shared by every objective: progress bar, metrics.jsonl, checkpoints and ``--resume``. ``args``:
+    the run's :func:`arguments_for` when the caller built them already.
     """
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -186,10 +208,11 @@ def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig)
     if config.resume and not any(p.name.startswith("checkpoint-") for p in output.iterdir()):
         raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    accumulation = gradient_accumulation(config.batch_size, config.micro_batch_size, world_size)
+    args = args if args is not None else arguments_for(config)
+    accumulation = args.gradient_accumulation_steps
     RewardTrainer, MetricsCallback, TqdmCallback = _make_trainer_classes()
     trainer = RewardTrainer(
-        model=model, args=training_arguments(config, output, accumulation), train_dataset=dataset,
+        model=model, args=args, train_dataset=dataset,
         data_collator=collator, callbacks=[MetricsCallback(output / "metrics.jsonl"), TqdmCallback()],
         pair_batches=config.pair_batches, head_lr_scale=config.head_lr_scale,
     )

@@ -28,6 +28,7 @@ class ResponseEncoder:
     def __init__(self, tokenizer, max_length: int = 512, elision_marker: str = " ... ") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.elision_marker = elision_marker
         sentinel = tokenizer.mask_token or tokenizer.unk_token
         sentinel_id = tokenizer.convert_tokens_to_ids(sentinel)
         # Learn the pair layout of this tokenizer's special tokens from a probe.

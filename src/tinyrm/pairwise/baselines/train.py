@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.data import Dataset
 
+from ...arrow import PairTable, has_token_types, tokenizer_signature
 from ...backbone import BackboneConfig, load_mlm, prepare_for_training
 from ...config import RewardConfig
 from ...data import PreferencePair
 from ...model_card import SEQUENCE_CLASSIFICATION
 from ...training.config import TrainConfig, TrainResult
-from ...training.trainer import finish, fit, make_result, report_parameters
-from ..data import load_training_pairs
+from ...training.trainer import arguments_for, finish, fit, make_result, report_parameters
+from ..data import EncodedRows, load_training_pairs
 from .classifier import (
     SequenceClassifierScorer,
     classifier_head_modules,
@@ -23,28 +23,59 @@ from .classifier import (
     native_classifier_supported,
     prepare_tokenizer,
 )
-from .encoding import ResponseEncoder, pad_responses
+from .encoding import ResponseEncoded, ResponseEncoder, pad_responses
 from .model import save_baseline
 from .token import LEGACY_FORMAT, OBJECTIVES, POOLINGS, BaselineScorer, freeze_unused
 
 logger = logging.getLogger(__name__)
+SIDES = ("chosen", "rejected")
 
 
-class PairDataset(Dataset):
-    """One example per preference pair: the chosen and the rejected sequence, label 0."""
+class PairDataset(EncodedRows):
+    """One example per preference pair: the chosen and the rejected sequence, label 0, as Arrow rows.
 
-    def __init__(self, pairs: Sequence[PreferencePair], encoder: ResponseEncoder) -> None:
-        self.examples = [(encoder.encode(p.prompt, p.chosen), encoder.encode(p.prompt, p.rejected)) for p in pairs]
-        self.truncated = sum(int(c.truncated) + int(r.truncated) for c, r in self.examples)
+    ``pairs``: a :class:`PairTable` (encoded once per table and settings, then reused from the
+    cache) or Python pairs (encoded in memory).
+    """
 
-    def __len__(self) -> int:
-        return len(self.examples)
+    def __init__(self, pairs: PairTable | Sequence[PreferencePair], encoder: ResponseEncoder) -> None:
+        import datasets
+
+        table = pairs if isinstance(pairs, PairTable) else PairTable.from_pairs(pairs)
+        self.with_types = has_token_types(encoder.tokenizer)
+        names = ("input_ids", "response_mask", "token_type_ids") if self.with_types else ("input_ids", "response_mask")
+        columns = {f"{side}_{name}": datasets.List(datasets.Value("int32" if name == "input_ids" else "int8"))
+                   for side in SIDES for name in names}
+        columns.update({f"{side}_truncated": datasets.Value("bool") for side in SIDES})
+        columns.update(truncated=datasets.Value("int8"), length=datasets.Value("int32"))
+
+        def encode(batch: dict, indices: list[int]) -> dict:
+            out: dict[str, list] = {name: [] for name in columns}
+            for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
+                encodings = encoder.encode(prompt, chosen), encoder.encode(prompt, rejected)
+                for side, enc in zip(SIDES, encodings):
+                    for name in (*names, "truncated"):
+                        out[f"{side}_{name}"].append(getattr(enc, name))
+                out["truncated"].append(sum(int(enc.truncated) for enc in encodings))
+                out["length"].append(sum(len(enc.input_ids) for enc in encodings))
+            return out
+
+        settings = {"tokenizer": tokenizer_signature(encoder.tokenizer), "max_length": encoder.max_length,
+                    "elision_marker": encoder.elision_marker}
+        super().__init__(table.encode("responses", encode, datasets.Features(columns), settings,
+                                      desc="tokenising (responses)"))
+
+    def example(self, index: int) -> tuple[ResponseEncoded, ResponseEncoded]:
+        """(chosen, rejected) of pair ``index`` as the encoder returned them."""
+        row = self.rows[index]
+        return tuple(  # type: ignore[return-value]
+            ResponseEncoded(row[f"{side}_input_ids"], row[f"{side}_token_type_ids"] if self.with_types else None,
+                            row[f"{side}_response_mask"], row[f"{side}_truncated"])
+            for side in SIDES)
 
     def __getitem__(self, index: int) -> dict:
-        chosen, rejected = self.examples[index]
-        # "input_ids" only serves the Trainer's group-by-length sampler (total length of the pair).
-        return {"input_ids": chosen.input_ids + rejected.input_ids, "chosen": chosen, "rejected": rejected,
-                "labels": 0}
+        chosen, rejected = self.example(index)
+        return {"chosen": chosen, "rejected": rejected, "labels": 0}  # lengths: the "length" column
 
 
 @dataclass
@@ -108,12 +139,15 @@ def train(config: TrainConfig) -> TrainResult:
     if config.loss != "pair" or config.order != "both":
         logger.warning("--loss/--order apply to the cloze objective only; ignored for %s", config.objective)
     set_seed(config.seed)  # before the head is created
-    report = load_training_pairs(config)
+    args = arguments_for(config)
+    with args.main_process_first(desc="reading the data"):  # rank 0 fills the cache, the others reuse it
+        table = load_training_pairs(config)
     scorer, tokenizer, reward_config = build_scorer(config)
     parameters = report_parameters(scorer)
-    dataset = PairDataset(report.pairs, ResponseEncoder(tokenizer, config.max_length))
-    outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config)
-    result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
+    with args.main_process_first(desc="tokenising"):
+        dataset = PairDataset(table, ResponseEncoder(tokenizer, config.max_length))
+    outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config, args)
+    result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=table.skipped)
 
     def save(module: BaselineScorer | SequenceClassifierScorer) -> None:
         reward_config.extra["result"] = asdict(result)
