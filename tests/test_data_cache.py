@@ -241,3 +241,24 @@ def test_training_twice_tokenises_once_and_no_cache_leaves_nothing(tiny_bert, pa
     run("e", objective="classifier")
     assert calls["responses"] == 2 * 24 and calls["jsonl"] == 2  # the pairs table serves both objectives
 
+
+def test_data_pipeline_benchmark_runs_cold_then_warm(tiny_bert, pairs_file, tmp_path):
+    """benchmarks/data_pipeline.py on a tiny model: two fresh processes, the second on the first's cache."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(script), "--data", str(pairs_file), "--model", tiny_bert,
+                           "--set", "max_length=64", "--set", "batch_size=4", "--set", "micro_batch_size=4",
+                           "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    cold, warm = summary["rows"]
+    assert (cold["run"], warm["run"], summary["pairs"]) == ("cold", "warm", 24)
+    assert cold["steps"] == warm["steps"] == 1 and cold["cache_mib"] == warm["cache_mib"]
+    for row in (cold, warm):
+        assert 0 < row["seconds_to_trainer"] <= row["seconds_to_first_step"] <= row["seconds_total"]
+        assert row["peak_rss_mib"] > 100
+    assert "| warm |" in done.stdout
