@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tinyrm.backbone import find_layers  # noqa: E402
-from tinyrm.inference.engine import cpu_bf16_native  # noqa: E402
+from tinyrm.inference.precision import cpu_bf16_native  # noqa: E402
 from tinyrm.pairwise.data import pad_batch  # noqa: E402
 from tinyrm.pairwise.model import RewardModel  # noqa: E402
 from tinyrm.prompt import ClozeEncoder, Encoded, get_template  # noqa: E402

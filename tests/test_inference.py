@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from tinyrm.backbone import encoder_of
-from tinyrm.inference.engine import (
-    CachingClozeEncoder,
-    InferenceConfig,
-    cpu_bf16_native,
-    plan_batches,
-    resolve_dtype,
-)
+from tinyrm.inference.engine import CachingClozeEncoder, InferenceConfig, plan_batches
+from tinyrm.inference.precision import cpu_bf16_native, resolve_dtype
 from tinyrm.pairwise.model import RewardModel
 from tinyrm.prompt import ClozeEncoder, get_template
 from tinyrm.tools.synthetic import generate

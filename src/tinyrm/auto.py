@@ -12,8 +12,9 @@ folder to that kind's class, as it always has.
 
 from __future__ import annotations
 
-from .backbone import resolve_model_path
+from .backbone import default_device, resolve_model_path
 from .config import MODEL_CLASSES, model_class, saved_objective
+from .inference.precision import apply_precision, check_precision
 from .pairwise.baselines.model import BaselineRewardModel
 from .pairwise.model import RewardModel
 from .pairwise.route import RoutedRewardModel
@@ -31,14 +32,18 @@ MODEL_CLASSES.update({
 AnyRewardModel = RewardModel | ProcessRewardModel | BaselineRewardModel | RoutedRewardModel
 
 
-def load(path_or_id: str = "default", device: str | None = None, **overrides) -> AnyRewardModel:
+def load(path_or_id: str = "default", device: str | None = None, precision: str | None = None,
+         **overrides) -> AnyRewardModel:
     """A saved tinyrm model of any kind, or any masked-LM checkpoint as a pairwise ``RewardModel``.
 
     ``overrides`` are the loading options of that kind's ``from_pretrained`` (``max_length``,
-    ``template``, ``prefix``, ``context``, ...; ``None`` values are ignored).
+    ``template``, ``prefix``, ``context``, ...; ``None`` values are ignored). ``precision`` (auto |
+    bf16 | fp32 | int8) sets the scoring precision of models with the inference engine (int8: CPU only,
+    refused for a CUDA device before anything is loaded; ``tinyrm.inference.precision``).
     """
+    check_precision(precision, device or default_device())
     objective = saved_objective(resolve_model_path(path_or_id))
-    return model_class(objective).from_pretrained(path_or_id, device=device, **overrides)
+    return apply_precision(model_class(objective).from_pretrained(path_or_id, device=device, **overrides), precision)
 
 
 class AutoRewardModel:
@@ -48,5 +53,6 @@ class AutoRewardModel:
         raise TypeError("AutoRewardModel is not instantiated: use AutoRewardModel.from_pretrained(path)")
 
     @staticmethod
-    def from_pretrained(path_or_id: str = "default", device: str | None = None, **overrides) -> AnyRewardModel:
-        return load(path_or_id, device=device, **overrides)
+    def from_pretrained(path_or_id: str = "default", device: str | None = None, precision: str | None = None,
+                        **overrides) -> AnyRewardModel:
+        return load(path_or_id, device=device, precision=precision, **overrides)

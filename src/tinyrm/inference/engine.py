@@ -11,6 +11,9 @@ effect on CPU (see ``benchmarks/inference.py``):
   percent of the work; results come back in input order; both orders of a pair share a batch;
 * tokenisation once per unique text (prompts repeat across pairs, and every text twice for the
   swapped order), batch-tokenised up front, and on GPU overlapped with the forward passes.
+
+Which dtype ``precision`` means on a device is ``inference.precision``; int8 (CPU, opt-in) is
+``inference.quantize``.
 """
 
 from __future__ import annotations
@@ -19,22 +22,21 @@ import copy
 import importlib.util
 import logging
 import os
-import platform
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 from torch import nn
 
 from ..backbone import mask_logits, unwrap_peft
 from ..prompt import ClozeEncoder, Encoded
+from .precision import PRECISIONS, resolve_dtype
+from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
 PairInput = tuple[str, str, str]
 
 
@@ -43,7 +45,7 @@ class InferenceConfig:
     """Knobs of the scoring path; ``rm.engine.config`` holds the live one."""
 
     max_batch_tokens: int = 16384  # padded tokens (rows x width) per forward pass
-    precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32
+    precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32; int8 (CPU): inference.quantize
     compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
     overlap: str = "auto"  # tokenise the next chunk during compute: auto = on GPU only
     chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
@@ -53,49 +55,16 @@ class InferenceConfig:
     # On by default: bf16 rounding turned a barely-trained model's small margins into exact ties
     # (counted wrong) and flipped 5% of dev decisions; a trained model rarely triggers it.
     recheck_margin: float = 0.01
+    int8_scheme: str = "dynamic"  # precision int8: dynamic (torch.ao) | per-token (inference.quantize)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_scheme(self.int8_scheme)
         if self.overlap not in ("auto", "on", "off"):
             raise ValueError(f"overlap must be auto, on or off, got {self.overlap!r}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
-
-
-# ----------------------------------------------------------------------------- precision
-@lru_cache(maxsize=1)
-def cpu_bf16_native() -> bool:
-    """True when the CPU computes bf16 natively (x86 avx512_bf16 / AMX, Arm bf16).
-
-    ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` also says yes for plain AVX-512, where bf16 is
-    emulated and can be slower than fp32, so read the CPU flags instead.
-    """
-    try:
-        with open("/proc/cpuinfo") as handle:
-            text = handle.read()
-    except OSError:
-        return platform.machine() == "arm64" and platform.system() == "Darwin"  # Apple M2+ have bf16
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    return False
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for ``precision`` on ``device`` (``auto`` falls back to fp32)."""
-    if precision == "fp32":
-        return torch.float32
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = cpu_bf16_native()
-    else:
-        supported = False
-    if precision == "bf16" or supported:
-        return torch.bfloat16
-    return torch.float32
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -230,7 +199,8 @@ class InferenceEngine:
         """The module to run: the model itself in fp32 eval mode, else a private eval copy
         (adapters merged, cast to bf16, compiled if asked); rebuilt when the weights change."""
         model, dtype = self.rm.model, dtype or self.dtype
-        key = (*_weights_key(model, dtype, self.config.compile), getattr(self.rm.config, "read", "mask"))
+        key = (*_weights_key(model, dtype, self.config.compile), getattr(self.rm.config, "read", "mask"),
+               self.config.int8_scheme if dtype == INT8_DTYPE else None)
         with self._lock:
             cached = self._slots.get(dtype)
             if cached is not None and cached.key == key:
@@ -242,7 +212,10 @@ class InferenceEngine:
                 if backbone is not model:
                     # Merging DoRA/LoRA adapters removes their per-call overhead.
                     run = run.merge_and_unload()
-                run = run.to(dtype=dtype).eval()
+                if dtype == INT8_DTYPE:  # int8: quantised encoder linears, fp32 elsewhere
+                    run = quantize_encoder_(run, self.config.int8_scheme)
+                else:
+                    run = run.to(dtype=dtype).eval()
             else:
                 run = model
             _enable_varlen_attention(run, self.rm.device)

@@ -24,6 +24,7 @@ from ..backbone import (
 )
 from ..config import ADAPTER_DIR, CONFIG_FILE, RewardConfig, check_read, model_class
 from ..inference.engine import CachingClozeEncoder, InferenceEngine
+from ..inference.precision import apply_precision, check_precision
 from ..model_card import write_card
 from ..prompt import ClozeEncoder, Encoded, get_template, resolve_answer_ids
 from .rank import best_of_n, rank
@@ -98,18 +99,23 @@ class RewardModel:
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
-    def from_pretrained(cls, path_or_id: str = "default", device: str | None = None, **overrides) -> RewardModel:
+    def from_pretrained(cls, path_or_id: str = "default", device: str | None = None, precision: str | None = None,
+                        **overrides) -> RewardModel:
         """Load a saved tinyrm model, or wrap any masked-LM checkpoint (``default`` = embedded).
 
         A folder of another kind (``tinyrm.json`` objective other than ``cloze``) loads as that kind's
         class, as :func:`tinyrm.load` does: e.g. a process checkpoint gives a ``ProcessRewardModel``.
+        ``precision`` (auto | bf16 | fp32 | int8) sets ``engine.config.precision``; int8 is CPU only
+        (``tinyrm.inference.quantize``) and is refused for a CUDA device before anything is loaded.
         """
+        check_precision(precision, device or default_device())
         path = resolve_model_path(path_or_id)
         saved = (Path(path) / CONFIG_FILE).is_file()
         config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
         if config.objective != "cloze":
-            return model_class(config.objective).from_pretrained(path, device=device, **overrides)
-        return cls._load_cloze(path, config, str(path_or_id), device, overrides)
+            return apply_precision(model_class(config.objective).from_pretrained(path, device=device, **overrides),
+                                   precision)
+        return apply_precision(cls._load_cloze(path, config, str(path_or_id), device, overrides), precision)
 
     @classmethod
     def _load_cloze(cls, path: str, config: RewardConfig, name: str, device: str | None, overrides: dict):
