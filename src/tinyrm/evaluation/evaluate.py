@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..auto import load
 from ..data import PreferencePair, load_pairs
+from ..inference.adaptive import both_orders_value, order_report, orders_from_cli, stats_of
 from .results import score_pairs, write_results
 
 
@@ -27,6 +28,9 @@ class EvalConfig:
     template: str | None = None  # override for checkpoints without tinyrm.json
     prefix: str | None = None
     max_batch_tokens: int | None = None  # padded tokens per forward pass (None = engine default)
+    orders: str | None = None  # both | one | auto (tinyrm.inference.adaptive); None: from single_order
+    order_margin: float | None = None  # orders=auto: swapped order only where |P - 0.5| < margin
+    precision: str | None = None  # auto | bf16 | fp32 | int8 (None: the engine's default, auto)
 
 
 def accepts_domains(scorer) -> bool:
@@ -38,23 +42,33 @@ def accepts_domains(scorer) -> bool:
 
 
 def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, single_order: bool = False,
-                   max_batch_tokens: int | None = None) -> dict:
+                   max_batch_tokens: int | None = None, orders: str | None = None,
+                   order_margin: float | None = None) -> dict:
+    """``orders="auto"`` adds ``orders``, ``order_margin``, ``second_passes`` and ``second_pass_fraction``
+    to the results (``tinyrm.inference.adaptive``)."""
+    orders = orders_from_cli(orders, single_order)
     # Only cloze models take a token budget; other objectives' compare_batch may not.
     extra = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
     if accepts_domains(rm):  # each pair's domain picks its prefix (RewardConfig.domain_prefixes)
         extra["domains"] = [p.domain for p in pairs]
+    if orders == "auto":
+        extra["order_margin"] = order_margin
+        before = stats_of(rm)
     probs = rm.compare_batch(
-        [(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=batch_size, both_orders=not single_order,
-        **extra,
+        [(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=batch_size,
+        both_orders=both_orders_value(orders), **extra,
     )
-    return score_pairs(probs, pairs, rm.name)
+    results = score_pairs(probs, pairs, rm.name)
+    return {**results, **order_report(rm, before, order_margin)} if orders == "auto" else results
 
 
 def evaluate(config: EvalConfig) -> dict:
     pairs = load_pairs(config.data, skip_bad_rows=config.skip_bad_rows).pairs
-    rm = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix)
+    rm = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix,
+              precision=config.precision)
     results = evaluate_pairs(rm, pairs, batch_size=config.batch_size, single_order=config.single_order,
-                             max_batch_tokens=config.max_batch_tokens)
+                             max_batch_tokens=config.max_batch_tokens, orders=config.orders,
+                             order_margin=config.order_margin)
     if config.output:
         write_results(results, config.output)
     return results

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..backbone import mask_logits, unwrap_peft
 from ..prompt import ClozeEncoder, Encoded
+from .adaptive import AutoOrder, OrderStats
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
 
@@ -189,6 +190,7 @@ class InferenceEngine:
     _slots: dict = field(default_factory=dict, init=False, repr=False)  # dtype -> _Prepared
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     rechecked: int = field(default=0, init=False)  # pairs re-scored in fp32 by the recheck_margin guard
+    order_stats: OrderStats = field(default_factory=OrderStats, init=False)  # both_orders="auto" (inference.adaptive)
 
     # -- model preparation
     @property
@@ -292,6 +294,8 @@ class InferenceEngine:
         return out
 
     def _score_chunk(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
+        if isinstance(both, AutoOrder):  # the swapped order only for undecided pairs (inference.adaptive)
+            return both.score(self, encodings, n, batch_size, budget)
         units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
         probs = self.run_units(encodings, units, batch_size, budget)
         # In the swapped order choice 0 is b, so P(a better) there is 1 - P(choice 0).
@@ -318,7 +322,7 @@ class InferenceEngine:
         return on and n_items > self.config.chunk_pairs
 
     def compare_batch(
-        self, items: Iterable[PairInput], both: bool, batch_size: int | None = None,
+        self, items: Iterable[PairInput], both: bool | AutoOrder, batch_size: int | None = None,
         max_batch_tokens: int | None = None, prefixes: Sequence[str | None] | None = None,
     ) -> list[float]:
         """P(a better than b) per item; chunked with tokenisation overlapped when enabled.

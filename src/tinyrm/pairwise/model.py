@@ -23,6 +23,7 @@ from ..backbone import (
     unwrap_peft,
 )
 from ..config import ADAPTER_DIR, CONFIG_FILE, RewardConfig, check_read, model_class
+from ..inference.adaptive import resolve_both_orders
 from ..inference.engine import CachingClozeEncoder, InferenceEngine
 from ..inference.precision import apply_precision, check_precision
 from ..model_card import write_card
@@ -168,16 +169,19 @@ class RewardModel:
         return self.engine.choice_probs(encodings, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
     def compare_batch(
-        self, items: Iterable[PairInput], batch_size: int | None = 32, both_orders: bool | None = None,
+        self, items: Iterable[PairInput], batch_size: int | None = 32, both_orders: bool | str | None = None,
         max_batch_tokens: int | None = None, domains: Sequence[str | None] | None = None,
+        order_margin: float | None = None,
     ) -> list[float]:
         """P(a better than b) for each (prompt, a, b); averaged over both orders by default.
 
         Both orders of a pair run in the same batch; see ``choice_probs`` for the batch limits.
+        ``both_orders="auto"``: the swapped order only for pairs whose first P is within
+        ``order_margin`` (default 0.25) of 0.5 (``tinyrm.inference.adaptive``; counts in ``engine.order_stats``).
         ``domains`` (one per item, None allowed): with ``config.domain_prefixes`` set, each item is
         encoded with its domain's prefix; items without a domain, or of an unmapped one, with ``prefix``.
         """
-        both = self.config.both_orders if both_orders is None else both_orders
+        both = resolve_both_orders(both_orders, self.config.both_orders, order_margin)
         items = list(items)
         if domains is not None:
             domains = list(domains)
@@ -186,9 +190,10 @@ class RewardModel:
         return self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                          prefixes=self.config.prefixes_for(domains))
 
-    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None,
-                domain: str | None = None) -> float:
-        return self.compare_batch([(prompt, a, b)], both_orders=both_orders, domains=[domain])[0]
+    def compare(self, prompt: str, a: str, b: str, both_orders: bool | str | None = None,
+                domain: str | None = None, order_margin: float | None = None) -> float:
+        return self.compare_batch([(prompt, a, b)], both_orders=both_orders, domains=[domain],
+                                  order_margin=order_margin)[0]
 
     def scorer(self, loss: str = "pair") -> ClozeScorer:
         """The trainable module around this model's backbone."""
