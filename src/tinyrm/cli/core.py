@@ -7,6 +7,7 @@ import json
 
 from .evaluate import cmd_eval
 from .output import make_console
+from .scoring import add_scoring_arguments, scoring_options
 
 console = make_console()
 
@@ -105,10 +106,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..auto import load
+    from ..inference.adaptive import both_orders_value, order_report, stats_of
 
-    rm = load(args.model, template=args.template, prefix=args.prefix)
-    prob = rm.compare(args.prompt, args.a, args.b, both_orders=not args.single_order)
-    print(json.dumps({"prob_a": prob, "better": "a" if prob > 0.5 else "b" if prob < 0.5 else "tie"}))
+    orders, order_margin, precision = scoring_options(args)
+    rm = load(args.model, template=args.template, prefix=args.prefix, precision=precision)
+    before = stats_of(rm) if orders == "auto" else None
+    # order_margin only with --orders auto: baselines and routes take no such argument.
+    extra = {} if before is None else {"order_margin": order_margin}
+    prob = rm.compare(args.prompt, args.a, args.b, both_orders=both_orders_value(orders), **extra)
+    out = {"prob_a": prob, "better": "a" if prob > 0.5 else "b" if prob < 0.5 else "tie"}
+    if before is not None:  # orders, order_margin, second_passes (0 or 1), second_pass_fraction
+        out.update(order_report(rm, before, order_margin))
+    print(json.dumps(out))
     return 0
 
 
@@ -162,6 +171,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--single-order", action="store_true", help="score one order only (no position-bias removal)")
+    add_scoring_arguments(p)
     p.add_argument("--skip-bad-rows", action="store_true")
     p.add_argument("--json", action="store_true",
                    help="print the results (as written to --output) as JSON on stdout, and nothing else there")
@@ -175,7 +185,8 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--a", required=True)
     p.add_argument("--b", required=True)
-    p.add_argument("--single-order", action="store_true")
+    p.add_argument("--single-order", action="store_true", help="= --orders one")
+    add_scoring_arguments(p)
     add_prompt_overrides(p)
     p.set_defaults(handler=cmd_compare)
 

@@ -6,14 +6,20 @@ import argparse
 
 from ..errors import UserError
 from .output import emit_json, make_console, show_results
+from .scoring import reject_for, scoring_options
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    orders, order_margin, precision = scoring_options(args)
+    args.single_order = orders == "one"  # what the specialised evaluations read
     if args.benchmark == "rewardbench":
+        reject_for(args, "--benchmark rewardbench")
         return eval_rewardbench(args)
     if args.baseline:
+        reject_for(args, "--baseline")
         return eval_heuristic(args)
     if args.objective in ("process", "outcome"):
+        reject_for(args, f"--objective {args.objective}")
         return eval_process(args)
     from ..evaluation.evaluate import EvalConfig, evaluate
     from ..evaluation.results import results_table
@@ -21,7 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = EvalConfig(model=args.model, data=args.data, output=args.output, batch_size=args.batch_size,
                         max_length=args.max_length, single_order=args.single_order,
                         skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
-                        max_batch_tokens=args.max_batch_tokens)
+                        max_batch_tokens=args.max_batch_tokens, orders=orders, order_margin=order_margin,
+                        precision=precision)
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
