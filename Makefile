@@ -24,7 +24,9 @@ test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
+# Roofline (MFU against the matmul peaks of the same run), then the method comparison; docs/speed.md, docs/inference.md.
 bench: setup
+	$(PY) benchmarks/roofline.py
 	$(PY) benchmarks/inference.py
 
 # Run after changing dependencies in pyproject.toml or requirements/lock.in, or to take new releases.
