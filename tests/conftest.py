@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def datasets_cache(tmp_path_factory) -> Path:
-    """Tokenised training data goes to a folder of this session, never the user's ~/.cache."""
-    path = tmp_path_factory.mktemp("datasets-cache")
-    os.environ["TINYRM_DATASETS_CACHE"] = str(path)
-    return path
+def pytest_configure(config) -> None:
+    """Tokenised training data goes to a folder of this session, never the user's ~/.cache. Set here,
+    before the test modules are imported (some copy os.environ for their subprocesses at import)."""
+    config.tinyrm_datasets_cache = tempfile.mkdtemp(prefix="tinyrm-test-datasets-")
+    os.environ["TINYRM_DATASETS_CACHE"] = config.tinyrm_datasets_cache
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(getattr(config, "tinyrm_datasets_cache", ""), ignore_errors=True)
 
 
 def _save_tiny(kind: str, directory: Path) -> str:

@@ -1,6 +1,7 @@
 """Training data through ``datasets``: Arrow tables cached on disk, the same examples and batches as
 the encoders give directly, reuse without tokenising, a rebuild on any change, the same errors."""
 
+import gc
 import json
 import logging
 import os
@@ -199,10 +200,12 @@ def test_max_pairs_samples_the_same_pairs_as_before(pairs_file, tmp_path):
     assert table.sample(0, 0) is table and table.sample(len(pairs), 0) is table
 
 
-def test_cache_folder_resolution_and_the_cli_flags(tmp_path, monkeypatch):
+def test_cache_folder_resolution_and_the_cli_flags(tokenizer, pairs_file, tmp_path, monkeypatch):
     from tinyrm.arrow import CACHE_ENV, default_cache_dir
     from tinyrm.cli import build_parser
     from tinyrm.cli.core import train_config_from_args
+    from tinyrm.pairwise.data import load_training_pairs
+    from tinyrm.train import TrainConfig
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
     assert default_cache_dir() == tmp_path / "env" == resolve_cache_dir()
@@ -210,8 +213,17 @@ def test_cache_folder_resolution_and_the_cli_flags(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "tinyrm" / "datasets"
-    temporary = resolve_cache_dir(tmp_path / "mine", enabled=False)
-    assert temporary.is_dir() and temporary.name.startswith("tinyrm-data-") and tmp_path not in temporary.parents
+    config = TrainConfig(data=[str(pairs_file)], data_cache=False, max_pairs=8)
+    table = load_training_pairs(config)  # --no-cache: a folder of its own, alive while a table uses it
+    folder = table.cache_dir
+    assert folder.name.startswith("tinyrm-data-") and arrow_files(folder, "pairs")
+    rows = cloze(table, tokenizer)
+    del table
+    gc.collect()
+    assert folder.is_dir() and len(rows) == 16  # the encoded rows still hold it ...
+    del rows
+    gc.collect()
+    assert not folder.exists()  # ... and it goes with them
 
     def parse(*argv):
         return train_config_from_args(build_parser().parse_args(["train", "--data", "x", "--output", "o", *argv]))

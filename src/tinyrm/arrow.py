@@ -16,12 +16,11 @@ A run whose files and settings match reuses both without reading a JSONL line or
 tokenizer; the Trainer then reads rows by index from the memory-mapped tables, so a run holds no
 Python list of its examples. Files are written under a temporary name and renamed, so processes
 sharing the folder (DDP ranks) never read a partial file. With caching off (``--no-cache``) the
-same files go to a temporary folder removed at exit.
+same files go to a temporary folder, removed with the last table that uses it.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import itertools
 import json
@@ -30,6 +29,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -61,16 +61,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyrm" / "datasets"
 
 
-def resolve_cache_dir(cache_dir: str | Path | None = None, enabled: bool = True) -> Path:
-    """The folder for this run's tables: ``cache_dir`` or the default; a fresh temporary folder,
-    removed when the process exits, when caching is off."""
-    if not enabled:
-        path = Path(tempfile.mkdtemp(prefix="tinyrm-data-"))
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        return path
+def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder: ``cache_dir`` or :func:`default_cache_dir`, created if needed."""
     path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class TemporaryCacheDir:
+    """A cache folder for one run (``--no-cache``), removed once this object is garbage (the tables
+    using the folder hold it as ``keepalive``) or at exit."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="tinyrm-data-"))
+        self._remove = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -144,6 +148,8 @@ class PairTable:
     """Validated preference pairs as a ``datasets.Dataset`` (columns: the ``PreferencePair`` fields).
 
     ``cache_dir`` None: an in-memory table (built from Python pairs), encoded in memory too.
+    ``keepalive``: a temporary cache folder (:class:`TemporaryCacheDir`) that this table, its
+    samples and the datasets encoded from it hold, so it lives as long as they do.
     """
 
     dataset: Any
@@ -151,6 +157,7 @@ class PairTable:
     cache_dir: Path | None = None
     skipped: int = 0
     per_file: dict[str, int] = field(default_factory=dict)
+    keepalive: Any = None
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[PreferencePair]) -> PairTable:

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
 
-from ..arrow import PairTable, has_token_types, load_pair_table, resolve_cache_dir, tokenizer_signature
+from ..arrow import (
+    PairTable,
+    TemporaryCacheDir,
+    has_token_types,
+    load_pair_table,
+    resolve_cache_dir,
+    tokenizer_signature,
+)
 from ..data import PreferencePair
 from ..prompt import ClozeEncoder, Encoded, prefix_for_domain
 from ..training.config import TrainConfig
@@ -22,9 +29,10 @@ from ..training.config import TrainConfig
 def load_training_pairs(config: TrainConfig) -> PairTable:
     """``config.data`` as a cached pairs table, cut to ``config.max_pairs`` by a domain-stratified
     seeded sample when set (the same pairs as ``stratified_sample``)."""
-    cache = resolve_cache_dir(config.cache_dir, config.data_cache)
+    folder = None if config.data_cache else TemporaryCacheDir()  # --no-cache: one run's own folder
+    cache = resolve_cache_dir(config.cache_dir) if folder is None else folder.path
     table = load_pair_table(config.data, skip_bad_rows=config.skip_bad_rows, cache_dir=cache)
-    return table.sample(config.max_pairs, config.seed)
+    return replace(table, keepalive=folder).sample(config.max_pairs, config.seed)
 
 
 def column_sum(rows, name: str) -> int:
@@ -41,8 +49,9 @@ class EncodedRows(Dataset):
 
     group_size = 1
 
-    def __init__(self, rows) -> None:
+    def __init__(self, rows, keepalive=None) -> None:
         self.rows = rows  # a datasets.Dataset (memory-mapped unless built in memory)
+        self.keepalive = keepalive  # the temporary folder of the rows' file, if any (PairTable.keepalive)
         self.truncated = column_sum(rows, "truncated")
 
     def __len__(self) -> int:
@@ -104,7 +113,7 @@ class ClozeDataset(EncodedRows):
                     "max_length": encoder.max_length, "elision_marker": encoder.elision_marker,
                     "order": order, "seed": seed if order == "random" else None}
         super().__init__(table.encode("cloze", encode, datasets.Features(columns), settings,
-                                      desc="tokenising (cloze)"))
+                                      desc="tokenising (cloze)"), table.keepalive)
         self.with_types = with_types
         # Both orders of a pair are consecutive examples; GroupedSampler keeps them in one batch.
         self.group_size = 2 if order == "both" else 1

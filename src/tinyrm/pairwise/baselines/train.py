@@ -63,7 +63,7 @@ class PairDataset(EncodedRows):
         settings = {"tokenizer": tokenizer_signature(encoder.tokenizer), "max_length": encoder.max_length,
                     "elision_marker": encoder.elision_marker}
         super().__init__(table.encode("responses", encode, datasets.Features(columns), settings,
-                                      desc="tokenising (responses)"))
+                                      desc="tokenising (responses)"), table.keepalive)
 
     def example(self, index: int) -> tuple[ResponseEncoded, ResponseEncoded]:
         """(chosen, rejected) of pair ``index`` as the encoder returned them."""
