@@ -39,4 +39,7 @@ def train(config: TrainConfig) -> TrainResult:
                          "`tinyrm route --specialists chat=DIR reasoning=DIR safety=DIR --data FILE... --output OUT`")
     if config.objective not in TRAINERS:
         raise ValueError(f"unknown objective {config.objective!r}; choose from {sorted(OBJECTIVES)}")
+    if config.eval_data and config.objective != "cloze":
+        raise ValueError(f"--eval-data scores a cloze model during training; objective {config.objective!r} "
+                         "has no such hook (train, then `tinyrm eval --model OUT --data FILE`)")
     return TRAINERS[config.objective](config)

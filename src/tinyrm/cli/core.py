@@ -66,6 +66,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", help="the default")
     p.add_argument("--max-pairs", type=int, default=d.max_pairs, metavar="N",
                    help="train on N pairs, a seeded sample with an equal share per domain (0 = all)")
+    p.add_argument("--eval-data", nargs="+", default=d.eval_data, metavar="FILE",
+                   help="cloze: held-out pairs scored during training (metrics.jsonl 'eval' records, model card)")
+    p.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
+                   help="with --eval-data: every N optimizer steps (0 = at the end only)")
     p.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
                    help="where tokenised data is cached (default: $TINYRM_DATASETS_CACHE or ~/.cache/tinyrm/datasets)")
     p.add_argument("--no-cache", dest="data_cache", action="store_false",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from ..backbone import BackboneConfig, load_mlm, prepare_for_training
 from ..config import RewardConfig, check_read
+from ..data import load_pairs
 from ..defaults import resolve_defaults
+from ..model_card import record_eval
 from ..prompt import get_template
 from ..training.config import TrainConfig, TrainResult
 from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from .data import ClozeCollator, ClozeDataset, load_training_pairs
+from .dev_eval import DevEvalCallback
 from .model import RewardModel
 
 
@@ -48,8 +52,9 @@ def train(config: TrainConfig) -> TrainResult:
     parameters = report_parameters(rm.model)
     with args.main_process_first(desc="tokenising"):
         dataset = ClozeDataset(table, rm.encoder, config.order, config.seed, config.domain_prefixes)
+    dev = dev_callback(config, rm)
     outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config,
-                  args)
+                  args, callbacks=[dev] if dev else [])
     result = make_result(config, outcome, 2 if config.order == "both" else 1, parameters,
                          truncated=dataset.truncated, skipped=table.skipped)
 
@@ -59,4 +64,14 @@ def train(config: TrainConfig) -> TrainResult:
         rm.save_pretrained(config.output)
 
     finish(config, outcome, result, save)
+    if dev is not None and dev.last is not None and outcome.trainer.is_world_process_zero():
+        record_eval(config.output, dev.last, data=config.eval_data)  # the final dev score goes into the card
     return result
+
+
+def dev_callback(config: TrainConfig, rm: RewardModel) -> DevEvalCallback | None:
+    """``--eval-data``: score those pairs with the live weights during training."""
+    if not config.eval_data:
+        return None
+    pairs = load_pairs(config.eval_data, skip_bad_rows=config.skip_bad_rows).pairs
+    return DevEvalCallback(rm, pairs, config.eval_steps, Path(config.output) / "metrics.jsonl")

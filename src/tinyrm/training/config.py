@@ -45,6 +45,9 @@ class TrainConfig:
     resume: bool = False
     skip_bad_rows: bool = False
     max_pairs: int = 0  # 0 = every pair; else a seeded sample with an equal share per domain
+    # Held-out pairs scored during training (cloze): every eval_steps optimizer steps (0 = at the end only).
+    eval_data: list[str] | None = None
+    eval_steps: int = 0
     # Tokenised training data (Arrow, tinyrm.arrow): None = $TINYRM_DATASETS_CACHE or ~/.cache/tinyrm/datasets.
     cache_dir: str | None = None
     data_cache: bool = True  # False (--no-cache): tokenise into a temporary folder, removed after the run

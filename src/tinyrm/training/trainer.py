@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -192,11 +193,13 @@ def arguments_for(config: TrainConfig):
     return training_arguments(config, Path(config.output), accumulation)
 
 
-def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig, args=None) -> FitOutcome:
+def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig, args=None,
+        callbacks: Sequence = ()) -> FitOutcome:
     """Run the Trainer on ``model`` (forward returns {"loss", "logits"}; inputs carry "labels").
 
     Shared by every objective: progress bar, metrics.jsonl, checkpoints and ``--resume``. ``args``:
-    the run's :func:`arguments_for` when the caller built them already.
+    the run's :func:`arguments_for` when the caller built them already; ``callbacks``: extra
+    ``TrainerCallback``s (e.g. the dev-set evaluation).
     """
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -213,7 +216,7 @@ def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig,
     RewardTrainer, MetricsCallback, TqdmCallback = _make_trainer_classes()
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=dataset,
-        data_collator=collator, callbacks=[MetricsCallback(output / "metrics.jsonl"), TqdmCallback()],
+        data_collator=collator, callbacks=[MetricsCallback(output / "metrics.jsonl"), TqdmCallback(), *callbacks],
         pair_batches=config.pair_batches, head_lr_scale=config.head_lr_scale,
     )
     for callback in (HFProgress, PrinterCallback):

@@ -1,0 +1,55 @@
+"""Held-out accuracy during cloze training (``--eval-data FILE... --eval-steps N``).
+
+The callback scores the dev pairs with the live weights (both orders, as ``tinyrm eval`` does) every
+``eval_steps`` optimizer steps and at the end, prints one line, and appends an ``{"event": "eval"}``
+record to the run's ``metrics.jsonl``. On real data the dev score of a small model moves by several
+points between checkpoints (docs/training.md), so a curve says more than the last point alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from ..data import PreferencePair
+from ..evaluation.evaluate import evaluate_pairs
+
+
+class DevEvalCallback(TrainerCallback):
+    def __init__(self, rm, pairs: Sequence[PreferencePair], every: int, metrics_path: str | Path,
+                 batch_size: int = 32, announce: bool = True) -> None:
+        self.rm, self.pairs, self.every = rm, list(pairs), every
+        self.metrics_path, self.batch_size, self.announce = Path(metrics_path), batch_size, announce
+        self.history: list[dict] = []
+        self.last: dict | None = None  # the full results of the latest evaluation
+
+    def evaluate(self, step: int, model: torch.nn.Module | None) -> dict:
+        was_training = model.training if model is not None else False
+        if model is not None:
+            model.eval()
+        try:
+            with torch.no_grad():
+                results = evaluate_pairs(self.rm, self.pairs, batch_size=self.batch_size)
+        finally:
+            if model is not None and was_training:
+                model.train()
+        record = {"event": "eval", "step": step, "accuracy": results["accuracy"], "n": results["n"],
+                  "subsets": {name: row["accuracy"] for name, row in results.get("subsets", {}).items()}}
+        self.history.append(record)
+        self.last = results
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.announce:
+            print(f"eval at step {step}: accuracy {results['accuracy']:.4f} on {results['n']} dev pairs", flush=True)
+        return record
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        done = state.global_step >= state.max_steps
+        if (self.every > 0 and state.global_step % self.every == 0) or done:
+            if state.is_world_process_zero:
+                self.evaluate(state.global_step, model)
+        return control

@@ -1,0 +1,35 @@
+"""--eval-data: held-out accuracy during cloze training, with the live weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyrm import RewardModel
+from tinyrm.data import load_pairs
+from tinyrm.evaluation.evaluate import evaluate_pairs
+from tinyrm.train import TrainConfig, train
+
+
+def test_dev_scores_during_training_match_the_saved_model(tiny_bert, pairs_file, tmp_path):
+    out = tmp_path / "rm"
+    train(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(out), objective="cloze", read="cls",
+                      batch_size=4, micro_batch_size=4, max_steps=3, max_length=96, save_steps=0, lr=1e-3,
+                      precision="fp32", eval_data=[str(pairs_file)], eval_steps=2))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [2, 3]  # every 2 steps, and the last one
+    pairs = load_pairs([str(pairs_file)]).pairs
+    assert all(r["n"] == len(pairs) for r in evals)
+    # The last in-training score is the saved model's score: the callback saw the final weights.
+    saved = evaluate_pairs(RewardModel.from_pretrained(str(out), device="cpu"), pairs)
+    assert evals[-1]["accuracy"] == pytest.approx(saved["accuracy"])
+    card = json.loads((out / "tinyrm.json").read_text())["extra"]["eval"]["pairs.jsonl"]
+    assert card["accuracy"] == pytest.approx(saved["accuracy"]) and card["n"] == len(pairs)
+
+
+def test_eval_data_is_refused_for_objectives_without_the_hook(tiny_bert, pairs_file, tmp_path):
+    with pytest.raises(ValueError, match="--eval-data"):
+        train(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "c"),
+                          objective="classifier", max_steps=1, eval_data=[str(pairs_file)]))
