@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(config)
     print_table(report)
     if config.output:
+        Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
