@@ -28,7 +28,6 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import psutil  # noqa: E402
+import speedlib  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -168,37 +167,6 @@ class Row:
     note: str = ""
 
 
-class PeakMemory:
-    """Peak memory above the starting level while the block runs (RSS on CPU, allocator on GPU)."""
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        self.proc = psutil.Process()
-        self.start = self.peak = self.proc.memory_info().rss
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            self.mib = (torch.cuda.max_memory_allocated() - self.start) / 2**20
-            return
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.mib = (self.peak - self.start) / 2**20
-
-
 def both_orders(encoder: ClozeEncoder, pairs: Sequence[Pair]) -> list[Encoded]:
     return [encoder.encode(p, a, b) for p, a, b in pairs] + [encoder.encode(p, b, a) for p, a, b in pairs]
 
@@ -275,7 +243,7 @@ def measure(name: str, inputs: str, method: str, fn: Callable, rm: RewardModel, 
             pairs: Sequence[Pair], batch_size: int, peak: dict[str, float]) -> tuple[Row, list[float]]:
     fn(rm, encoder, pairs[:2], batch_size)  # warm-up: prepare the bf16 copy, compile, first kernels
     lengths = [len(e.input_ids) for e in both_orders(encoder, pairs)]
-    with PeakMemory() as memory:
+    with speedlib.PeakMemory() as memory:
         _sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         probs = fn(rm, encoder, pairs, batch_size)
@@ -419,18 +387,6 @@ def run(config: BenchConfig) -> dict:
     return result
 
 
-def _counts(values: Sequence[str]) -> dict[str, int]:
-    """``--pairs 100`` (every set) or ``--pairs base:long=4 embedded:mixed=256``."""
-    out: dict[str, int] = {}
-    for value in values:
-        if "=" not in value:
-            out.update({f"{m}:{s}": int(value) for m in DEFAULT_PAIRS for s in DEFAULT_PAIRS[m]})
-        else:
-            key, count = value.split("=", 1)
-            out[key] = int(count)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["embedded", "base"], choices=["embedded", "base"])
@@ -450,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = BenchConfig(models=args.models, sets=args.sets, pairs=_counts(args.pairs),
-                         ref_pairs=_counts(args.ref_pairs), batch_size=args.batch_size,
+    config = BenchConfig(models=args.models, sets=args.sets, pairs=speedlib.pair_counts(args.pairs, DEFAULT_PAIRS),
+                         ref_pairs=speedlib.pair_counts(args.ref_pairs, DEFAULT_PAIRS), batch_size=args.batch_size,
                          max_batch_tokens=args.max_batch_tokens, long_tokens=args.long_tokens,
                          fp32_row=args.fp32_row, compile=args.compile, onnx=args.onnx, agreement=args.agreement,
                          agreement_model=args.agreement_model, output=args.output)

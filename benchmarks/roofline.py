@@ -93,18 +93,6 @@ def profile(rm: RewardModel, pairs: Sequence, precision: str, batch_size: int, r
                         for e in top]}
 
 
-def _counts(values: Sequence[str]) -> dict[str, int]:
-    """``--pairs 100`` (every model and set) or ``--pairs base:long=4 embedded:mixed=256``."""
-    out: dict[str, int] = {}
-    for value in values:
-        if "=" not in value:
-            out.update({f"{m}:{s}": int(value) for m in DEFAULT_PAIRS for s in DEFAULT_PAIRS[m]})
-        else:
-            key, count = value.split("=", 1)
-            out[key] = int(count)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["embedded", "base"], choices=list(DEFAULT_PAIRS))
@@ -128,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    counts = _counts(args.pairs)
+    counts = speedlib.pair_counts(args.pairs, DEFAULT_PAIRS)
     info = speedlib.machine_info()
     peak = {k: speedlib.matmul_peak(dtype, args.peak_n) for k, dtype in PRECISIONS.items()}
     print(f"{info['device']}, {info['threads']} threads, load {info['load_average_1m']:.1f}; matmul peak "

@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -352,3 +352,15 @@ def agreement(reference: Sequence[float], other: Sequence[float]) -> float:
 def accuracy(probs: Sequence[float]) -> float:
     """Pairs given chosen first: P(chosen better) > 0.5 is correct (a tie is wrong)."""
     return sum(p > 0.5 for p in probs) / max(len(probs), 1)
+
+
+def pair_counts(values: Sequence[str], defaults: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """``--pairs 100`` (every model and set in ``defaults``) or ``--pairs base:long=4 embedded:mixed=256``."""
+    out: dict[str, int] = {}
+    for value in values:
+        if "=" not in value:
+            out.update({f"{m}:{s}": int(value) for m in defaults for s in defaults[m]})
+        else:
+            key, count = value.split("=", 1)
+            out[key] = int(count)
+    return out
