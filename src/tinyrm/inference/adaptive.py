@@ -67,8 +67,6 @@ class AutoOrder:
 
     def score(self, engine, encodings: Sequence, n: int, batch_size, budget) -> list[float]:
         """P(a better) for the ``n`` pairs of a chunk; ``encodings`` = the n given orders, then the n swapped."""
-        import torch
-
         if self.margin >= 0.5:  # every pair needs both orders: the both-orders path (shared batches)
             engine.order_stats.pairs += n
             engine.order_stats.second_passes += n
@@ -82,17 +80,8 @@ class AutoOrder:
             scores[i] = (first[i] + 1.0 - swapped[n + i]) / 2.0
         engine.order_stats.pairs += n
         engine.order_stats.second_passes += len(second)
-        margin = engine.config.recheck_margin
-        if margin > 0 and engine.prepared().dtype != torch.float32:
-            twice = set(second)
-            for both in (True, False):
-                close = [i for i in range(n) if (i in twice) == both and abs(scores[i] - 0.5) < margin]
-                if not close:
-                    continue
-                sub = [encodings[i] for i in close] + ([encodings[n + i] for i in close] if both else [])
-                for i, p in zip(close, engine._score_chunk_fp32(sub, len(close), both, batch_size, budget)):
-                    scores[i] = p
-                engine.rechecked += len(close)
+        twice = set(second)
+        engine.recheck_ties(scores, encodings, [i in twice for i in range(n)], batch_size, budget)
         return scores
 
 

@@ -300,16 +300,26 @@ class InferenceEngine:
         probs = self.run_units(encodings, units, batch_size, budget)
         # In the swapped order choice 0 is b, so P(a better) there is 1 - P(choice 0).
         scores = probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
-        margin = self.config.recheck_margin
-        if margin > 0 and self.prepared().dtype != torch.float32:
-            close = [i for i in range(n) if abs(scores[i] - 0.5) < margin]
-            if close:
-                sub = [encodings[i] for i in close] + ([encodings[n + i] for i in close] if both else [])
-                exact = self._score_chunk_fp32(sub, len(close), both, batch_size, budget)
-                for i, p in zip(close, exact):
-                    scores[i] = p
-            self.rechecked += len(close)
+        self.recheck_ties(scores, encodings, [bool(both)] * n, batch_size, budget)
         return scores
+
+    def recheck_ties(self, scores: list[float], encodings: list[Encoded], pair_both: Sequence[bool],
+                     batch_size, budget) -> None:
+        """The ``recheck_margin`` guard, in place: with a reduced-precision copy, pairs whose P is within
+        the margin of 0.5 are re-scored in fp32, in the orders they were scored in (``pair_both[i]``:
+        pair i in both orders, its swapped encoding at ``n + i``)."""
+        margin = self.config.recheck_margin
+        if margin <= 0 or self.prepared().dtype == torch.float32:
+            return
+        n = len(pair_both)
+        for both in (True, False):
+            close = [i for i in range(n) if pair_both[i] == both and abs(scores[i] - 0.5) < margin]
+            if not close:
+                continue
+            sub = [encodings[i] for i in close] + ([encodings[n + i] for i in close] if both else [])
+            for i, p in zip(close, self._score_chunk_fp32(sub, len(close), both, batch_size, budget)):
+                scores[i] = p
+            self.rechecked += len(close)
 
     def _score_chunk_fp32(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
         units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
