@@ -263,9 +263,15 @@ def record_eval(directory: str | Path, results: Mapping[str, Any], name: str | N
     and rewrite its card. ``name`` defaults to the data files' names (else ``eval``). Returns the entry."""
     directory = Path(directory)
     config = RewardConfig.load(directory)
+    entry = add_eval(config, results, name, data)
+    config.save(directory)
+    write_card(directory, config)
+    return entry
+
+
+def add_eval(config, results: Mapping[str, Any], name: str | None = None, data: Sequence[str] | None = None) -> dict:
+    """Put a measured accuracy into ``config.extra["eval"][name]`` (for a folder about to be saved)."""
     label = name or (", ".join(Path(d).name for d in data) if data else "eval")
     entry = eval_summary(results, data)
     config.extra.setdefault("eval", {})[label] = entry
-    config.save(directory)
-    write_card(directory, config)
     return entry

@@ -21,13 +21,12 @@ from ..evaluation.evaluate import evaluate_pairs
 
 class DevEvalCallback(TrainerCallback):
     def __init__(self, rm, pairs: Sequence[PreferencePair], every: int, metrics_path: str | Path,
-                 batch_size: int = 32, announce: bool = True) -> None:
+                 batch_size: int = 32) -> None:
         self.rm, self.pairs, self.every = rm, list(pairs), every
-        self.metrics_path, self.batch_size, self.announce = Path(metrics_path), batch_size, announce
-        self.history: list[dict] = []
+        self.metrics_path, self.batch_size = Path(metrics_path), batch_size
         self.last: dict | None = None  # the full results of the latest evaluation
 
-    def evaluate(self, step: int, model: torch.nn.Module | None) -> dict:
+    def evaluate(self, step: int, model: torch.nn.Module | None) -> None:
         was_training = model.training if model is not None else False
         if model is not None:
             model.eval()
@@ -39,13 +38,10 @@ class DevEvalCallback(TrainerCallback):
                 model.train()
         record = {"event": "eval", "step": step, "accuracy": results["accuracy"], "n": results["n"],
                   "subsets": {name: row["accuracy"] for name, row in results.get("subsets", {}).items()}}
-        self.history.append(record)
         self.last = results
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.announce:
-            print(f"eval at step {step}: accuracy {results['accuracy']:.4f} on {results['n']} dev pairs", flush=True)
-        return record
+        print(f"eval at step {step}: accuracy {results['accuracy']:.4f} on {results['n']} dev pairs", flush=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         done = state.global_step >= state.max_steps

@@ -9,7 +9,7 @@ from ..backbone import BackboneConfig, load_mlm, prepare_for_training
 from ..config import RewardConfig, check_read
 from ..data import load_pairs
 from ..defaults import resolve_defaults
-from ..model_card import record_eval
+from ..model_card import add_eval
 from ..prompt import get_template
 from ..training.config import TrainConfig, TrainResult
 from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
@@ -61,11 +61,11 @@ def train(config: TrainConfig) -> TrainResult:
     def save(scorer) -> None:
         rm.model = scorer.mlm
         rm.config.extra.update(result=asdict(result), data=[str(d) for d in config.data])  # data: model card
+        if dev is not None and dev.last is not None:  # the final dev score goes into the card
+            add_eval(rm.config, dev.last, data=config.eval_data)
         rm.save_pretrained(config.output)
 
     finish(config, outcome, result, save)
-    if dev is not None and dev.last is not None and outcome.trainer.is_world_process_zero():
-        record_eval(config.output, dev.last, data=config.eval_data)  # the final dev score goes into the card
     return result
 
 
