@@ -86,13 +86,15 @@ def fit_probe(enc: Encoded, rows: np.ndarray, c: float) -> np.ndarray:
 
 
 def score(margins: np.ndarray, eval_pairs) -> dict:
-    """Accuracy (a tie counts as wrong), its 95% Wilson interval, and accuracy per subset."""
-    right = margins > 0
-    subsets: dict[str, list[bool]] = {}
-    for ok, pair in zip(right, eval_pairs):
-        subsets.setdefault(pair.subset or "", []).append(bool(ok))
-    return {"accuracy": round(float(right.mean()), 4), "ci95": wilson_interval(int(right.sum()), len(right)),
-            "subsets": {k: round(float(np.mean(v)), 3) for k, v in sorted(subsets.items())}}
+    """tinyrm's results dict (accuracy, per subset and domain; a tie counts as wrong) plus a 95% interval."""
+    from scipy.special import expit
+
+    from tinyrm.evaluation.results import score_pairs
+
+    # P(chosen better) under the Bradley-Terry reading; a zero margin is 0.5, a tie.
+    results = score_pairs(expit(margins).tolist(), eval_pairs, "feature-probe")
+    correct = round(results["accuracy"] * results["n"])
+    return {**results, "ci95": wilson_interval(correct, results["n"])}
 
 
 def cues(enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +159,9 @@ def markdown(report: dict) -> str:
              "|---|---:|---:|---:|" + "---:|" * len(subsets)]
     for row in report["rows"]:
         low, high = row["ci95"]
+        by_subset = " | ".join(f"{row['subsets'][s]['accuracy']:.2f}" for s in subsets)
         lines.append(f"| {row['name']} | {row['train_pairs'] or '–'} | {row['accuracy']:.3f} | "
-                     f"{low:.3f}–{high:.3f} | " + " | ".join(f"{row['subsets'].get(s, 0):.2f}" for s in subsets) + " |")
+                     f"{low:.3f}–{high:.3f} | {by_subset} |")
     lines += ["", "| training source | pairs | chosen longer | chosen closer to the prompt |", "|---|---:|---:|---:|"]
     for source, info in report["train_sources"].items():
         lines.append(f"| {source} | {info['pairs']} | {info['chosen_longer']:.2f} | {info['chosen_closer']:.2f} |")
