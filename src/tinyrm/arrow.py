@@ -42,6 +42,7 @@ from .data import (
     PreferencePair,
     expand_sources,
     iter_pairs,
+    length_balanced_indices,
     load_hub_dataset,
     stratified_indices,
 )
@@ -183,6 +184,18 @@ class PairTable:
         indices = stratified_indices(list(self.dataset["domain"]), n, seed)
         return replace(self, dataset=self.dataset.select(indices, keep_in_memory=True),
                        fingerprint=fingerprint(self.fingerprint, "sample", n, seed))
+
+    def length_balanced(self, n: int, seed: int) -> PairTable:
+        """``length_balanced_indices`` of this table: chosen longer in half of each domain's pairs, the
+        rows in couples (one of each direction); ``n`` 0 keeps every couple."""
+        import pyarrow.compute as pc
+
+        data = self.dataset.data
+        chosen, rejected = (pc.utf8_length(data.column(name)).to_pylist() for name in ("chosen", "rejected"))
+        directions = [(c > r) - (c < r) for c, r in zip(chosen, rejected, strict=True)]
+        indices = length_balanced_indices(list(self.dataset["domain"]), directions, n, seed)
+        return replace(self, dataset=self.dataset.select(indices, keep_in_memory=True),
+                       fingerprint=fingerprint(self.fingerprint, "length-balanced", n, seed))
 
     def encode(self, kind: str, function: Callable[[dict, list[int]], dict], features, settings: dict,
                desc: str | None = None):

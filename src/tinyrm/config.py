@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .prompt import DEFAULT_PREFIX, get_template, prefix_for_domain
+from .truncation import DEFAULT_DIFF_CONTEXT, DEFAULT_TRUNCATION, LEGACY_TRUNCATION
 
 CONFIG_FILE = "tinyrm.json"
 ADAPTER_DIR = "adapter"
@@ -38,6 +39,9 @@ class RewardConfig:
     # Per-domain instructions (the all-at-once recipe): a row whose domain is a key is encoded with
     # that prefix, every other row (no domain, or an unmapped one) with ``prefix``. None = off.
     domain_prefixes: dict[str, str] | None = None
+    # How an over-long pair is cut (ends | diff, tinyrm.truncation), the same at scoring as in training.
+    truncation: str = DEFAULT_TRUNCATION
+    diff_context: int = DEFAULT_DIFF_CONTEXT
 
     def prefix_for(self, domain: str | None) -> str:
         """The instruction used for a row of ``domain`` (None: no domain)."""
@@ -53,6 +57,8 @@ class RewardConfig:
     def load(cls, directory: str | Path) -> RewardConfig:
         data = json.loads((Path(directory) / CONFIG_FILE).read_text())
         data.pop("tinyrm_version", None)
+        # Saved before the option existed: trained with the original rule, whatever the default is now.
+        data.setdefault("truncation", LEGACY_TRUNCATION)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

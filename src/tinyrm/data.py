@@ -260,3 +260,47 @@ def stratified_indices(domains: Sequence[str | None], n: int, seed: int) -> list
                 del remaining[name]
     rng.shuffle(chosen)
     return chosen
+
+
+# The direction of a pair's length cue: is the chosen response the longer one (in characters)?
+CHOSEN_LONGER, CHOSEN_SHORTER, EQUAL_LENGTH = 1, -1, 0
+
+
+def length_direction(chosen: str, rejected: str) -> int:
+    """``CHOSEN_LONGER``, ``CHOSEN_SHORTER`` or ``EQUAL_LENGTH``, counting characters as the length
+    heuristic does."""
+    return (len(chosen) > len(rejected)) - (len(chosen) < len(rejected))
+
+
+def length_balanced_indices(domains: Sequence[str | None], directions: Sequence[int], n: int,
+                            seed: int) -> list[int]:
+    """Row indices in which, within every domain, the chosen response is the longer one in exactly
+    half of the pairs: ``--length-balance``.
+
+    Each domain's chosen-longer and chosen-shorter rows are shuffled (seeded) and zipped into
+    couples, and its pairs of equal length (no length cue; 2.4% of the shared data, mostly DebugBench
+    bugs that keep the line length) into couples of their own; the majority side's surplus (and an odd
+    equal-length pair) is left out. ``n`` > 0 keeps ``n // 2`` couples with an equal share per domain
+    (``stratified_indices`` over couples). The result lists each couple's two rows next to each other
+    (longer first), so a sampler that keeps groups of two pairs together draws balanced batches too.
+    """
+    import random
+
+    rng = random.Random(seed)
+    cells: dict[tuple[str, int], list[int]] = {}
+    for index, (domain, direction) in enumerate(zip(domains, directions, strict=True)):
+        cells.setdefault((domain or "", direction), []).append(index)
+    couples: list[tuple[int, int]] = []
+    couple_domains: list[str] = []
+    for domain in sorted({domain for domain, _ in cells}):
+        longer, shorter, equal = (cells.get((domain, d), []) for d in (CHOSEN_LONGER, CHOSEN_SHORTER, EQUAL_LENGTH))
+        for rows in (longer, shorter, equal):
+            rng.shuffle(rows)
+        kept = list(zip(longer, shorter, strict=False)) + list(zip(equal[0::2], equal[1::2], strict=False))
+        couples.extend(kept)
+        couple_domains.extend([domain] * len(kept))
+    if n and n // 2 < len(couples):
+        couples = [couples[i] for i in stratified_indices(couple_domains, n // 2, seed)]
+    else:
+        rng.shuffle(couples)
+    return [index for couple in couples for index in couple]

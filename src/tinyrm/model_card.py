@@ -17,6 +17,8 @@ from typing import Any
 
 from ._version import __version__
 from .config import RewardConfig
+from .evaluation.length_bias import COLUMNS as LENGTH_COLUMNS
+from .evaluation.length_bias import table_cells
 
 CARD_FILE = "README.md"
 # RewardConfig.extra["format"] of a classifier saved as a plain AutoModelForSequenceClassification.
@@ -171,13 +173,19 @@ def _eval_section(config) -> list[str]:
     evals = config.extra.get("eval")
     if not evals:
         return ["## Evaluation", "", "No accuracy recorded (`tinyrm.model_card.record_eval` adds one)."]
-    lines = ["## Evaluation", "", "| data | accuracy | pairs |", "| --- | ---: | ---: |"]
+    lines = ["## Evaluation", "", f"| data | accuracy | pairs | {' | '.join(LENGTH_COLUMNS)} |",
+             "| --- | ---: | ---: |" + " ---: |" * len(LENGTH_COLUMNS)]
     for name, row in evals.items():
         accuracy = row.get("accuracy")
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
-        lines.append(f"| {name} | {shown} | {row.get('n', '-')} |")
+        lines.append(f"| {name} | {shown} | {row.get('n', '-')} | {' | '.join(table_cells(row.get('length_bias')))} |")
         if row.get("rewardbench_overall") is not None:
-            lines.append(f"| {name} (RewardBench overall) | {row['rewardbench_overall']:.4f} | {row.get('n', '-')} |")
+            lines.append(f"| {name} (RewardBench overall) | {row['rewardbench_overall']:.4f} | {row.get('n', '-')} |"
+                         + " - |" * len(LENGTH_COLUMNS))
+    if any(row.get("length_bias") for row in evals.values()):
+        lines += ["", "Length bias (lengths in characters): accuracy on the pairs whose chosen response is the longer "
+                  "/ the shorter one (pairs in brackets), and the share of unequal-length pairs where the model "
+                  "prefers the longer response."]
     return lines
 
 
@@ -250,6 +258,8 @@ def eval_summary(results: Mapping[str, Any], data: Sequence[str] | None = None) 
     summary: dict[str, Any] = {"accuracy": results.get("accuracy"), "n": results.get("n")}
     if results.get("overall") is not None:
         summary["rewardbench_overall"] = results["overall"]
+    if results.get("length_bias"):
+        summary["length_bias"] = results["length_bias"]
     if data:
         summary["data"] = [str(d) for d in data]
     if results.get("domains"):

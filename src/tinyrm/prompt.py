@@ -3,13 +3,26 @@
 A pair becomes ``[CLS] <instruction> <prompt> Choice 0: <A> [SEP] Choice 1: <B> The better option
 is choice [MASK] [SEP]`` (the tokenizer's own special tokens). Pieces are tokenized separately and
 assembled as ids, so the answer slot is never cut: only the prompt (from its start) and the two
-responses (in the middle) are shortened, each with a visible elision marker.
+responses (in the middle, or with ``truncation="diff"`` around where they differ: tinyrm.truncation)
+are shortened, each with a visible elision marker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# The budget split and keep_end / keep_ends live with the rest of the truncation rules (and stay
+# importable from here); the difference-aware mode is tinyrm.truncation's plan_responses.
+from .truncation import (  # noqa: F401
+    DEFAULT_DIFF_CONTEXT,
+    DEFAULT_TRUNCATION,
+    allocate_budget,
+    check_truncation,
+    keep_end,
+    keep_ends,
+    plan_responses,
+)
 
 SLOTS = ("instruction", "prompt", "a", "b", "mask")
 
@@ -128,53 +141,15 @@ def resolve_answer_ids(tokenizer, answer_tokens: Sequence[str]) -> list[int]:
     return ids
 
 
-def allocate_budget(avail: int, prompt_len: int, a_len: int, b_len: int) -> tuple[int, int, int]:
-    """Split ``avail`` tokens between prompt and two responses.
-
-    The prompt is shortened first, but keeps at least a quarter of the budget (or all of itself
-    if shorter); the responses then share the rest equally, a short one giving its unused share
-    to the other.
-    """
-    if prompt_len + a_len + b_len <= avail:
-        return prompt_len, a_len, b_len
-    prompt_floor = min(prompt_len, avail // 4)
-    if a_len + b_len <= avail - prompt_floor:
-        return avail - a_len - b_len, a_len, b_len
-    responses = avail - prompt_floor
-    half = responses // 2
-    if a_len <= half:
-        return prompt_floor, a_len, responses - a_len
-    if b_len <= half:
-        return prompt_floor, responses - b_len, b_len
-    return prompt_floor, responses - half, half
-
-
-def keep_end(ids: list[int], budget: int, marker: list[int]) -> list[int]:
-    """Keep the last tokens (the latest turns of a dialogue), marker first."""
-    if len(ids) <= budget:
-        return ids
-    if budget <= len(marker):
-        return ids[len(ids) - budget :] if budget > 0 else []
-    return marker + ids[len(ids) - (budget - len(marker)) :]
-
-
-def keep_ends(ids: list[int], budget: int, marker: list[int]) -> list[int]:
-    """Keep the head and the tail of a response (the final answer), marker in the middle."""
-    if len(ids) <= budget:
-        return ids
-    if budget <= len(marker):
-        return ids[:budget]
-    room = budget - len(marker)
-    head, tail = (room + 1) // 2, room // 2
-    return ids[:head] + marker + ids[len(ids) - tail :]
-
-
 @dataclass
 class Encoded:
     input_ids: list[int]
     token_type_ids: list[int] | None
     mask_position: int
     truncated: bool = False
+    # Both responses' differing spans are whole in input_ids (True when nothing was cut): the share
+    # of pairs whose deciding content the model actually sees (tinyrm.truncation.diff_survival).
+    diff_kept: bool = True
 
 
 @dataclass
@@ -184,6 +159,8 @@ class PromptConfig:
     answer_tokens: tuple[str, str] = ("0", "1")
     max_length: int = 512
     elision_marker: str = " ... "
+    truncation: str = DEFAULT_TRUNCATION  # ends | diff (tinyrm.truncation)
+    diff_context: int = DEFAULT_DIFF_CONTEXT
 
 
 @dataclass
@@ -195,9 +172,14 @@ class ClozeEncoder:
     prefix: str = DEFAULT_PREFIX
     max_length: int = 512
     elision_marker: str = " ... "
+    # How an over-long pair is cut: "ends" keeps each response's head and tail, "diff" keeps where
+    # the two responses differ (tinyrm.truncation). The same rule must hold at training and scoring.
+    truncation: str = DEFAULT_TRUNCATION
+    diff_context: int = DEFAULT_DIFF_CONTEXT
     _layout: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_truncation(self.truncation, self.diff_context)
         tok = self.tokenizer
         if tok.mask_token_id is None:
             raise ValueError("tokenizer has no mask token: a masked language model is required")
@@ -285,14 +267,15 @@ class ClozeEncoder:
                 f"max_length={self.max_length} is too small: the template, instruction and answer "
                 f"slot alone need {fixed} tokens"
             )
-        p_len, a_len, b_len = allocate_budget(
-            avail, lengths.get("prompt", 0), lengths.get("a", 0), lengths.get("b", 0))
-        budgets = {"prompt": p_len, "a": a_len, "b": b_len}
-        truncated = any(budgets[k] < lengths.get(k, 0) for k in budgets)
-        if not truncated:
+        responses = {k: ids for seg in segments for k, ids in seg if k in ("a", "b")}
+        plan = plan_responses(responses.get("a", []), responses.get("b", []), lengths.get("prompt", 0), avail,
+                              self.marker_ids, self.truncation, self.diff_context)
+        if not plan.truncated:
             joint = self._encode_joint(values)
             if joint is not None:
                 return joint
+        budgets = dict(zip(("prompt", "a", "b"), plan.budgets))
+        views = {"a": plan.a, "b": plan.b}  # whole responses, or (diff) focused on where they differ
         seg_ids: list[list[int]] = []
         for seg in segments:
             ids: list[int] = []
@@ -300,7 +283,7 @@ class ClozeEncoder:
                 if kind == "prompt":
                     piece = keep_end(piece, budgets["prompt"], self.marker_ids)
                 elif kind in ("a", "b"):
-                    piece = keep_ends(piece, budgets[kind], self.marker_ids)
+                    piece = keep_ends(views[kind], budgets[kind], self.marker_ids)
                 ids.extend(piece)
             seg_ids.append(ids)
         start, middle, end = self._layout
@@ -314,4 +297,4 @@ class ClozeEncoder:
                 + [second_type] * len(seg_ids[1]) + types[where[1] + 1 :]
             )
         mask_position = input_ids.index(self.mask_id)
-        return Encoded(input_ids, token_type_ids, mask_position, truncated)
+        return Encoded(input_ids, token_type_ids, mask_position, plan.truncated, plan.diff_kept)

@@ -16,6 +16,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from ..prompt import parse_domain_prefixes
     from ..train import OBJECTIVES
     from ..training.config import TrainConfig
+    from ..truncation import TRUNCATION_MODES
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help="masked-LM checkpoint, hub id or 'default' (embedded)")
@@ -43,6 +44,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="effective batch (gradient accumulation); default: CPU 16, GPU 256")
     p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="default: CPU 16, GPU 32")
     p.add_argument("--max-length", type=int, default=d.max_length, help="default: CPU 256, GPU 512")
+    p.add_argument("--truncation", default=d.truncation, choices=list(TRUNCATION_MODES),
+                   help="cloze: how a pair over --max-length is cut: keep each response's head and tail (ends) "
+                        "or where the two responses differ (diff); saved with the model, used when scoring")
+    p.add_argument("--diff-context", type=int, default=d.diff_context, metavar="N",
+                   help="--truncation diff: at least N shared tokens kept on each side of the differing span")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps; overrides --epochs")
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale, metavar="X",
@@ -66,6 +72,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", help="the default")
     p.add_argument("--max-pairs", type=int, default=d.max_pairs, metavar="N",
                    help="train on N pairs, a seeded sample with an equal share per domain (0 = all)")
+    p.add_argument("--length-balance", dest="length_balance", action="store_true", default=d.length_balance,
+                   help="within each domain, the chosen response is the longer one in half of the pairs (and in "
+                        "every micro-batch): length stops being a label cue")
+    p.add_argument("--no-length-balance", dest="length_balance", action="store_false")
     p.add_argument("--eval-data", nargs="+", default=d.eval_data, metavar="FILE",
                    help="cloze: held-out pairs scored during training (metrics.jsonl 'eval' records, model card)")
     p.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
@@ -164,6 +174,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--data", nargs="+", default=None, metavar="FILE")
     p.add_argument("--output", default=None, metavar="results.json")
+    p.add_argument("--predictions", default=None, metavar="FILE",
+                   help="pairwise: also write one JSON line per pair, in input order: id, subset, domain (where "
+                        "the row has them) and prob_chosen, so every figure of the results can be recomputed")
     p.add_argument("--benchmark", default=None, choices=["rewardbench"],
                    help="RewardBench categories (without --data: allenai/reward-bench, split filtered)")
     p.add_argument("--baseline", default=None, choices=["length", "random"], help="heuristic, not a model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError
+from ..errors import UsageError, UserError
 from .output import emit_json, make_console, show_results
 from .scoring import reject_for, scoring_options
 
@@ -20,6 +20,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return eval_heuristic(args)
     if args.objective in ("process", "outcome"):
         reject_for(args, f"--objective {args.objective}")
+        if getattr(args, "predictions", None):
+            raise UsageError(f"--predictions applies to pairwise evaluations, not to --objective {args.objective}")
         return eval_process(args)
     from ..evaluation.evaluate import EvalConfig, evaluate
     from ..evaluation.results import results_table
@@ -28,7 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         max_length=args.max_length, single_order=args.single_order,
                         skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
                         max_batch_tokens=args.max_batch_tokens, orders=orders, order_margin=order_margin,
-                        precision=precision)
+                        precision=precision, predictions=getattr(args, "predictions", None))
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
@@ -59,7 +61,7 @@ def eval_rewardbench(args: argparse.Namespace) -> int:
         max_length=args.max_length, single_order=args.single_order, skip_bad_rows=args.skip_bad_rows,
         template=getattr(args, "template", None), prefix=getattr(args, "prefix", None),
         baseline=getattr(args, "baseline", None), seed=getattr(args, "seed", 0),
-        max_batch_tokens=getattr(args, "max_batch_tokens", None),
+        max_batch_tokens=getattr(args, "max_batch_tokens", None), predictions=getattr(args, "predictions", None),
     )
     results = evaluate_rewardbench(config)
     record(args, results)
@@ -87,7 +89,7 @@ def eval_heuristic(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("--data FILE... is required (or add --benchmark rewardbench for the RewardBench set)")
     pairs = load_pairs(args.data, skip_bad_rows=args.skip_bad_rows).pairs
-    results = heuristic_results(args.baseline, pairs, seed=args.seed)
+    results = heuristic_results(args.baseline, pairs, seed=args.seed, predictions=getattr(args, "predictions", None))
     if args.output:
         write_results(results, args.output)
     return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

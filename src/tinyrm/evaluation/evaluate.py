@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..auto import load
 from ..data import PreferencePair, load_pairs
 from ..inference.adaptive import both_orders_value, order_report, orders_from_cli, stats_of
-from .results import score_pairs, write_results
+from .results import score_pairs, write_predictions, write_results
 
 
 @dataclass
@@ -31,6 +31,7 @@ class EvalConfig:
     orders: str | None = None  # both | one | auto (tinyrm.inference.adaptive); None: from single_order
     order_margin: float | None = None  # orders=auto: swapped order only where |P - 0.5| < margin
     precision: str | None = None  # auto | bf16 | fp32 | int8 (None: the engine's default, auto)
+    predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
 
 
 def accepts_domains(scorer) -> bool:
@@ -43,9 +44,10 @@ def accepts_domains(scorer) -> bool:
 
 def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, single_order: bool = False,
                    max_batch_tokens: int | None = None, orders: str | None = None,
-                   order_margin: float | None = None) -> dict:
+                   order_margin: float | None = None, predictions: str | None = None) -> dict:
     """``orders="auto"`` adds ``orders``, ``order_margin``, ``second_passes`` and ``second_pass_fraction``
-    to the results (``tinyrm.inference.adaptive``)."""
+    to the results (``tinyrm.inference.adaptive``). ``predictions``: a JSONL file of P(chosen better) per
+    pair (``tinyrm.evaluation.results.write_predictions``)."""
     orders = orders_from_cli(orders, single_order)
     # Only cloze models take a token budget; other objectives' compare_batch may not.
     extra = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
@@ -59,6 +61,8 @@ def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, si
         both_orders=both_orders_value(orders), **extra,
     )
     results = score_pairs(probs, pairs, rm.name)
+    if predictions:
+        write_predictions(probs, pairs, predictions)
     return {**results, **order_report(rm, before, order_margin)} if orders == "auto" else results
 
 
@@ -68,7 +72,7 @@ def evaluate(config: EvalConfig) -> dict:
               precision=config.precision)
     results = evaluate_pairs(rm, pairs, batch_size=config.batch_size, single_order=config.single_order,
                              max_batch_tokens=config.max_batch_tokens, orders=config.orders,
-                             order_margin=config.order_margin)
+                             order_margin=config.order_margin, predictions=config.predictions)
     if config.output:
         write_results(results, config.output)
     return results

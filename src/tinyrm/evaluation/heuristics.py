@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 
 from ..data import PreferencePair
-from .results import score_pairs
+from .results import score_pairs, write_predictions
 
 BASELINES = ("length", "random")
 PairInput = tuple[str, str, str]
@@ -52,8 +52,12 @@ class HeuristicScorer:
         return self.compare_batch([(prompt, a, b)])[0]
 
 
-def heuristic_results(kind: str, pairs: Sequence[PreferencePair], seed: int = 0) -> dict:
-    """The core results dict (accuracy, subsets, domains) of a heuristic on ``pairs``."""
+def heuristic_results(kind: str, pairs: Sequence[PreferencePair], seed: int = 0,
+                      predictions: str | None = None) -> dict:
+    """The core results dict (accuracy, length_bias, subsets, domains) of a heuristic on ``pairs``;
+    ``predictions``: also write P(chosen better) per pair there (``results.write_predictions``)."""
     scorer = HeuristicScorer(kind, seed=seed)
     probs = scorer.compare_batch([(p.prompt, p.chosen, p.rejected) for p in pairs])
+    if predictions:
+        write_predictions(probs, pairs, predictions)
     return score_pairs(probs, pairs, scorer.name)

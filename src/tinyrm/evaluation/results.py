@@ -1,6 +1,7 @@
-"""The results JSON of a pairwise evaluation, its file and its table.
+"""The results JSON of a pairwise evaluation, its file and its table, and the ``--predictions`` file.
 
-A pair counts as correct only if P(chosen better) > 0.5: a tie is wrong.
+A pair counts as correct only if P(chosen better) > 0.5: a tie is wrong. Overall and for every
+subset and domain the results carry ``length_bias`` (:mod:`tinyrm.evaluation.length_bias`).
 """
 
 from __future__ import annotations
@@ -10,32 +11,57 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import PreferencePair
+from ..data import PreferencePair, write_records
+from .length_bias import COLUMNS as LENGTH_COLUMNS
+from .length_bias import length_bias, table_cells
 
 
-def _group(correct: Sequence[bool], keys: Sequence[str | None]) -> dict[str, dict]:
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ok, key in zip(correct, keys):
-        if key is None:
-            continue
-        totals[key][0] += int(ok)
-        totals[key][1] += 1
-    return {k: {"accuracy": c / n, "n": n} for k, (c, n) in sorted(totals.items())}
+def _group(pairs: Sequence[PreferencePair], probs_chosen: Sequence[float],
+           keys: Sequence[str | None]) -> dict[str, dict]:
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        if key is not None:
+            members[key].append(index)
+    out: dict[str, dict] = {}
+    for key, indices in sorted(members.items()):
+        probs = [probs_chosen[i] for i in indices]
+        out[key] = {"accuracy": sum(p > 0.5 for p in probs) / len(indices), "n": len(indices),
+                    "length_bias": length_bias([pairs[i] for i in indices], probs)}
+    return out
 
 
 def score_pairs(
     probs_chosen: Sequence[float], pairs: Sequence[PreferencePair], model_name: str
 ) -> dict:
     """The results JSON from P(chosen better) per pair."""
+    if len(pairs) != len(probs_chosen):
+        raise ValueError(f"{len(pairs)} pairs but {len(probs_chosen)} probabilities")
     correct = [p > 0.5 for p in probs_chosen]
     n = len(pairs)
     return {
         "model": model_name,
         "accuracy": sum(correct) / n if n else 0.0,
         "n": n,
-        "subsets": _group(correct, [p.subset for p in pairs]),
-        "domains": _group(correct, [p.domain for p in pairs]),
+        "length_bias": length_bias(pairs, probs_chosen),
+        "subsets": _group(pairs, probs_chosen, [p.subset for p in pairs]),
+        "domains": _group(pairs, probs_chosen, [p.domain for p in pairs]),
     }
+
+
+def prediction_records(probs_chosen: Sequence[float], pairs: Sequence[PreferencePair]) -> list[dict]:
+    """One ``{"id", "subset", "domain", "prob_chosen"}`` per pair, in input order (keys only where the row
+    has them): with the input file, enough to recompute every figure of the results JSON."""
+    records = []
+    for pair, prob in zip(pairs, probs_chosen, strict=True):
+        record = {key: getattr(pair, key) for key in ("id", "subset", "domain") if getattr(pair, key) is not None}
+        record["prob_chosen"] = float(prob)
+        records.append(record)
+    return records
+
+
+def write_predictions(probs_chosen: Sequence[float], pairs: Sequence[PreferencePair], path: str | Path) -> Path:
+    """``tinyrm eval --predictions FILE``: :func:`prediction_records` as JSONL."""
+    return write_records(prediction_records(probs_chosen, pairs), path)
 
 
 def write_results(results: dict, path: str | Path) -> None:
@@ -53,8 +79,12 @@ def results_table(results: dict, title: str | None = None):
     table.add_column("name")
     table.add_column("accuracy", justify="right")
     table.add_column("n", justify="right")
-    table.add_row("overall", "all", f"{results['accuracy']:.4f}", str(results["n"]))
+    for column in LENGTH_COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_row("overall", "all", f"{results['accuracy']:.4f}", str(results["n"]),
+                  *table_cells(results.get("length_bias")))
     for group in ("domains", "subsets"):
         for name, row in results.get(group, {}).items():
-            table.add_row(group[:-1], name, f"{row['accuracy']:.4f}", str(row["n"]))
+            table.add_row(group[:-1], name, f"{row['accuracy']:.4f}", str(row["n"]),
+                          *table_cells(row.get("length_bias")))
     return table

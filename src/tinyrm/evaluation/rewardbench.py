@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from ..auto import load
 from ..data import DataError, PreferencePair, load_pairs
 from .heuristics import HeuristicScorer
-from .results import score_pairs, write_results
+from .length_bias import COLUMNS as LENGTH_COLUMNS
+from .length_bias import table_cells
+from .results import score_pairs, write_predictions, write_results
 
 DATASET = "allenai/reward-bench"
 SPLIT = "filtered"
@@ -135,8 +137,8 @@ def rewardbench_tables(results: dict) -> list:
     summary.add_row(results["model"], _pct(results["overall"]), *(_pct(cats[c]) for c in CATEGORIES),
                     _pct(results["chat_merged"]), _pct(results["overall_paper"]))
 
-    subsets = Table(title="per subset (ties count as wrong)")
-    for column in ("category", "subset", "accuracy", "n", "weight"):
+    subsets = Table(title="per subset (ties count as wrong; length bias as fractions, lengths in characters)")
+    for column in ("category", "subset", "accuracy", "n", "weight", *LENGTH_COLUMNS):
         subsets.add_column(column, justify="left" if column in ("category", "subset") else "right")
     rows = results["subsets"]
     for category, names in CATEGORIES.items():
@@ -144,12 +146,14 @@ def rewardbench_tables(results: dict) -> list:
             if name in rows:
                 row = rows[name]
                 subsets.add_row(CATEGORY_TITLES[category], name, _pct(row["accuracy"]), str(row["n"]),
-                                str(EXAMPLE_COUNTS[name]))
+                                str(EXAMPLE_COUNTS[name]), *table_cells(row.get("length_bias")))
             else:
-                subsets.add_row(CATEGORY_TITLES[category], name, "missing", "0", "-")
+                subsets.add_row(CATEGORY_TITLES[category], name, "missing", "0", "-", *table_cells(None))
     for name in results["other_subsets"]:
-        subsets.add_row("other", name, _pct(rows[name]["accuracy"]), str(rows[name]["n"]), "-")
-    subsets.add_row("all", "all rows", _pct(results["accuracy"]), str(results["n"]), "-")
+        subsets.add_row("other", name, _pct(rows[name]["accuracy"]), str(rows[name]["n"]), "-",
+                        *table_cells(rows[name].get("length_bias")))
+    subsets.add_row("all", "all rows", _pct(results["accuracy"]), str(results["n"]), "-",
+                    *table_cells(results.get("length_bias")))
     return [summary, subsets]
 
 
@@ -169,6 +173,7 @@ class RewardBenchConfig:
     baseline: str | None = None  # score a heuristic (length | random) instead of a model
     seed: int = 0
     max_batch_tokens: int | None = None  # padded tokens per forward pass (models only)
+    predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
 
 
 def load_rewardbench_pairs(config: RewardBenchConfig) -> list[PreferencePair]:
@@ -196,6 +201,8 @@ def evaluate_rewardbench(config: RewardBenchConfig) -> dict:
     probs = scorer.compare_batch([(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=config.batch_size,
                                  both_orders=not config.single_order, **extra)
     results = rewardbench_results(probs, pairs, scorer.name, model_type=model_type)
+    if config.predictions:
+        write_predictions(probs, pairs, config.predictions)
     if config.output:
         write_results(results, config.output)
     return results

@@ -139,7 +139,8 @@ class OnnxRewardModel:
         self.device = torch.device("cpu")
         self.name = name
         self.encoder = CachingClozeEncoder(tokenizer, get_template(config.template), prefix=config.prefix,
-                                           max_length=config.max_length)
+                                           max_length=config.max_length, truncation=config.truncation,
+                                           diff_context=config.diff_context)
         self.answer_ids = resolve_answer_ids(tokenizer, config.answer_tokens)
         self.engine = _OnnxEngine(self, InferenceConfig(precision="fp32"))
 

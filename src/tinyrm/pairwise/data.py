@@ -28,11 +28,23 @@ from ..training.config import TrainConfig
 
 def load_training_pairs(config: TrainConfig) -> PairTable:
     """``config.data`` as a cached pairs table, cut to ``config.max_pairs`` by a domain-stratified
-    seeded sample when set (the same pairs as ``stratified_sample``)."""
+    seeded sample when set (the same pairs as ``stratified_sample``). ``config.length_balance``:
+    the chosen response is the longer one in exactly half of each domain's pairs, and the rows come
+    in couples (one of each direction) that :func:`pair_group_size` keeps in one micro-batch."""
     folder = None if config.data_cache else TemporaryCacheDir()  # --no-cache: one run's own folder
     cache = resolve_cache_dir(config.cache_dir) if folder is None else folder.path
     table = load_pair_table(config.data, skip_bad_rows=config.skip_bad_rows, cache_dir=cache)
-    return replace(table, keepalive=folder).sample(config.max_pairs, config.seed)
+    table = replace(table, keepalive=folder)
+    if config.length_balance:
+        return table.length_balanced(config.max_pairs, config.seed)
+    return table.sample(config.max_pairs, config.seed)
+
+
+def pair_group_size(examples_per_pair: int, config: TrainConfig) -> int:
+    """Consecutive examples the sampler keeps in one micro-batch: a pair's examples (both orders),
+    and with ``--length-balance`` a couple of pairs, one whose chosen response is the longer and one
+    whose is the shorter, so every micro-batch holds the balance, not only the epoch."""
+    return examples_per_pair * (2 if config.length_balance else 1)
 
 
 def column_sum(rows, name: str) -> int:
@@ -86,6 +98,7 @@ class ClozeDataset(EncodedRows):
         with_types = has_token_types(encoder.tokenizer)
         columns = {"input_ids": datasets.List(datasets.Value("int32")), "mask_position": datasets.Value("int32"),
                    "labels": datasets.Value("int8"), "truncated": datasets.Value("bool"),
+                   "diff_kept": datasets.Value("bool"),
                    "length": datasets.Value("int32"), "pair": datasets.Value("int32")}
         if with_types:
             columns["token_type_ids"] = datasets.List(datasets.Value("int8"))
@@ -102,6 +115,7 @@ class ClozeDataset(EncodedRows):
                     out["mask_position"].append(enc.mask_position)
                     out["labels"].append(int(flipped))  # label = index of the chosen response
                     out["truncated"].append(bool(enc.truncated))
+                    out["diff_kept"].append(bool(enc.diff_kept))
                     out["length"].append(len(enc.input_ids))
                     out["pair"].append(index)
                     if with_types:
@@ -111,22 +125,30 @@ class ClozeDataset(EncodedRows):
         settings = {"tokenizer": tokenizer_signature(encoder.tokenizer), "template": encoder.template.to_dict(),
                     "prefix": encoder.prefix, "domain_prefixes": domain_prefixes or None,
                     "max_length": encoder.max_length, "elision_marker": encoder.elision_marker,
+                    "truncation": encoder.truncation, "diff_context": encoder.diff_context,
                     "order": order, "seed": seed if order == "random" else None}
         super().__init__(table.encode("cloze", encode, datasets.Features(columns), settings,
                                       desc="tokenising (cloze)"), table.keepalive)
         self.with_types = with_types
+        # Examples whose differing content survived truncation (all of them when nothing was cut).
+        self.diff_kept = column_sum(self.rows, "diff_kept")
         # Both orders of a pair are consecutive examples; GroupedSampler keeps them in one batch.
         self.group_size = 2 if order == "both" else 1
 
     def example(self, index: int) -> tuple[Encoded, int]:
         """Example ``index`` as the encoder returned it, and its label."""
-        row = self.rows[index]
+        enc, label, _ = self._decode(self.rows[index])
+        return enc, label
+
+    def _decode(self, row: dict) -> tuple[Encoded, int, int]:
         types = row["token_type_ids"] if self.with_types else None
-        return Encoded(row["input_ids"], types, row["mask_position"], row["truncated"]), row["labels"]
+        enc = Encoded(row["input_ids"], types, row["mask_position"], row["truncated"], row["diff_kept"])
+        return enc, row["labels"], row["pair"]
 
     def __getitem__(self, index: int) -> dict:
-        enc, label = self.example(index)
-        return {"input_ids": enc.input_ids, "encoding": enc, "labels": label}
+        enc, label, pair = self._decode(self.rows[index])
+        # "pair": the row of the pairs table (the collator drops it; tests read which pairs a batch holds).
+        return {"input_ids": enc.input_ids, "encoding": enc, "labels": label, "pair": pair}
 
 
 def pad_sequences(encodings: Sequence, pad_id: int) -> dict[str, torch.Tensor]:

@@ -90,7 +90,8 @@ class RewardModel:
         self.model.to(self.device).eval()
         # Tokenises each distinct text once (prompts repeat; both orders reuse every text).
         self.encoder: ClozeEncoder = CachingClozeEncoder(
-            tokenizer, get_template(config.template), prefix=config.prefix, max_length=config.max_length
+            tokenizer, get_template(config.template), prefix=config.prefix, max_length=config.max_length,
+            truncation=config.truncation, diff_context=config.diff_context,  # the rule it was trained with
         )
         self.answer_ids = resolve_answer_ids(tokenizer, config.answer_tokens)
         self._answer_ids_t = torch.tensor(self.answer_ids, device=self.device)

@@ -13,7 +13,7 @@ from ..model_card import add_eval
 from ..prompt import get_template
 from ..training.config import TrainConfig, TrainResult
 from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
-from .data import ClozeCollator, ClozeDataset, load_training_pairs
+from .data import ClozeCollator, ClozeDataset, load_training_pairs, pair_group_size
 from .dev_eval import DevEvalCallback
 from .model import RewardModel
 
@@ -35,6 +35,7 @@ def build_model(config: TrainConfig) -> RewardModel:
         read=check_read(config.read),
         extra={"train": {k: v for k, v in asdict(config).items() if k not in ("data",)}},
         domain_prefixes=dict(config.domain_prefixes) if config.domain_prefixes else None,
+        truncation=config.truncation, diff_context=config.diff_context,  # rm.encoder tokenises the data too
     )
     return RewardModel(model, tokenizer, reward_config, device="cpu")
 
@@ -52,6 +53,7 @@ def train(config: TrainConfig) -> TrainResult:
     parameters = report_parameters(rm.model)
     with args.main_process_first(desc="tokenising"):
         dataset = ClozeDataset(table, rm.encoder, config.order, config.seed, config.domain_prefixes)
+    dataset.group_size = pair_group_size(dataset.group_size, config)
     dev = dev_callback(config, rm)
     outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config,
                   args, callbacks=[dev] if dev else [])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..prompt import DEFAULT_PREFIX
+from ..truncation import DEFAULT_DIFF_CONTEXT, DEFAULT_TRUNCATION
 
 
 @dataclass
@@ -29,6 +30,9 @@ class TrainConfig:
     batch_size: int | None = None  # effective batch, reached by gradient accumulation
     micro_batch_size: int | None = None
     max_length: int | None = None
+    # Cloze: how a pair longer than max_length is cut, ends | diff (tinyrm.truncation; saved in tinyrm.json).
+    truncation: str = DEFAULT_TRUNCATION
+    diff_context: int = DEFAULT_DIFF_CONTEXT  # diff: shared tokens kept around the differing span, at least
     max_steps: int = -1
     warmup_ratio: float = 0.05
     weight_decay: float = 1e-5
@@ -58,6 +62,9 @@ class TrainConfig:
     pair_batches: bool = True
     # Learning-rate multiplier for parameters the checkpoint did not have (an initialised MLM head).
     head_lr_scale: float = 1.0
+    # Remove length as a label cue: within each domain the chosen response is the longer one in half
+    # of the pairs (tinyrm.data.length_balanced_indices), and every micro-batch holds one of each.
+    length_balance: bool = False
 
 
 @dataclass

@@ -89,7 +89,8 @@ def _make_trainer_classes():
                 return super()._get_train_sampler(train_dataset)
             if self.args.per_device_train_batch_size % group_size:
                 raise ValueError(f"micro batch size {self.args.per_device_train_batch_size} must be a multiple of "
-                                 f"{group_size} so that both orders of a pair share a batch")
+                                 f"{group_size} so that both orders of a pair (and, with --length-balance, "
+                                 "both pairs of a couple) share a batch")
             by_length = self.args.train_sampling_strategy == "group_by_length"
             lengths = example_lengths(dataset) if by_length else None
             # Megabatches as in LengthGroupedSampler: 50 batches' worth, counted in groups.

@@ -15,7 +15,7 @@ from ...data import PreferencePair
 from ...model_card import SEQUENCE_CLASSIFICATION
 from ...training.config import TrainConfig, TrainResult
 from ...training.trainer import arguments_for, finish, fit, make_result, report_parameters
-from ..data import EncodedRows, load_training_pairs
+from ..data import EncodedRows, load_training_pairs, pair_group_size
 from .classifier import (
     SequenceClassifierScorer,
     classifier_head_modules,
@@ -146,6 +146,7 @@ def train(config: TrainConfig) -> TrainResult:
     parameters = report_parameters(scorer)
     with args.main_process_first(desc="tokenising"):
         dataset = PairDataset(table, ResponseEncoder(tokenizer, config.max_length))
+    dataset.group_size = pair_group_size(dataset.group_size, config)
     outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config, args)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=table.skipped)
 
