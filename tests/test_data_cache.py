@@ -12,7 +12,13 @@ import torch
 
 import tinyrm.data
 from tinyrm.arrow import load_pair_table, resolve_cache_dir
-from tinyrm.data import DataError, load_pairs, stratified_sample
+from tinyrm.data import (
+    DataError,
+    length_balanced_indices,
+    length_direction,
+    load_pairs,
+    stratified_sample,
+)
 from tinyrm.pairwise.baselines.encoding import ResponseEncoder, pad_responses
 from tinyrm.pairwise.baselines.train import PairCollator, PairDataset
 from tinyrm.pairwise.data import ClozeCollator, ClozeDataset, pad_batch
@@ -251,7 +257,11 @@ def test_training_twice_tokenises_once_and_no_cache_leaves_nothing(tiny_bert, pa
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == listing  # ... outside the cache
     run("d", objective="classifier")
     run("e", objective="classifier")
-    assert calls["responses"] == 2 * 24 and calls["jsonl"] == 2  # the pairs table serves both objectives
+    # Training keeps the length-balanced pairs (the default); read here without tinyrm's reader (counted).
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    balanced = len(length_balanced_indices([r.get("domain") for r in rows],
+                                           [length_direction(r["chosen"], r["rejected"]) for r in rows], 0, 0))
+    assert calls["responses"] == 2 * balanced and calls["jsonl"] == 2  # the pairs table serves both objectives
 
 
 def test_data_pipeline_benchmark_runs_cold_then_warm(tiny_bert, pairs_file, tmp_path):

@@ -113,3 +113,14 @@ def test_micro_batch_must_hold_whole_couples(tiny_bert, tmp_path):
         train(TrainConfig(model=tiny_bert, data=[str(tmp_path / "skewed.jsonl")], output=str(tmp_path / "x"),
                           batch_size=6, micro_batch_size=6, max_steps=1, max_length=96, save_steps=0,
                           precision="fp32", length_balance=True))
+
+
+def test_data_with_one_direction_only_is_a_clear_error(tiny_bert, tmp_path):
+    from tinyrm.data import DataError
+
+    path = tmp_path / "longer.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a longer answer", "rejected": "short"}) + "\n"
+                            for i in range(6)))
+    with pytest.raises(DataError, match="--no-length-balance"):
+        train(TrainConfig(model=tiny_bert, data=[str(path)], output=str(tmp_path / "x"), batch_size=4,
+                          micro_batch_size=4, max_steps=1, max_length=64, save_steps=0, precision="fp32"))

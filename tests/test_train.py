@@ -86,7 +86,7 @@ def test_training_learns_a_learnable_task(tiny_bert, tmp_path):
     pairs = [PreferencePair(prompt=f"item {i}", chosen="good answer", rejected="bad answer") for i in range(64)]
     data = write_jsonl(pairs, tmp_path / "easy.jsonl")
     train(tiny_config(tiny_bert, data, tmp_path / "easy", max_steps=30, batch_size=16, micro_batch_size=16,
-                      lr=3e-3))
+                      lr=3e-3, length_balance=False))  # every chosen answer is the longer one
     rm = RewardModel.from_pretrained(str(tmp_path / "easy"))
     assert evaluate_pairs(rm, pairs[:16])["accuracy"] == 1.0
 

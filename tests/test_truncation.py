@@ -186,7 +186,7 @@ def test_reward_config_round_trip_and_old_files_load_as_ends(tmp_path):
     del data["truncation"], data["diff_context"]
     (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
     assert RewardConfig.load(tmp_path).truncation == "ends" and RewardConfig.load(tmp_path).diff_context == 32
-    assert RewardConfig().truncation == DEFAULT_TRUNCATION == "ends"
+    assert RewardConfig().truncation == DEFAULT_TRUNCATION == "diff"  # new models; old files: "ends"
 
 
 def test_cli_flags():
@@ -196,7 +196,8 @@ def test_cli_flags():
     def parse(*argv):
         return train_config_from_args(build_parser().parse_args(["train", "--data", "x", "--output", "o", *argv]))
 
-    assert (parse().truncation, parse().diff_context) == ("ends", 32)
+    assert (parse().truncation, parse().diff_context) == ("diff", 32)  # the default
+    assert parse("--truncation", "ends").truncation == "ends"
     config = parse("--truncation", "diff", "--diff-context", "8")
     assert (config.truncation, config.diff_context) == ("diff", 8)
     with pytest.raises(SystemExit):
@@ -234,7 +235,8 @@ def test_training_rows_hold_the_difference_and_the_saved_config_the_rule(tiny_be
 
     out = tmp_path / "model"
     train(TrainConfig(model=tiny_bert, data=[str(path)], output=str(out), batch_size=2, micro_batch_size=2,
-                      max_steps=1, max_length=128, save_steps=0, truncation="diff", diff_context=16))
+                      max_steps=1, max_length=128, save_steps=0, truncation="diff", diff_context=16,
+                      length_balance=False))
     saved = RewardConfig.load(out)
     assert (saved.truncation, saved.diff_context) == ("diff", 16)
 

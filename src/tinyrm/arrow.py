@@ -194,6 +194,14 @@ class PairTable:
         chosen, rejected = (pc.utf8_length(data.column(name)).to_pylist() for name in ("chosen", "rejected"))
         directions = [(c > r) - (c < r) for c, r in zip(chosen, rejected, strict=True)]
         indices = length_balanced_indices(list(self.dataset["domain"]), directions, n, seed)
+        if not indices:
+            longer = sum(d > 0 for d in directions)
+            raise DataError(f"--length-balance: no pair left to train on (of {len(directions)} pairs, the chosen "
+                            f"response is the longer one in {longer}, the shorter one in "
+                            f"{sum(d < 0 for d in directions)}; balancing keeps as many of each per domain). "
+                            "Train on data with both, or pass --no-length-balance")
+        print(f"length balance: {len(indices)} of {len(directions)} pairs (per domain, the chosen response is the "
+              "longer one in as many pairs as the shorter one)")
         return replace(self, dataset=self.dataset.select(indices, keep_in_memory=True),
                        fingerprint=fingerprint(self.fingerprint, "length-balanced", n, seed))
 

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 TRUNCATION_MODES = ("ends", "diff")
-# The one switch for new models (TrainConfig, the CLI, RewardConfig, ClozeEncoder): flip once the
-# experiments decide. Saved models without the field keep LEGACY_TRUNCATION (how they were trained).
-DEFAULT_TRUNCATION = "ends"
+# The one switch for new models (TrainConfig, the CLI, RewardConfig, ClozeEncoder). "diff" measured
+# better on every held-out figure at the CPU budget, 3 seeds (docs/training.md, "Length bias"); saved
+# models without the field keep LEGACY_TRUNCATION (how they were trained).
+DEFAULT_TRUNCATION = "diff"
 LEGACY_TRUNCATION = "ends"
 DEFAULT_DIFF_CONTEXT = 32  # shared tokens kept on each side of the differing span, at least
 
