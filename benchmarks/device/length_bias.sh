@@ -16,7 +16,7 @@ run() {  # name, then length_bias.py arguments
       --output runs/lb-$name --json $OUT/lb-$name.json 2>&1 | tr '\r' '\n' | grep -v "it/s\|step/s\|examples/s" > $OUT/lb-$name.log
 }
 for seed in ${SEEDS:-42 7 0}; do
-  run s$seed --seeds $seed --methods ${METHODS:-default balance diff diff+balance diff+balance-1000x2 diff+balance-len384} &
+  run s$seed --seeds $seed --methods ${METHODS:-ends ends+balance diff diff+balance diff+balance-1000x2 diff+balance-len384} &
 done
 [ "${OVERFIT:-1}" = 1 ] && run overfit --seeds 42 --methods overfit &
 wait
