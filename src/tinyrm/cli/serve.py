@@ -97,7 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
                          max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,
-                         max_candidates=args.max_candidates, max_items=args.max_items, log_level=args.log_level,
+                         max_candidates=args.max_candidates, max_items=args.max_items,
+                         max_documents=args.max_documents, log_level=args.log_level,
                          forward_batch_size=args.forward_batch_size, threads=args.threads)
     rm = load(args.model)
     print(f"tinyrm serve: {rm.name} on {getattr(rm, 'device', 'cpu')}; http://{args.host}:{args.port} "
@@ -127,12 +128,14 @@ def register(subparsers) -> None:
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--api-key", default=os.environ.get("TINYRM_API_KEY", d.api_key), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $TINYRM_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on /v1/* and /v2/* (default: $TINYRM_API_KEY)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="pairs merged per forward call")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a request waits for company")
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help="larger bodies get 413")
     p.add_argument("--max-candidates", type=int, default=d.max_candidates, help="/v1/rank limit (422 beyond)")
     p.add_argument("--max-items", type=int, default=d.max_items, help="/v1/compare_batch limit (422 beyond)")
+    p.add_argument("--max-documents", type=int, default=d.max_documents,
+                   help="/v1/rerank and /v2/rerank limit (422 beyond): n documents cost n(n - 1) sequences")
     p.add_argument("--forward-batch-size", type=int, default=None,
                    help="sequences per forward pass (default: 8 on CPU, 2 x --max-batch-size on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -5,7 +5,8 @@ Concurrent requests are queued and merged into one ``compare_batch`` call (up to
 model runs in one dedicated worker thread, so the event loop keeps answering ``/health`` while a
 batch is being scored, and two batches never share the model at once. Ranking requests run their
 tournament in a thread whose comparisons go through the same batcher, so they merge with
-everyone else's traffic.
+everyone else's traffic. ``/v1/rerank`` (and ``/v2/rerank``, the same body) is the rerank API of
+Cohere-, Jina- and vLLM-style clients (``rerank.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
 from .batching import BatchedScorer, MicroBatcher
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
+from .rerank import rerank as rerank_documents
 from .schemas import (
     CompareBatchRequest,
     CompareBatchResponse,
@@ -33,6 +35,8 @@ from .schemas import (
     CompareResponse,
     RankRequest,
     RankResponse,
+    RerankRequest,
+    RerankResponse,
     ScoreStepsRequest,
     ScoreStepsResponse,
 )
@@ -44,19 +48,21 @@ logger = logging.getLogger(__name__)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer KEY"
+    api_key: str | None = None  # when set, /v1/* and /v2/* need "Authorization: Bearer KEY"
     max_batch_size: int = 64  # pairs merged into one compare_batch call
     max_wait_ms: float = 5.0  # how long the oldest queued request may wait for company
     max_request_bytes: int = 1_000_000  # larger bodies get 413
     max_candidates: int = 64  # /v1/rank candidates limit (422 beyond)
     max_items: int = 4096  # /v1/compare_batch items limit (422 beyond)
+    max_documents: int = 32  # /v1/rerank, /v2/rerank documents limit (422 beyond): n(n - 1) sequences each
     request_timeout_s: float = 300.0  # a ranking thread gives up waiting on the batcher after this
     forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
     threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "forward_batch_size"):
+        for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "max_documents",
+                     "forward_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -79,7 +85,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
 
     app = FastAPI(
         title="tinyrm scoring service",
-        description="Pairwise reward model: compare, batch compare, best-of-n ranking, step scores.",
+        description="Pairwise reward model: compare, batch compare, best-of-n ranking, step scores, rerank.",
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -120,7 +126,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             "limits": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
                        "forward_batch_size": batcher.forward_batch_size,
                        "max_request_bytes": config.max_request_bytes, "max_candidates": config.max_candidates,
-                       "max_items": config.max_items},
+                       "max_items": config.max_items, "max_documents": config.max_documents},
             "batching": batcher.stats.as_dict(),
         }
 
@@ -145,6 +151,15 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * config.max_batch_size
         ))
         return RankResponse(ranking=result.ranking, scores=result.scores)
+
+    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    async def rerank(req: RerankRequest) -> RerankResponse:
+        if len(req.documents) > config.max_documents:
+            raise ApiError(422, f"too many documents: {len(req.documents)} > {config.max_documents}", "documents")
+        scorer = BatchedScorer(batcher, config.request_timeout_s)
+        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * config.max_batch_size))
+        return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse)
     async def score_steps(req: ScoreStepsRequest) -> ScoreStepsResponse:

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+PROTECTED = ("/v1/", "/v2/")  # the API paths behind the key; /health and /docs stay open
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
@@ -47,7 +49,7 @@ def validation_response(error: RequestValidationError) -> JSONResponse:
 
 
 class GuardMiddleware:
-    """Pure ASGI guard: bearer key on /v1/*, then the body size limit (before any JSON parsing)."""
+    """Pure ASGI guard: bearer key on /v1/* and /v2/*, then the body size limit (before any JSON parsing)."""
 
     def __init__(self, app, api_key: str | None, max_request_bytes: int) -> None:
         self.app = app
@@ -62,7 +64,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key and scope["path"].startswith("/v1/"):
+        if self.api_key and scope["path"].startswith(PROTECTED):
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 
 class _Strict(BaseModel):
@@ -57,3 +57,45 @@ class ScoreStepsRequest(_Strict):
 class ScoreStepsResponse(BaseModel):
     scores: list[float]
     reward: float
+
+
+class RerankDocument(_Strict):
+    text: str
+
+
+def _document_text(value: Any) -> Any:
+    """A rerank document is a string or ``{"text": string}``; either way its text is what gets ranked."""
+    if isinstance(value, dict):
+        if set(value) != {"text"} or not isinstance(value["text"], str):
+            raise ValueError('a document is a string or {"text": string}')
+        return value["text"]
+    if not isinstance(value, str):
+        raise ValueError('a document is a string or {"text": string}')
+    return value
+
+
+Document = Annotated[str, BeforeValidator(_document_text), WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]})]
+
+
+class RerankRequest(BaseModel):
+    """The body Cohere-, Jina- and vLLM-style rerank clients send. Fields this server does not use
+    (``max_chunks_per_doc``, ``max_tokens_per_doc``, ``rank_fields``, ``priority``, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model: str | None = Field(None, description="accepted and ignored: the served model answers")
+    query: str
+    documents: list[Document] = Field(min_length=1, description='strings or {"text": string} objects')
+    top_n: int | None = Field(None, ge=1, description="return the best top_n (default: all)")
+    return_documents: bool = Field(False, description='include each result\'s "document": {"text"}')
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="position of the document in the request")
+    relevance_score: float = Field(description="win rate in [0, 1]: P(beats another document), Bradley-Terry")
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult] = Field(description="best first; relevance_score non-increasing")
