@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..data import PreferencePair
+from ..data import CHOSEN_LONGER, CHOSEN_SHORTER, PreferencePair, length_direction
 
 LONGER, SHORTER, EQUAL = "chosen_longer", "chosen_shorter", "equal_length"
 
 
 def length_side(pair: PreferencePair) -> str:
     """``chosen_longer``, ``chosen_shorter`` or ``equal_length`` (lengths in characters)."""
-    chosen, rejected = len(pair.chosen), len(pair.rejected)
-    return LONGER if chosen > rejected else SHORTER if chosen < rejected else EQUAL
+    direction = length_direction(pair.chosen, pair.rejected)  # the rule --length-balance trains with
+    return LONGER if direction == CHOSEN_LONGER else SHORTER if direction == CHOSEN_SHORTER else EQUAL
 
 
 def _share(count: int, n: int) -> float | None:
