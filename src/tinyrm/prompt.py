@@ -200,7 +200,8 @@ class ClozeEncoder:
     def _ids(self, text: str) -> list[int]:
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: tinyrm truncates these pieces itself; transformers' over-length warning would mislead.
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _pieces(self, parts: tuple[str, ...], values: dict[str, str]) -> list[tuple[str, str]]:
         """(slot-or-'literal', text) with whitespace moved onto the following piece, so that
@@ -244,7 +245,7 @@ class ClozeEncoder:
                 mask if part == "{mask}" else clean.get(part[1:-1], "") if part.startswith("{") else part
                 for part in parts
             ))
-        encoded = self.tokenizer(texts[0], texts[1])
+        encoded = self.tokenizer(texts[0], texts[1], verbose=False)  # over-long: rejected just below
         ids = list(encoded["input_ids"])
         if ids.count(self.mask_id) != 1 or len(ids) > self.max_length:
             return None

@@ -111,7 +111,8 @@ class CachingClozeEncoder(ClozeEncoder):
         if not todo:
             return
         texts = list(todo)
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # verbose=False: pieces longer than the model are cut by the encoder, not passed on (no length warning).
+        encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         for text, ids in zip(texts, encoded):
             self._store(text, list(ids))
 

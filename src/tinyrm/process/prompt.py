@@ -92,7 +92,7 @@ class StepEncoder:
     def _ids(self, text: str) -> list[int]:
         if not text:
             return []
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # cut by tinyrm
         return [t for t in ids if t != self.mask_id]  # user text must not add an answer slot
 
     def tokenize(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[list[int]]]:

@@ -47,7 +47,7 @@ class ResponseEncoder:
         self.avail = max_length - fixed
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
 
     def encode(self, prompt: str, response: str) -> ResponseEncoded:
         p_ids, r_ids = self._ids(prompt), self._ids(response)
