@@ -2,6 +2,7 @@
 
 ``tinyrm.load(path)`` loads any saved model as its kind's class: ``RewardModel`` (pairwise cloze),
 ``ProcessRewardModel`` (per-step verdicts), the classifier / token baselines or a routed bundle.
+``tinyrm.score(ScoreConfig(...))`` scores and filters a dataset (``tinyrm score``, :mod:`tinyrm.scoring`).
 """
 
 from __future__ import annotations
@@ -11,5 +12,7 @@ from .auto import AutoRewardModel, load
 from .config import RewardConfig
 from .pairwise.model import RewardModel
 from .process.model import ProcessRewardModel
+from .scoring import ScoreConfig, score
 
-__all__ = ["AutoRewardModel", "ProcessRewardModel", "RewardConfig", "RewardModel", "__version__", "load"]
+__all__ = ["AutoRewardModel", "ProcessRewardModel", "RewardConfig", "RewardModel", "ScoreConfig", "__version__", "load",
+           "score"]

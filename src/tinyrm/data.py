@@ -158,8 +158,9 @@ def parse_hub_spec(spec: str) -> tuple[str, str]:
     return name, split or "train"
 
 
-def load_hub_dataset(spec: str):
-    """The ``datasets.Dataset`` behind ``hub:NAME[:SPLIT]`` (a hub id or a local ``save_to_disk`` folder)."""
+def load_hub_dataset(spec: str, required: Sequence[str] = REQUIRED_FIELDS):
+    """The ``datasets.Dataset`` behind ``hub:NAME[:SPLIT]`` (a hub id or a local ``save_to_disk`` folder),
+    which must have the ``required`` columns (``tinyrm score`` checks its rows' kinds itself: none)."""
     import datasets
 
     name, split = parse_hub_spec(spec)
@@ -169,7 +170,7 @@ def load_hub_dataset(spec: str):
         dataset = datasets.load_from_disk(name)
     else:
         dataset = datasets.load_dataset(name, split=split)
-    missing = [key for key in REQUIRED_FIELDS if key not in dataset.column_names]
+    missing = [key for key in required if key not in dataset.column_names]
     if missing:
         raise DataError(f"{spec}: dataset has no column(s) {missing}; columns are {dataset.column_names}")
     return dataset

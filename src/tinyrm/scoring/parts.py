@@ -1,0 +1,124 @@
+"""``OUT.parts/``: what a scoring job has finished, so a killed run continues where it stopped.
+
+The folder holds ``job.json`` (the job's fingerprint: model, input files with their sizes and
+mtimes, chunk size, filters, output format) and, for every finished chunk N, ``part-N.parquet`` (or
+``.jsonl``) with its kept rows and ``part-N.json`` with its counts. Both are written under a temporary
+name and renamed, the counts last: a chunk is finished exactly when its ``part-N.json`` exists, so a
+kill at any moment leaves either a finished chunk or none (a part without counts is done again).
+
+A run started with the same arguments on the same input finds the same fingerprint and skips the
+finished chunks; any other fingerprint means another job, whose folder is removed first. When every
+chunk is finished the parts are joined into ``OUT`` and the folder is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .writers import check_schema, join_parts, write_atomic
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+JOB_FILE = "job.json"
+SHOWN_SKIPPED = 100  # skipped-row locations kept in the summary
+
+
+def parts_dir(output: str | Path) -> Path:
+    return Path(f"{output}.parts")
+
+
+class PartStore:
+    """The resume state of one job (see the module docstring)."""
+
+    def __init__(self, output: Path, fmt: str, fingerprint: str, chunks: int) -> None:
+        self.output = Path(output)
+        self.dir = parts_dir(output)
+        self.fmt = fmt
+        self.fingerprint = fingerprint
+        self.chunks = chunks
+        self.counts: dict[int, dict[str, Any]] = {}
+        self._schema = None
+        self.resumed = 0
+
+    @classmethod
+    def open(cls, output: str | Path, fmt: str, fingerprint: str, chunks: int, job: dict[str, Any]) -> PartStore:
+        """The job's folder: resumed when its fingerprint matches, else started afresh."""
+        store = cls(Path(output), fmt, fingerprint, chunks)
+        job_file = store.dir / JOB_FILE
+        if store.dir.exists():
+            if not job_file.is_file():
+                raise UsageError(f"{store.dir} exists and is not the state folder of a `tinyrm score` run; "
+                                 "move it away or choose another --output")
+            try:
+                saved = json.loads(job_file.read_text(encoding="utf-8")).get("fingerprint")
+            except (OSError, ValueError):
+                saved = None
+            if saved == fingerprint:
+                store._load()
+                store.resumed = len(store.counts)
+                return store
+            logger.warning("%s holds a run with other arguments or other input: starting afresh", store.dir)
+            shutil.rmtree(store.dir)
+        store.dir.mkdir(parents=True)
+        document = {"format": STATE_FORMAT, "fingerprint": fingerprint, "chunks": chunks, "job": job}
+        write_atomic(job_file, (json.dumps(document, indent=1, default=str) + "\n").encode("utf-8"))
+        return store
+
+    def part(self, chunk: int) -> Path:
+        return self.dir / f"part-{chunk:06d}.{self.fmt}"
+
+    def _counts_file(self, chunk: int) -> Path:
+        return self.dir / f"part-{chunk:06d}.json"
+
+    def _load(self) -> None:
+        for path in self.dir.glob("part-*.json"):
+            chunk = int(path.stem.split("-", 1)[1])
+            if chunk < self.chunks and self.part(chunk).is_file():
+                self.counts[chunk] = json.loads(path.read_text(encoding="utf-8"))
+
+    def done(self) -> set[int]:
+        return set(self.counts)
+
+    def commit(self, chunk: int, data: bytes, counts: dict[str, Any]) -> None:
+        """Keep a finished chunk: its part, then its counts (the commit point)."""
+        part = self.part(chunk)
+        write_atomic(part, data)
+        if self.fmt == "parquet":  # a column whose type no longer joins stops the run here
+            if self._schema is None:
+                for done in sorted(self.counts):
+                    self._schema = check_schema(self._schema, self.part(done), done)
+            self._schema = check_schema(self._schema, part, chunk)
+        write_atomic(self._counts_file(chunk), (json.dumps(counts) + "\n").encode("utf-8"))
+        self.counts[chunk] = counts
+
+    def complete(self) -> bool:
+        return len(self.counts) == self.chunks
+
+    def totals(self) -> dict[str, Any]:
+        """The counts of every finished chunk added up; ``skipped_rows``: the first ``SHOWN_SKIPPED``."""
+        totals: dict[str, Any] = {}
+        skipped: list[list[str]] = []
+        for chunk in sorted(self.counts):
+            for key, value in self.counts[chunk].items():
+                if key == "skipped_rows":
+                    skipped.extend(value[: SHOWN_SKIPPED - len(skipped)])
+                elif isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0) + value
+        totals["skipped_rows"] = skipped
+        return totals
+
+    def finish(self) -> None:
+        """Join the parts into the output and remove the folder (every chunk must be finished)."""
+        missing = [chunk for chunk in range(self.chunks) if chunk not in self.counts]
+        if missing:
+            raise RuntimeError(f"chunks {missing[:10]} are not finished")
+        join_parts([self.part(chunk) for chunk in range(self.chunks)], self.output, self.fmt)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
