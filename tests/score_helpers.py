@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .integration_helpers import save_opinionated_bert
+
 ADDED = {"prob_chosen", "prob_a", "scores", "ranking", "best", "best_index"}
 
 
@@ -74,16 +76,4 @@ def assert_same_rows(got: list[dict], want: list[dict], tol: float = 0.0) -> Non
 def save_spread_model(directory: Path) -> str:
     """A 2-layer random BERT masked LM initialised wide (std 0.5), so its P(a better) spread over
     0.5-0.9 instead of 0.5 +- 1e-5: knockout results then do not hang on float noise."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from tinyrm.backbone import default_model_path
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=512,
-                        initializer_range=0.5)
-    BertForMaskedLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    return save_opinionated_bert(directory)
