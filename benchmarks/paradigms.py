@@ -93,6 +93,8 @@ def train_config(config: ParadigmsConfig, name: str, data: Path):
         pooling=pooling or "cls", lr=config.lr, batch_size=config.pairs_per_step * per_pair,
         micro_batch_size=config.micro_pairs * per_pair, max_length=config.max_length, max_steps=config.steps,
         warmup_ratio=config.warmup_ratio, seed=config.seed, save_steps=0, epochs=1.0,
+        # Every objective trains on exactly the written sample (balancing inside train would drop pairs).
+        length_balance=False,
     )
 
 

@@ -92,7 +92,8 @@ def test_objective_learns_an_easy_rule(tiny_bert, tmp_path, objective, pooling, 
              "running", "painting", "sailing", "baking", "knitting", "algebra", "biology", "finance", "movies", "maps"]
     data = write_jsonl(_polite_pairs(words[:14], rude_wins), tmp_path / "train.jsonl")
     _train(tiny_bert, data, tmp_path / "rm", objective, pooling, max_steps=10, lr=3e-3, batch_size=8,
-           micro_batch_size=8, warmup_ratio=0.0, max_length=48)
+           micro_batch_size=8, warmup_ratio=0.0, max_length=48,
+           length_balance=False)  # the polite answer is always the longer: balancing would leave no pair
     rm = RewardModel.from_pretrained(str(tmp_path / "rm"), device="cpu")
     assert evaluate_pairs(rm, _polite_pairs(words[14:], rude_wins))["accuracy"] >= 5 / 6
 
