@@ -84,10 +84,11 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def source_signature(source: str) -> list:
-    """What identifies a source's content: resolved path, size and mtime (hub: the dataset's fingerprint)."""
+def source_signature(source: str, load_hub: Callable[[str], Any] = load_hub_dataset) -> list:
+    """What identifies a source's content: resolved path, size and mtime (hub: the fingerprint of the
+    dataset ``load_hub`` returns)."""
     if source.startswith(HUB_PREFIX):
-        return [source, load_hub_dataset(source)._fingerprint]
+        return [source, load_hub(source)._fingerprint]
     path = Path(source)
     if not path.is_file():
         raise DataError(f"{path}: no such file")

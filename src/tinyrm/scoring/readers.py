@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..arrow import source_signature as arrow_source_signature
 from ..data import HUB_PREFIX, DataError, expand_sources, load_hub_dataset
 from .rows import ROW_FIELDS, ScoreRow, parse_row
 
@@ -86,14 +87,8 @@ def hub_dataset(spec: str) -> Any:
 
 
 def source_signature(source: str) -> list:
-    """What identifies a source's content: resolved path, size and mtime (hub: the dataset's fingerprint)."""
-    if source.startswith(HUB_PREFIX):
-        return [source, hub_dataset(source)._fingerprint]
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    """``tinyrm.arrow.source_signature``, with hub datasets loaded as scoring loads them (no required columns)."""
+    return arrow_source_signature(source, load_hub=hub_dataset)
 
 
 def plan_chunks(sources: Sequence[str], chunk_rows: int) -> Plan:
