@@ -58,6 +58,11 @@ METHODS: dict[str, dict] = {
     "diff+balance-freeze3": {"truncation": "diff", "length_balance": True, "freeze_layers": 3, "max_steps": 375,
                              "max_pairs": 3000},
     "classifier+balance": {"objective": "classifier", "length_balance": True},
+    # Every balanced pair of the train split once (about 6x the README's budget; a lent GPU only).
+    "classifier+balance-full": {"objective": "classifier", "length_balance": True, "max_pairs": 0, "max_steps": -1,
+                                "epochs": 1.0},
+    "classifier+balance-full-len512": {"objective": "classifier", "length_balance": True, "max_pairs": 0,
+                                       "max_steps": -1, "epochs": 1.0, "max_length": 512},
     "overfit": {**ENDS, "length_balance": False, "max_pairs": 256, "epochs": 10.0},
 }
 
