@@ -43,3 +43,14 @@ def test_explicit_values_win(headless_bert):
     assert (config.objective, config.read, config.lr, config.batch_size, config.micro_batch_size,
             config.max_length, config.pooling) == ("cloze", "mask", 3e-5, 8, 4, 64, "cls")
     assert resolve_defaults(config) is config  # nothing left to fill: the same object
+
+
+def test_a_batch_below_the_default_micro_batch_is_one_micro_batch_of_that_size(headless_bert, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    micro = DEVICE_DEFAULTS["cpu"]["micro_batch_size"]
+    config = resolve_defaults(TrainConfig(model=headless_bert, batch_size=4), announce=False)
+    assert (config.batch_size, config.micro_batch_size) == (4, 4)  # not a step of `micro` sequences
+    assert resolve_defaults(TrainConfig(model=headless_bert, batch_size=4 * micro),
+                            announce=False).micro_batch_size == micro  # larger batches accumulate
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_defaults(TrainConfig(model=headless_bert, batch_size=4), announce=False).micro_batch_size == 2

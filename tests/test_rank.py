@@ -170,7 +170,7 @@ def test_rank_cli_writes_ranking_and_scores(tiny_bert, tmp_path, capsys):
     ('{"prompt": "p", "candidates": []}', "'candidates' is empty"),
     ('{"candidates": ["a"]}', "missing field 'prompt'"),
     ('{"prompt": "p", "candidates": ["a", 1]}', "candidates[1] must be a string"),
-    ('{"prompt": "p", "candidates": ', "invalid JSON"),
+    ('{"prompt": "p", "candidates": ', "bad JSON"),
 ])
 def test_rank_cli_names_the_bad_line(tiny_bert, tmp_path, capsys, line, reason):
     from tinyrm.cli import main

@@ -44,6 +44,7 @@ from .data import (
     iter_pairs,
     length_balanced_indices,
     load_hub_dataset,
+    no_valid_rows,
     stratified_indices,
 )
 
@@ -251,5 +252,7 @@ def load_pair_table(sources: Sequence[str], skip_bad_rows: bool = False,
         _write_atomic_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: the table is complete
     if meta["skipped"]:
         logger.warning("skipped %d malformed row(s)", meta["skipped"])
+    if not sum(meta["per_file"].values()):  # as load_pairs: nothing to train on
+        raise no_valid_rows(sources, "pairs", meta["skipped"])
     dataset = datasets.Dataset.from_file(str(arrow))
     return PairTable(dataset, fp, cache_dir, skipped=meta["skipped"], per_file=meta["per_file"])

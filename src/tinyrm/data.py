@@ -1,7 +1,13 @@
 """Preference data: JSONL files and Hugging Face datasets of (prompt, chosen, rejected) rows.
 
 A malformed row stops loading with ``path:line: reason`` unless ``skip_bad_rows`` is set, in
-which case it is skipped and counted, so no row is ever silently mislabelled.
+which case it is skipped and counted, so no row is ever silently mislabelled. Every JSONL reader of
+the package (pairs, process rows, rank and score input, SFT text) reads its lines with
+:func:`jsonl_lines` and :func:`parse_json_line`, so ``path:line`` and the reasons mean the same
+everywhere: lines end at ``\\n``; a line of ASCII whitespace is blank and skipped; a UTF-8 byte-order
+mark at the start of the file is dropped; a line that is not UTF-8, not JSON (nested too deeply, an
+integer too long) or holds a lone surrogate (``"\\ud800"``, which no text encoding can write) is a bad
+row; a file without a non-blank line is an error (``path: no rows``).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +83,66 @@ def validate_row(row: object) -> PreferencePair:
     return PreferencePair(**values)  # type: ignore[arg-type]
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+MAX_DEPTH = 100  # JSON nesting a row may have
+
+
+def jsonl_lines(path: str | Path, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, bytes)`` of each non-blank line of a JSONL file, read from the byte
+    offset ``start`` (the start of line ``first_line``). From the file's start (``start`` 0), a file
+    without a non-blank line raises ``DataError`` (``path: no rows``)."""
+    offset, seen = start, False
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        for line_no, raw in enumerate(handle, start=first_line):
+            line = raw[len(UTF8_BOM):] if offset == 0 and raw.startswith(UTF8_BOM) else raw
+            if line.strip():
+                seen = True
+                yield line_no, offset, line
+            offset += len(raw)
+    if start == 0 and not seen:
+        raise DataError(f"{path}: no rows (the file is empty or holds only blank lines)")
+
+
+def parse_json_line(raw: bytes | str) -> object:
+    """The JSON value of one line; ``ValueError`` with the reason (``not UTF-8 text (...)``, ``bad JSON (...)``)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})") from None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"bad JSON ({error.msg})") from None
+    except RecursionError:
+        raise ValueError(f"bad JSON (nested more than {MAX_DEPTH} deep)") from None
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise ValueError(f"bad JSON ({str(error).partition(':')[0]})") from None
+    if _SURROGATE_ESCAPE.search(raw) or raw.count("[") + raw.count("{") > MAX_DEPTH:
+        _check_value(value)
+    return value
+
+
+def _check_value(value: object) -> None:
+    """``ValueError`` for a value nested more than ``MAX_DEPTH`` deep (writing it back, ``json.dumps``
+    would run out of stack) or holding a string with a lone surrogate."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("bad JSON (a \\u escape makes a lone surrogate, which is not text)") from None
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"bad JSON (nested more than {MAX_DEPTH} deep)")
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
 class JsonlRows(Generic[T]):
     """Iterates ``(line_no, decoded_object, parse(decoded_object))`` over a JSONL file.
 
@@ -93,22 +160,19 @@ class JsonlRows(Generic[T]):
         self.skipped_rows: list[tuple[str, str]] = []  # ("path:line", reason) of each skipped row
 
     def __iter__(self) -> Iterator[tuple[int, object, T]]:
-        with self.path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    parsed = self.parse(obj)
-                except (json.JSONDecodeError, ValueError) as error:
-                    reason = f"bad JSON ({error.msg})" if isinstance(error, json.JSONDecodeError) else str(error)
-                    if not self.skip_bad_rows:
-                        raise DataError(f"{self.path}:{line_no}: {reason}") from None
-                    logger.warning("%s:%d: skipped: %s", self.path, line_no, reason)
-                    self.skipped += 1
-                    self.skipped_rows.append((f"{self.path}:{line_no}", reason))
-                    continue
-                yield line_no, obj, parsed
+        for line_no, _, line in jsonl_lines(self.path):
+            try:
+                obj = parse_json_line(line)
+                parsed = self.parse(obj)
+            except ValueError as error:
+                reason = str(error)
+                if not self.skip_bad_rows:
+                    raise DataError(f"{self.path}:{line_no}: {reason}") from None
+                logger.warning("%s:%d: skipped: %s", self.path, line_no, reason)
+                self.skipped += 1
+                self.skipped_rows.append((f"{self.path}:{line_no}", reason))
+                continue
+            yield line_no, obj, parsed
 
 
 def read_jsonl(path: str | Path, skip_bad_rows: bool = False) -> LoadReport:
@@ -226,7 +290,14 @@ def load_pairs(sources: Sequence[str], skip_bad_rows: bool = False) -> LoadRepor
         report.pairs.extend(iter_pairs(source, skip_bad_rows, report))
     if report.skipped:
         logger.warning("skipped %d malformed row(s)", report.skipped)
+    if not report.pairs:
+        raise no_valid_rows(sources, "pairs", report.skipped)
     return report
+
+
+def no_valid_rows(sources: Sequence[str], what: str, skipped: int) -> DataError:
+    """The error of a load that kept nothing (every row skipped as bad): nothing to train on or evaluate."""
+    return DataError(f"{', '.join(map(str, sources))}: no valid {what} ({skipped} bad row(s) skipped)")
 
 
 def stratified_sample(pairs: Sequence[PreferencePair], n: int, seed: int) -> list[PreferencePair]:

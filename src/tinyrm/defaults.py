@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ def resolve_defaults(config, announce: bool = True):
     for name, value in DEVICE_DEFAULTS[device].items():
         if getattr(config, name) is None:
             updates[name] = value
+    # A --batch-size below the device's micro-batch is one micro-batch of that size: the default must
+    # not turn a step of 4 sequences into one of 16 (4x the activation memory and a different recipe).
+    batch = updates.get("batch_size", config.batch_size)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    if "micro_batch_size" in updates and batch < updates["micro_batch_size"] * world:
+        updates["micro_batch_size"] = max(1, batch // world)
     if not updates:
         return config
     resolved = dataclasses.replace(config, **updates)

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError
+from ..data import DataError, jsonl_lines, parse_json_line
 
 
 @dataclass
@@ -19,12 +19,9 @@ class RankRow:
     candidates: list[str]
 
 
-def parse_rank_row(raw: str) -> tuple[dict, str, list[str]]:
+def parse_rank_row(raw: str | bytes) -> tuple[dict, str, list[str]]:
     """Decode one ``{"prompt", "candidates": [...]}`` line; ``ValueError`` with the reason."""
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from error
+    row = parse_json_line(raw)
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
     prompt = row.get("prompt")
@@ -47,18 +44,15 @@ def read_rank_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     rows, skipped = [], 0
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row, prompt, candidates = parse_rank_row(raw)
-            except ValueError as error:
-                if not skip_bad_rows:
-                    raise DataError(f"{path}:{number}: {error}") from error
-                skipped += 1
-                continue
-            rows.append(RankRow(number, row, prompt, candidates))
+    for number, _, raw in jsonl_lines(path):
+        try:
+            row, prompt, candidates = parse_rank_row(raw)
+        except ValueError as error:
+            if not skip_bad_rows:
+                raise DataError(f"{path}:{number}: {error}") from None
+            skipped += 1
+            continue
+        rows.append(RankRow(number, row, prompt, candidates))
     return rows, skipped
 
 
@@ -99,7 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,
                          max_candidates=args.max_candidates, max_items=args.max_items,
                          max_documents=args.max_documents, log_level=args.log_level,
-                         forward_batch_size=args.forward_batch_size, threads=args.threads)
+                         forward_batch_size=args.forward_batch_size, threads=args.threads,
+                         graceful_timeout_s=args.graceful_timeout)
     rm = load(args.model)
     print(f"tinyrm serve: {rm.name} on {getattr(rm, 'device', 'cpu')}; http://{args.host}:{args.port} "
           f"(docs at /docs){'; API key required' if args.api_key else ''}", flush=True)
@@ -139,5 +134,7 @@ def register(subparsers) -> None:
     p.add_argument("--forward-batch-size", type=int, default=None,
                    help="sequences per forward pass (default: 8 on CPU, 2 x --max-batch-size on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--graceful-timeout", type=float, default=d.graceful_timeout_s, metavar="S",
+                   help="on SIGTERM: stop accepting, give accepted requests S seconds to finish, then exit")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=cmd_serve)

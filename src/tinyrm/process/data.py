@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError, JsonlRows, expand_sources, write_records
+from ..data import JsonlRows, expand_sources, no_valid_rows, write_records
 from .steps import clean, is_filler, split
 
 
@@ -76,7 +76,8 @@ def parse_row(obj: object) -> ProcessRow:
     clean_steps, labels = normalise(steps, step_labels(len(steps), first, correct))
     if not clean_steps:
         raise ValueError("no step left after removing markers and filler")
-    return ProcessRow(str(obj.get("id", "")), question.strip(), clean_steps, labels, correct)
+    ident = obj.get("id")  # absent or null: the loader names the row FILE-STEM:LINE
+    return ProcessRow("" if ident is None else str(ident), question.strip(), clean_steps, labels, correct)
 
 
 def reference_row(obj: dict, row: ProcessRow) -> ProcessRow | None:
@@ -108,7 +109,7 @@ def load_rows(sources: Sequence[str], skip_bad_rows: bool = False, references: b
                     rows.append(ref)
         skipped += reader.skipped
     if not rows:
-        raise DataError(f"no rows in {', '.join(sources)}")
+        raise no_valid_rows(sources, "rows", skipped)
     return ProcessReport(rows=rows, skipped=skipped)
 
 

@@ -98,7 +98,10 @@ def score_chunk(model: PairwiseScorer, chunk: Chunk, config: ScoreConfig) -> Chu
             rows.append(row)
         data = encode_part(output_format(config.output), records=rows)
     else:
-        table = _add_columns(chunk.table.take(kept) if len(kept) < chunk.table.num_rows else chunk.table,
+        import pyarrow as pa
+
+        kept_rows = pa.array(kept, type=pa.int64())  # typed: an empty list (every pair dropped) would be of type null
+        table = _add_columns(chunk.table.take(kept_rows) if len(kept) < chunk.table.num_rows else chunk.table,
                              [added[i] for i in kept])
         if config.keep_best and "candidates" in table.column_names:
             table = table.drop_columns(["candidates"])

@@ -18,7 +18,6 @@ with ``skip_bad_rows``, is logged, left out and listed in the chunk's ``skipped`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Container, Iterator, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arrow import source_signature as arrow_source_signature
-from ..data import HUB_PREFIX, DataError, expand_sources, load_hub_dataset
+from ..data import HUB_PREFIX, DataError, expand_sources, jsonl_lines, load_hub_dataset, parse_json_line
 from .rows import ROW_FIELDS, ScoreRow, parse_row
 
 logger = logging.getLogger(__name__)
@@ -110,15 +109,11 @@ def _plan_jsonl(path: str, chunk_rows: int, first_chunk: int) -> Iterator[Unit]:
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file")
     starts: list[tuple[int, int]] = []  # (byte offset, line number) of every chunk's first row
-    offset = line_no = count = 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            line_no += 1
-            if raw.strip():
-                if count % chunk_rows == 0:
-                    starts.append((offset, line_no))
-                count += 1
-            offset += len(raw)
+    count = 0
+    for line_no, offset, _ in jsonl_lines(path):
+        if count % chunk_rows == 0:
+            starts.append((offset, line_no))
+        count += 1
     for k, (start, line) in enumerate(starts):
         yield Unit(path, "jsonl", first_chunk + k, min(chunk_rows, count - k * chunk_rows), start, line)
 
@@ -130,8 +125,14 @@ def _plan_parquet(path: str, chunk_rows: int, first_chunk: int) -> Iterator[Unit
         raise DataError(f"{path}: no such file")
     try:
         metadata = pq.ParquetFile(path).metadata
+        names = metadata.schema.to_arrow_schema().names
     except Exception as error:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
-        raise DataError(f"{path}: not a Parquet file ({error})") from None
+        raise DataError(f"{path}: not a Parquet file ({' '.join(str(error).split())})") from None
+    if not metadata.num_rows:
+        raise DataError(f"{path}: no rows (the Parquet file holds none)")
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            raise DataError(f"{path}: column {name!r} appears {names.count(name)} times")
     groups: list[int] = []
     rows = start = row = 0
     chunk = first_chunk
@@ -155,6 +156,8 @@ def _plan_parquet(path: str, chunk_rows: int, first_chunk: int) -> Iterator[Unit
 
 def _plan_hub(spec: str, chunk_rows: int, first_chunk: int) -> Iterator[Unit]:
     total = len(hub_dataset(spec))
+    if not total:
+        raise DataError(f"{spec}: no rows (the dataset is empty)")
     for k, start in enumerate(range(0, total, chunk_rows)):
         yield Unit(spec, "hub", first_chunk + k, min(chunk_rows, total - start), start)
 
@@ -184,28 +187,18 @@ def _jsonl_chunk(unit: Unit, skip_bad_rows: bool) -> Chunk:
     items: list[ScoreRow] = []
     skipped: list[tuple[str, str]] = []
     seen = 0
-    line_no = unit.first_line - 1
-    with open(unit.source, "rb") as handle:
-        handle.seek(unit.start)
-        for raw in handle:
-            line_no += 1
-            if not raw.strip():
-                continue
-            seen += 1
-            try:
-                record = json.loads(raw)
-                item = parse_row(record)
-            except UnicodeDecodeError:
-                _bad_row(f"{unit.source}:{line_no}", "not UTF-8 text", skip_bad_rows, skipped)
-            except json.JSONDecodeError as error:
-                _bad_row(f"{unit.source}:{line_no}", f"bad JSON ({error.msg})", skip_bad_rows, skipped)
-            except ValueError as error:
-                _bad_row(f"{unit.source}:{line_no}", str(error), skip_bad_rows, skipped)
-            else:
-                records.append(record)
-                items.append(item)
-            if seen == unit.rows:
-                break
+    for line_no, _, raw in jsonl_lines(unit.source, unit.start, unit.first_line):
+        seen += 1
+        try:
+            record = parse_json_line(raw)
+            item = parse_row(record)
+        except ValueError as error:
+            _bad_row(f"{unit.source}:{line_no}", str(error), skip_bad_rows, skipped)
+        else:
+            records.append(record)
+            items.append(item)
+        if seen == unit.rows:
+            break
     if seen != unit.rows:
         raise DataError(f"{unit.source}: the file changed while it was read (expected {unit.rows} more rows "
                         f"from line {unit.first_line})")
@@ -224,7 +217,7 @@ def _arrow_tables(unit: Unit, chunk_rows: int) -> Iterator[Any]:
     batches = pq.ParquetFile(unit.source).iter_batches(batch_size=chunk_rows, row_groups=list(unit.row_groups))
     pending: list[Any] = []
     size = 0
-    for batch in batches:
+    for batch in _readable(batches, unit):
         while batch.num_rows:
             take = min(chunk_rows - size, batch.num_rows)
             pending.append(batch.slice(0, take))
@@ -237,17 +230,53 @@ def _arrow_tables(unit: Unit, chunk_rows: int) -> Iterator[Any]:
         yield pa.Table.from_batches(pending)
 
 
+def _readable(batches: Iterator[Any], unit: Unit) -> Iterator[Any]:
+    """``batches``, with a read error (a damaged page) raised as ``DataError`` naming the file."""
+    import pyarrow as pa
+
+    try:
+        yield from batches
+    except (OSError, pa.ArrowException) as error:
+        groups = f"{unit.row_groups[0]}-{unit.row_groups[-1]}" if unit.row_groups else "?"
+        message = " ".join(str(error).split())
+        raise DataError(f"{unit.source}: cannot read row group(s) {groups} ({message})") from None
+
+
+def _not_text(table: Any) -> dict[int, str]:
+    """Row index -> the first column whose value there is not valid (a string that is not UTF-8: Parquet
+    writers other than pyarrow may not check), found by Arrow's full validation."""
+    import pyarrow as pa
+
+    bad: dict[int, str] = {}
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            for index in range(len(column)):
+                try:
+                    column.slice(index, 1).validate(full=True)
+                except pa.ArrowInvalid:
+                    bad.setdefault(index, name)
+    return bad
+
+
 def _arrow_chunk(chunk_id: int, table: Any, source: str, first_row: int, skip_bad_rows: bool) -> Chunk:
-    columns = {name: table.column(name).to_pylist() for name in ROW_FIELDS if name in table.column_names}
+    bad = _not_text(table)
+    columns = {name: [None if i in bad else value.as_py() for i, value in enumerate(table.column(name))]
+               if bad else table.column(name).to_pylist() for name in ROW_FIELDS if name in table.column_names}
     items: list[ScoreRow] = []
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
     for index in range(table.num_rows):
         try:
+            if index in bad:
+                raise ValueError(f"field {bad[index]!r} is not UTF-8 text")
             items.append(parse_row({name: values[index] for name, values in columns.items()}))
             keep.append(index)
         except ValueError as error:
             _bad_row(f"{source}:row {first_row + index}", str(error), skip_bad_rows, skipped)
     if skipped:
-        table = table.take(keep)
+        import pyarrow as pa
+
+        table = table.take(pa.array(keep, type=pa.int64()))  # typed: an empty list would be of type null
     return Chunk(chunk_id, table.num_rows + len(skipped), items, table=table, skipped=skipped)

@@ -63,6 +63,9 @@ def records_table(records: Sequence[dict]) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise DataError(f"column {name!r} holds values of different types in one chunk ({error}); Parquet "
                             "needs one type per column: write JSONL output (OUT ending in .jsonl)") from None
+        except OverflowError:  # an integer beyond 64 bits
+            raise DataError(f"column {name!r} holds an integer too large for Parquet (64 bits): write JSONL "
+                            "output (OUT ending in .jsonl)") from None
     return pa.table(columns) if columns else pa.table({})
 
 
@@ -71,12 +74,18 @@ def encode_part(fmt: str, records: Sequence[dict] | None = None, table: pa.Table
     if fmt == "jsonl":
         rows = records if records is not None else table.to_pylist()
         return "".join(json.dumps(row, default=_json_default) + "\n" for row in rows).encode("utf-8")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if records is not None:
         table = records_table(records)
     sink = io.BytesIO()
-    pq.write_table(table, sink)
+    try:
+        pq.write_table(table, sink)
+    except pa.ArrowNotImplementedError as error:  # e.g. an empty JSON object: a struct without fields
+        message = " ".join(str(error).split())
+        raise DataError(f"a column has a type Parquet cannot store ({message}): write JSONL output (OUT ending in "
+                        ".jsonl)") from None
     return sink.getvalue()
 
 

@@ -6,7 +6,8 @@ model runs in one dedicated worker thread, so the event loop keeps answering ``/
 batch is being scored, and two batches never share the model at once. Ranking requests run their
 tournament in a thread whose comparisons go through the same batcher, so they merge with
 everyone else's traffic. ``/v1/rerank`` (and ``/v2/rerank``, the same body) is the rerank API of
-Cohere-, Jina- and vLLM-style clients (``rerank.py``).
+Cohere-, Jina- and vLLM-style clients (``rerank.py``). ``/openapi.json`` describes this server as it
+is, error bodies, limits and key included (``openapi.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
 from .batching import BatchedScorer, MicroBatcher
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
+from .openapi import ERRORS
+from .openapi import install as install_openapi
 from .rerank import rerank as rerank_documents
 from .schemas import (
     CompareBatchRequest,
@@ -59,6 +63,9 @@ class ServeConfig:
     forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
     threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
     log_level: str = "info"
+    # On SIGTERM/SIGINT: accepted requests get this long to finish, then are cancelled and the process
+    # exits (a stalled client would otherwise hold the shutdown for ever); docs/reliability.md.
+    graceful_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "max_documents",
@@ -67,6 +74,16 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.graceful_timeout_s <= 0:
+            raise ValueError(f"graceful_timeout_s must be > 0, got {self.graceful_timeout_s}")
+
+
+def serves_steps(rm) -> bool:
+    """Only a process/outcome checkpoint was trained for step verdicts (a ProcessRewardModel made from a
+    pairwise one would answer with an untrained prompt): anything else gets 400 on /v1/score_steps."""
+    objective = getattr(getattr(rm, "config", None), "objective", None)
+    has_methods = callable(getattr(rm, "score_steps", None)) and callable(getattr(rm, "score_solution", None))
+    return has_methods and objective in STEP_OBJECTIVES
 
 
 def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
@@ -83,18 +100,21 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         finally:
             await batcher.stop()
 
-    app = FastAPI(
-        title="tinyrm scoring service",
-        description="Pairwise reward model: compare, batch compare, best-of-n ranking, step scores, rerank.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="tinyrm scoring service", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.config = config
-    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_request_bytes=config.max_request_bytes)
+    install_openapi(app, config, serves_steps(rm))  # /openapi.json: error bodies, statuses, limits, the key
+    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_request_bytes=config.max_request_bytes,
+                       router=app.router)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, error: RequestValidationError) -> JSONResponse:
         return validation_response(error)
+
+    @app.exception_handler(HTTPException)  # 404, 405 (with its Allow header): the same error body
+    async def _on_http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse(status_code=error.status_code, content=error_body(str(error.detail)),
+                            headers=error.headers)
 
     @app.exception_handler(ApiError)
     async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -130,19 +150,19 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             "batching": batcher.stats.as_dict(),
         }
 
-    @app.post("/v1/compare", response_model=CompareResponse)
+    @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS)
     async def compare(req: CompareRequest) -> CompareResponse:
         probs = await scored(batcher.submit([(req.prompt, req.a, req.b)], req.both_orders))
         return CompareResponse(prob_a=probs[0])
 
-    @app.post("/v1/compare_batch", response_model=CompareBatchResponse)
+    @app.post("/v1/compare_batch", response_model=CompareBatchResponse, responses=ERRORS)
     async def compare_batch(req: CompareBatchRequest) -> CompareBatchResponse:
         if len(req.items) > config.max_items:
             raise ApiError(422, f"too many items: {len(req.items)} > {config.max_items}", "items")
         items = [(i.prompt, i.a, i.b) for i in req.items]
         return CompareBatchResponse(prob_a=await scored(batcher.submit(items, req.both_orders)))
 
-    @app.post("/v1/rank", response_model=RankResponse)
+    @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(req: RankRequest) -> RankResponse:
         if len(req.candidates) > config.max_candidates:
             raise ApiError(422, f"too many candidates: {len(req.candidates)} > {config.max_candidates}", "candidates")
@@ -152,8 +172,8 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         ))
         return RankResponse(ranking=result.ranking, scores=result.scores)
 
-    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
-    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
+    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
     async def rerank(req: RerankRequest) -> RerankResponse:
         if len(req.documents) > config.max_documents:
             raise ApiError(422, f"too many documents: {len(req.documents)} > {config.max_documents}", "documents")
@@ -161,13 +181,11 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * config.max_batch_size))
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
-    @app.post("/v1/score_steps", response_model=ScoreStepsResponse)
+    @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,
+              include_in_schema=serves_steps(rm))  # listed only where the model scores steps
     async def score_steps(req: ScoreStepsRequest) -> ScoreStepsResponse:
-        # Only a process/outcome checkpoint was trained for step verdicts (a ProcessRewardModel made from
-        # a pairwise one would answer with an untrained prompt), so anything else gets a clear 400.
-        objective = getattr(getattr(rm, "config", None), "objective", None)
-        has_methods = callable(getattr(rm, "score_steps", None)) and callable(getattr(rm, "score_solution", None))
-        if not has_methods or objective not in STEP_OBJECTIVES:
+        if not serves_steps(rm):
+            objective = getattr(getattr(rm, "config", None), "objective", None)
             raise ApiError(400, f"the loaded model (objective {objective!r}) does not score steps; serve a process "
                                 "or outcome reward model (tinyrm train --objective process)")
         if req.aggregate is not None and req.aggregate not in AGGREGATES:
@@ -193,4 +211,4 @@ def serve(rm, config: ServeConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     uvicorn.run(create_app(rm, config), host=config.host, port=config.port, log_level=config.log_level,
-                timeout_keep_alive=5)
+                timeout_keep_alive=5, timeout_graceful_shutdown=config.graceful_timeout_s)

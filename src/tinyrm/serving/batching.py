@@ -4,6 +4,10 @@ Requests are queued and merged (up to ``max_batch_size`` pairs, or whatever arri
 ``max_wait_ms`` of the oldest request). The model runs in one dedicated worker thread, so the event
 loop keeps answering ``/health`` while a batch is being scored, and two batches never share the
 model at once.
+
+Shutdown (``stop``, the app's lifespan end) refuses new work (``RuntimeError``, a 503), finishes what
+is queued or being scored, then stops the loop; a request whose client went away (its future
+cancelled) is dropped from the queue and never poisons the batch it was merged into.
 """
 
 from __future__ import annotations
@@ -75,20 +79,35 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.busy = False
+        self.closing = False
+        self._batch: list[_Pending] = []  # the batch being scored (stop() fails it if it cannot finish)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="tinyrm-batcher")
 
-    async def stop(self) -> None:
-        if self._task:
+    async def stop(self, drain_s: float = 30.0) -> None:
+        """Refuse new requests, finish the queued and running ones (up to ``drain_s``), stop the loop.
+
+        Under uvicorn the lifespan ends after every connection closed, so the queue is empty by now;
+        the drain keeps queued work from being dropped where the host does not wait (and for
+        ``BatchedScorer`` threads still submitting). What is left after ``drain_s`` gets an error."""
+        self.closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()  # a queued request waiting for company goes now
+        running: list[_Pending] = []
+        if self._task and not self._task.done():
+            deadline = time.monotonic() + drain_s
+            while (self.queued or self.busy) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            running = self._batch  # cancelling the loop below forgets the batch it was scoring
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for entry in self._pending:
+        for entry in [*running, *self._pending]:
             if not entry.future.done():
                 entry.future.set_exception(RuntimeError("server is shutting down"))
         self._pending.clear()
@@ -96,12 +115,15 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        """Requests waiting for a batch (not counting those whose client went away)."""
+        return sum(1 for e in self._pending if not e.future.done())
 
     async def submit(self, items: list[tuple[str, str, str]], both_orders: bool | None = None) -> list[float]:
         if not items:
             return []
         assert self.loop is not None and self._wakeup is not None, "batcher not started"
+        if self.closing:
+            raise RuntimeError("server is shutting down")
         if both_orders is None:
             both_orders = self.default_both_orders
         future = self.loop.create_future()
@@ -114,7 +136,7 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     def _queued_pairs(self, key: bool | None) -> int:
-        return sum(len(e.items) for e in self._pending if e.both_orders == key)
+        return sum(len(e.items) for e in self._pending if e.both_orders == key and not e.future.done())
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest request plus later ones with the same ``both_orders`` that still fit, in order."""
@@ -133,12 +155,16 @@ class MicroBatcher:
     async def _run(self) -> None:
         assert self._wakeup is not None and self.loop is not None
         while True:
-            while not self._pending:
+            # Requests whose client went away while queued (future cancelled) leave the queue here.
+            self._pending = deque(e for e in self._pending if not e.future.done())
+            if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
             first = self._pending[0]
-            # Wait for company until the batch is full or the oldest request has waited max_wait.
-            while self._queued_pairs(first.both_orders) < self.max_batch_size:
+            # Wait for company until the batch is full or the oldest request has waited max_wait
+            # (none comes once stop() began).
+            while not self.closing and self._queued_pairs(first.both_orders) < self.max_batch_size:
                 remaining = first.arrived + self.max_wait - self.loop.time()
                 if remaining <= 0:
                     break
@@ -160,6 +186,7 @@ class MicroBatcher:
         rows = self.forward_batch_size
         started = time.perf_counter()
         self.busy = True
+        self._batch = batch
         try:
             probs = await self.loop.run_in_executor(
                 self.executor, lambda: self.rm.compare_batch(items, batch_size=rows, both_orders=both)
@@ -172,6 +199,7 @@ class MicroBatcher:
             return
         finally:
             self.busy = False
+            self._batch = []
             self.stats.busy_seconds += time.perf_counter() - started
         s = self.stats
         s.batches += 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
 PROTECTED = ("/v1/", "/v2/")  # the API paths behind the key; /health and /docs stay open
 
@@ -49,12 +50,22 @@ def validation_response(error: RequestValidationError) -> JSONResponse:
 
 
 class GuardMiddleware:
-    """Pure ASGI guard: bearer key on /v1/* and /v2/*, then the body size limit (before any JSON parsing)."""
+    """Pure ASGI guard: bearer key on /v1/* and /v2/*, then the body size limit (before any JSON parsing).
 
-    def __init__(self, app, api_key: str | None, max_request_bytes: int) -> None:
+    A method that an endpoint does not serve (``GET /v1/compare``) skips the key: the app answers 405 with
+    ``Allow``, key or not, as it does for any path (given ``router``, the app's, to tell).
+    """
+
+    def __init__(self, app, api_key: str | None, max_request_bytes: int, router=None) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.limit = max_request_bytes
+        self.router = router
+
+    def _wrong_method(self, scope) -> bool:
+        """The path is an endpoint's but the method is not one it serves (the router answers 405)."""
+        matches = [route.matches(scope)[0] for route in getattr(self.router, "routes", ())]
+        return Match.FULL not in matches and Match.PARTIAL in matches
 
     async def _reply(self, scope, send, status: int, message: str, headers: list | None = None) -> None:
         response = JSONResponse(status_code=status, content=error_body(message), headers=dict(headers or []))
@@ -64,7 +75,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key and scope["path"].startswith(PROTECTED):
+        if self.api_key and scope["path"].startswith(PROTECTED) and not self._wrong_method(scope):
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):

@@ -1,4 +1,5 @@
-"""Request and response bodies of the HTTP API (unknown fields are rejected)."""
+"""Request and response bodies of the HTTP API (unknown fields are rejected; no type coercion: a boolean is
+``true`` or ``false``, not ``0`` or ``"yes"``, so what the schema rejects the server rejects)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from ..process.aggregate import METHODS as AGGREGATES
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CompareRequest(_Strict):
@@ -48,10 +51,14 @@ class RankResponse(BaseModel):
     scores: list[float] = Field(description="scores[i] is the score of candidates[i]")
 
 
+# The schema lists the aggregates; the server checks them itself, with its own message (422, field "aggregate").
+Aggregate = Annotated[str, WithJsonSchema({"type": "string", "enum": list(AGGREGATES)})]
+
+
 class ScoreStepsRequest(_Strict):
     problem: str
     steps: list[str] = Field(min_length=1)
-    aggregate: str | None = Field(None, description="how step scores combine into the reward (model default)")
+    aggregate: Aggregate | None = Field(None, description="how step scores combine into the reward (model default)")
 
 
 class ScoreStepsResponse(BaseModel):
@@ -75,18 +82,27 @@ def _document_text(value: Any) -> Any:
 
 
 Document = Annotated[str, BeforeValidator(_document_text), WithJsonSchema({"anyOf": [
-    {"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]})]
+    {"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+                          "additionalProperties": False}]})]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: an int or a float without a fraction (``2.0``); never a bool or a string."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
 
 
 class RerankRequest(BaseModel):
     """The body Cohere-, Jina- and vLLM-style rerank clients send. Fields this server does not use
     (``max_chunks_per_doc``, ``max_tokens_per_doc``, ``rank_fields``, ``priority``, ...) are ignored."""
 
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", strict=True, protected_namespaces=())
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
     query: str
     documents: list[Document] = Field(min_length=1, description='strings or {"text": string} objects')
-    top_n: int | None = Field(None, ge=1, description="return the best top_n (default: all)")
+    top_n: PositiveInteger | None = Field(None, description="return the best top_n (default: all)")
     return_documents: bool = Field(False, description='include each result\'s "document": {"text"}')
 
 
@@ -99,3 +115,18 @@ class RerankResult(BaseModel):
 class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult] = Field(description="best first; relevance_score non-increasing")
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="dotted path of the field (list items by index); 'body' for the body itself")
+    msg: str
+    type: str = Field(description="the validation error type: missing, string_type, extra_forbidden, json_invalid...")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API (400, 401, 404, 405, 413, 422, 500, 503): one readable message, the
+    offending field where there is one, and every validation error of a 422 from request validation."""
+
+    error: str = Field(description="what went wrong, for people")
+    field: str | None = Field(None, description="the first offending field (absent when none is to blame)")
+    detail: list[ErrorDetail] | None = Field(None, description="all validation errors (request validation 422s)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DataError, expand_sources
+from ..data import DataError, expand_sources, jsonl_lines, parse_json_line
 
 
 @dataclass
@@ -76,16 +76,15 @@ def row_text(row: object, where: str) -> str:
 def read_texts(sources: Sequence[str]) -> list[str]:
     texts: list[str] = []
     for path in expand_sources(sources):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{where}: invalid JSON ({error.msg})") from None
-                texts.append(row_text(row, where))
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such file")
+        for number, _, line in jsonl_lines(path):
+            where = f"{path}:{number}"
+            try:
+                row = parse_json_line(line)
+            except ValueError as error:
+                raise DataError(f"{where}: {error}") from None
+            texts.append(row_text(row, where))
     if not texts:
         raise DataError(f"no text rows in {', '.join(sources)}")
     return texts

@@ -48,6 +48,8 @@ def parse_recipe(text: str, where: str) -> Recipe:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}:{error.lineno}: invalid JSON ({error.msg})") from None
+    except (RecursionError, ValueError) as error:  # nested too deeply; an integer of more than 4300 digits
+        raise ValueError(f"{where}: invalid JSON ({str(error).partition(':')[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ValueError(f"{where}: a recipe is an object with a 'config' object of training options")
     unknown = sorted(set(data["config"]) - _train_fields())
@@ -66,7 +68,12 @@ def load_recipe(name_or_path: str) -> Recipe:
         return parse_recipe(packaged[name_or_path].read_text(encoding="utf-8"), f"recipes/{name_or_path}.json")
     path = Path(name_or_path)
     if path.suffix == RECIPE_SUFFIX and path.is_file():
-        return parse_recipe(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                             f"{error.start})") from None
+        return parse_recipe(text, str(path))
     raise ValueError(f"unknown recipe {name_or_path!r}; choose from {', '.join(sorted(packaged))} "
                      "or give the path of a recipe .json file")
 

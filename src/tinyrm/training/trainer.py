@@ -9,6 +9,7 @@ objective brings its model (forward returns ``{"loss", "logits"}``), dataset and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -23,6 +24,8 @@ from ..backbone import parameter_counts
 from .arguments import gradient_accumulation, is_main_process, training_arguments
 from .config import TrainConfig, TrainResult
 from .sampler import GroupedSampler
+
+logger = logging.getLogger(__name__)
 
 
 def fresh_parameter_names(model: torch.nn.Module) -> set[str]:
@@ -175,8 +178,44 @@ def report_parameters(model: torch.nn.Module) -> tuple[int, int]:
 class FitOutcome:
     trainer: object
     steps: int
-    examples: int
+    examples: int  # over the whole run, the steps before a --resume included
     seconds: float
+    run_examples: int | None = None  # trained by this process (rates divide these by seconds); None: examples
+
+
+def resume_checkpoint(output: Path) -> tuple[Path, int]:
+    """The ``checkpoint-N`` that ``--resume`` continues from, and its step: the highest complete one.
+
+    The Trainer writes a checkpoint's ``trainer_state.json`` last (after weights, optimizer, scheduler
+    and RNG states), so a folder without it, or with it cut short, is a save that a kill interrupted:
+    skipped with a warning. (The Trainer's own ``resume_from_checkpoint=True`` takes the highest
+    number, complete or not, and fails on it.)"""
+    found = [(int(p.name.split("-", 1)[1]), p) for p in output.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    if not found:
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
+    for _, path in sorted(found, reverse=True):
+        try:
+            return path, int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("--resume: skipping %s, a save cut off before its trainer_state.json was written", path)
+    raise FileNotFoundError(f"--resume: no complete checkpoint in {output} (every checkpoint-* was cut off mid-save)")
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop what a killed run logged after the checkpoint a resume starts from (the resumed run logs
+    those steps again), and a last line cut short by the kill; records without a step stay."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
 
 
 def example_lengths(dataset: Dataset) -> list[int]:
@@ -209,8 +248,9 @@ def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig,
     set_seed(config.seed)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    if config.resume and not any(p.name.startswith("checkpoint-") for p in output.iterdir()):
-        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
+    checkpoint, resumed_step = resume_checkpoint(output) if config.resume else (None, 0)
+    if checkpoint is not None and is_main_process():
+        trim_metrics(output / "metrics.jsonl", resumed_step)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = args if args is not None else arguments_for(config)
     accumulation = args.gradient_accumulation_steps
@@ -223,23 +263,27 @@ def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig,
     for callback in (HFProgress, PrinterCallback):
         trainer.remove_callback(callback)
     start = time.perf_counter()
-    state = trainer.train(resume_from_checkpoint=True if config.resume else None)
+    state = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     seconds = time.perf_counter() - start
-    examples = state.global_step * config.micro_batch_size * accumulation * world_size
+    per_step = config.micro_batch_size * accumulation * world_size
+    examples = state.global_step * per_step
     if config.max_steps < 0:
         examples = min(examples, len(dataset) * math.ceil(config.epochs))
-    return FitOutcome(trainer=trainer, steps=state.global_step, examples=examples, seconds=seconds)
+    run_examples = max(examples - resumed_step * per_step, 0)
+    return FitOutcome(trainer=trainer, steps=state.global_step, examples=examples, seconds=seconds,
+                      run_examples=run_examples)
 
 
 def make_result(config: TrainConfig, outcome: FitOutcome, per_pair: int, parameters: tuple[int, int],
                 truncated: int = 0, skipped: int = 0) -> TrainResult:
     """``per_pair``: training examples per preference pair (2 when both orders are shown)."""
     seconds = max(outcome.seconds, 1e-9)
+    trained = outcome.examples if outcome.run_examples is None else outcome.run_examples
     return TrainResult(
         output=str(config.output), steps=outcome.steps, examples=outcome.examples,
         pairs=outcome.examples // per_pair, seconds=round(outcome.seconds, 2),
-        examples_per_second=round(outcome.examples / seconds, 2),
-        pairs_per_second=round(outcome.examples / per_pair / seconds, 2),
+        examples_per_second=round(trained / seconds, 2),
+        pairs_per_second=round(trained / per_pair / seconds, 2),
         trainable_parameters=parameters[0], total_parameters=parameters[1],
         truncated_examples=truncated, skipped_rows=skipped,
     )

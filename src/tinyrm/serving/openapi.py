@@ -1,0 +1,75 @@
+"""The served ``/openapi.json``, made true to this server (``tests/test_api_fuzz.py`` holds it to that).
+
+Every error answer is tinyrm's ``ErrorBody`` (``{"error", "field"?, "detail"?}``), FastAPI's
+``HTTPValidationError`` is gone; each POST endpoint lists the statuses it answers with (400, 413,
+422, 503, and 401 with the bearer scheme when a key is set); the configured list limits are
+``maxItems`` (longer lists get 422), the body limit is in the request body's description (413
+beyond); and only the endpoints the loaded model serves are listed: ``/v1/score_steps`` needs a
+process or outcome model (on a pairwise one it answers 400 and is left out of the document).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from .guard import PROTECTED
+from .schemas import ErrorBody
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+# The error statuses of every POST endpoint (FastAPI's own 422 is left out once 422 is listed here).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request (an invalid Content-Length header)"},
+    413: {"model": ErrorBody, "description": "request body over the server's max_request_bytes"},
+    422: {"model": ErrorBody, "description": "invalid request: `field` names the first offending field and "
+                                             "`detail` lists every error; also lists over the server's limits"},
+    503: {"model": ErrorBody, "description": "the model could not answer (server stopping, request timed out)"},
+}
+
+# (request schema, list field, ServeConfig limit)
+LIST_LIMITS = (("CompareBatchRequest", "items", "max_items"), ("RankRequest", "candidates", "max_candidates"),
+               ("RerankRequest", "documents", "max_documents"))
+
+
+def endpoints(serves_steps: bool) -> str:
+    """The app's description: which endpoints this server's model serves."""
+    served = "compare, batch compare, best-of-n ranking, rerank"
+    if serves_steps:
+        return f"Process or outcome reward model: step scores (/v1/score_steps), {served}."
+    return (f"Pairwise reward model: {served}. /v1/score_steps needs a process or outcome model: here it "
+            "answers 400 and is not listed.")
+
+
+def install(app: FastAPI, config, serves_steps: bool) -> None:
+    """Wrap ``app.openapi`` to add what depends on ``config``: the limits, the bearer key."""
+    build = app.openapi
+    app.description = endpoints(serves_steps)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for name, field, limit in LIST_LIMITS:
+            if name in schemas:
+                schemas[name]["properties"][field]["maxItems"] = getattr(config, limit)
+        if config.api_key:
+            components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, item in schema["paths"].items():
+            for operation in item.values():
+                if "requestBody" in operation:
+                    operation["requestBody"]["description"] = (
+                        f"JSON, at most {config.max_request_bytes} bytes (413 beyond)")
+                if config.api_key and path.startswith(PROTECTED):
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"]["401"] = {
+                        "description": "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+                        "content": {"application/json": {"schema": ERROR_REF}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,141 @@
+"""The HTTP API holds to its own ``/openapi.json``: Schemathesis, every check, against live ``tinyrm serve``.
+
+Two real servers on loopback, each a ``tinyrm serve`` process with a key and small limits (lists at and
+over them stay cheap): a pairwise model, whose document leaves ``/v1/score_steps`` out (it answers
+400 there), and an untrained process model, whose document lists it. Schemathesis reads each server's
+document and runs its checks (``-c all``: no 5xx, documented statuses, headers and bodies, schema-valid
+requests accepted, schema-invalid ones rejected, undeclared methods answered 405, auth not ignored)
+with the key on both, and without it on the process server (all 7 operations, every ``/v1`` and
+``/v2`` one must give its documented 401). Bounded and reproducible: ``MAX_EXAMPLES`` per operation,
+deterministic generation (no seed, no example database), one worker; then ``/health`` must answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+KEY = "fuzz-key"
+MAX_EXAMPLES = 25  # per operation and phase: ~450-550 cases a run (most from the coverage phase), ~15 s
+LIMITS = ["--max-items", "16", "--max-candidates", "6", "--max-documents", "5"]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tinyrm_serve(models: dict[str, str], logs: Path):
+    """``tinyrm serve`` processes (one torch thread each) on free loopback ports, started together;
+    yields ``{name: base URL}`` once every one answers ``/health``."""
+    procs, urls = {}, {}
+    try:
+        for name, model in models.items():
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            with (logs / f"{name}.log").open("w") as out:
+                procs[name] = subprocess.Popen(
+                    [str(BIN / "tinyrm"), "serve", "--model", model, "--port", str(port), "--api-key", KEY,
+                     "--threads", "1", "--log-level", "warning", *LIMITS], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        for name, proc in procs.items():
+            while True:
+                log = (logs / f"{name}.log").read_text()[-3000:]
+                assert proc.poll() is None, f"tinyrm serve ({name}) exited:\n{log}"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{urls[name]}/health", timeout=5).status_code == 200:
+                        break
+                assert time.time() < deadline, f"tinyrm serve ({name}) did not start:\n{log}"
+                time.sleep(0.25)
+        yield urls
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def process_model(tiny_bert, tmp_path_factory) -> str:
+    """An untrained process reward model folder (the tiny BERT with the process config): serves score_steps."""
+    from tinyrm.process.train import build_model
+    from tinyrm.train import TrainConfig
+
+    directory = tmp_path_factory.mktemp("tiny-prm")
+    build_model(TrainConfig(model=tiny_bert, data=[], output=str(directory), objective="process",
+                            max_length=128)).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_bert, process_model, tmp_path_factory):
+    with tinyrm_serve({"pairwise": tiny_bert, "process": process_model}, tmp_path_factory.mktemp("logs")) as urls:
+        yield urls
+
+
+def test_the_document_tells_the_truth(servers):
+    """What Schemathesis relies on, spelled out: per-kind endpoints, error bodies, limits, the key."""
+    pairwise = httpx.get(f"{servers['pairwise']}/openapi.json").json()
+    process = httpx.get(f"{servers['process']}/openapi.json").json()
+    assert "/v1/score_steps" not in pairwise["paths"] and "/v1/score_steps" in process["paths"]
+    r = httpx.post(f"{servers['pairwise']}/v1/score_steps", json={"problem": "p", "steps": ["s"]},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and "does not score steps" in r.json()["error"]
+    schemas = process["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    for path, item in process["paths"].items():
+        if path.startswith("/v"):
+            responses = item["post"]["responses"]
+            assert {"200", "400", "401", "413", "422", "503"} <= set(responses), path
+            assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+            assert item["post"]["security"] == [{"bearer": []}]
+    assert schemas["CompareBatchRequest"]["properties"]["items"]["maxItems"] == 16
+    assert schemas["RankRequest"]["properties"]["candidates"]["maxItems"] == 6
+    assert schemas["RerankRequest"]["properties"]["documents"]["maxItems"] == 5
+    # An undeclared method is 405 with Allow, key or not, in the same error body.
+    r = httpx.get(f"{servers['process']}/v1/compare")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json() == {"error": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("kind, key", [("pairwise", True), ("process", True), ("process", False)],
+                         ids=["pairwise-key", "process-key", "process-no-key"])
+def test_schemathesis_finds_nothing(servers, kind, key, tmp_path):
+    pytest.importorskip("schemathesis")
+    url = servers[kind]
+    command = [str(BIN / "schemathesis"), "run", f"{url}/openapi.json", "--checks", "all",
+               "--max-examples", str(MAX_EXAMPLES), "--generation-deterministic", "--workers", "1",
+               "--suppress-health-check", "all", "--request-timeout", "60", "--continue-on-failure", "--no-color"]
+    if key:
+        command += ["--header", f"Authorization: Bearer {KEY}"]
+    # Its own folder: Schemathesis writes .hypothesis/ and .schemathesis/ under the working directory.
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NO_COLOR": "1"})
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, f"schemathesis found failures (exit {run.returncode}):\n{report[-20000:]}"
+    operations = 7 if kind == "process" else 6
+    assert f"Tested: {operations}" in report, report[-3000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert cases and int(cases[1]) >= 100, report[-3000:]
+    if key:  # e.g. "Authentication failed", or operations Schemathesis could not make valid requests for
+        assert "Warnings:" not in report, report[-5000:]
+    else:  # each of the 6 /v1, /v2 operations answered only its documented 401
+        assert f"Authentication failed: {operations - 1} operations returned only 401/403" in report, report[-5000:]
+    print(f"schemathesis {kind} {'with' if key else 'without'} the key: {cases[0]}")
+    health = httpx.get(f"{url}/health", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
