@@ -284,3 +284,13 @@ def test_data_pipeline_benchmark_runs_cold_then_warm(tiny_bert, pairs_file, tmp_
         assert 0 < row["seconds_to_trainer"] <= row["seconds_to_first_step"] <= row["seconds_total"]
         assert row["peak_rss_mib"] > 100
     assert "| warm |" in done.stdout
+
+
+def test_tokenising_a_training_set_leaves_the_scoring_token_cache_empty(tokenizer, pairs_file, tmp_path):
+    from tinyrm.inference.engine import CachingClozeEncoder
+
+    encoder = CachingClozeEncoder(tokenizer, get_template("flan"), max_length=96)
+    dataset = ClozeDataset(load_pair_table([str(pairs_file)], cache_dir=tmp_path), encoder, "both", 0)
+    plain = cloze(load_pairs([str(pairs_file)]).pairs, tokenizer)
+    assert dataset.rows[:] == plain.rows[:]  # the same rows as an encoder without a cache
+    assert encoder.hits > 0 and encoder._cache == {}  # reused within a batch (both orders), not kept after it

@@ -8,7 +8,6 @@ micro-batch they were merged into intact, and the batcher survives cancelled req
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from tinyrm.serving.app import ServeConfig, create_app
 from tinyrm.serving.batching import MicroBatcher
 
 from .integration_helpers import save_opinionated_bert
+from .test_serve import serving_app
 
 # `tinyrm serve` with model latency added (each compare_batch call sleeps first), so that SIGTERM
 # reliably lands while requests are queued, whatever the machine's speed.
@@ -147,28 +147,6 @@ def test_sigterm_answers_accepted_requests_refuses_new_ones_and_exits(tiny_bert,
 
 
 # ------------------------------------------------------------------------ clients that go away
-@contextlib.contextmanager
-def serving(app):
-    """uvicorn in a thread on a pre-bound loopback socket; yields (url, server)."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 class Gated:
     """A model whose ``compare_batch`` waits for the test to open a gate: holds a batch mid-score."""
 
@@ -210,7 +188,7 @@ def test_clients_that_disconnect_mid_request_do_not_disturb_their_batch(tmp_path
     batcher = app.state.batcher
     good = {i: pairs(f"good{i}", 4) for i in range(3)}
     caplog.set_level(logging.WARNING)
-    with serving(app) as (url, server):
+    with serving_app(app) as (url, server):
         port = int(url.rsplit(":", 1)[1])
         early = raw_request(port, pairs("early", 4))  # goes away while its request is queued
         wait_for(lambda: batcher.queued == 1, "first request not queued")

@@ -23,27 +23,33 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @contextlib.contextmanager
-def running_server(rm, config: ServeConfig):
-    """uvicorn in a background thread on a pre-bound loopback socket; yields the base URL."""
+def serving_app(app):
+    """uvicorn in a background thread on a pre-bound loopback socket; yields (base URL, server)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(rm, config), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.time() + 30
+    deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextlib.contextmanager
+def running_server(rm, config: ServeConfig):
+    """``serving_app`` of ``create_app(rm, config)``; yields the base URL."""
+    with serving_app(create_app(rm, config)) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,10 @@ class CachingClozeEncoder(ClozeEncoder):
         self._store(text, ids)
         return ids
 
+    def clear_cache(self) -> None:
+        """Forget every tokenised text (training calls it after each batch it encodes)."""
+        self._cache.clear()
+
     def _store(self, text: str, ids: list[int]) -> None:
         if len(self._cache) >= self.cache_size:
             self._cache.clear()  # cheap bound; a rolling window is not worth the bookkeeping
