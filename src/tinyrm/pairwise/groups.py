@@ -53,7 +53,7 @@ def win_rates(theta: Sequence[float]) -> list[float]:
     return [float(x) for x in p.sum(axis=1) / (n - 1)]
 
 
-class _Answers:
+class Answers:
     """A scorer that answers from probabilities already computed (lets ``rank.round_robin`` run unchanged)."""
 
     def __init__(self, probs: dict[tuple[str, str, str], float]) -> None:
@@ -70,49 +70,75 @@ def _distinct(candidates: Sequence[str]) -> tuple[list[str], list[int]]:
     return list(first), where
 
 
-def _round_robin(scorer: PairwiseScorer, groups: list[tuple[str, list[str]]], batch_size: int) -> GroupScores:
+def judge_all_pairs(scorer: PairwiseScorer, groups: Sequence[tuple[str, Sequence[str]]], batch_size: int
+                    ) -> tuple[Answers, int]:
+    """Every pair of candidates of every group, both orders, in one ``compare_batch`` call: a scorer that
+    answers ``rank.round_robin``'s questions from those probabilities, and the number of distinct pairs."""
     items = list(dict.fromkeys((prompt, u[i], u[j]) for prompt, u in groups
                                for i in range(len(u)) for j in range(i + 1, len(u))))
     probs = scorer.compare_batch(items, batch_size=batch_size, both_orders=True) if items else []
-    answers = _Answers(dict(zip(items, (float(p) for p in probs))))
+    return Answers(dict(zip(items, (float(p) for p in probs)))), len(items)
+
+
+def _round_robin(scorer: PairwiseScorer, groups: list[tuple[str, list[str]]], batch_size: int) -> GroupScores:
+    answers, judged = judge_all_pairs(scorer, groups, batch_size)
     strengths = [round_robin(answers, prompt, u, batch_size=batch_size).scores for prompt, u in groups]
-    return GroupScores([win_rates(t) for t in strengths], strengths, len(items), 1 if items else 0)
+    return GroupScores([win_rates(t) for t in strengths], strengths, judged, 1 if judged else 0)
 
 
-def _knockout(scorer: PairwiseScorer, groups: list[tuple[str, list[str]]], batch_size: int) -> GroupScores:
+@dataclass
+class Bracket:
+    """The knockouts of several groups played in lock-step (``play_knockouts``)."""
+
+    matches: list[list[tuple[int, int, int, float]]]  # per group: (round, winner, loser, P(win)) in play order
+    byes: list[list[tuple[int, int]]]  # per group: (round, candidate) of each bye
+    champions: list[int]
+    comparisons: int
+    calls: int
+
+
+def play_knockouts(scorer: PairwiseScorer, groups: Sequence[tuple[str, Sequence[str]]], batch_size: int) -> Bracket:
     """The bracket of ``rank.knockout`` (0 v 1, 2 v 3, ..., a bye for the odd one out; an exact 0.5 goes
-    to the lower index), all groups per round in one call."""
+    to the lower index) for every group, all groups' matches of a round in one ``compare_batch`` call."""
     alive = [list(range(len(u))) for _, u in groups]
-    played: list[list[tuple[int, int, float]]] = [[] for _ in groups]  # (winner, loser, P(win)) in play order
-    comparisons = calls = 0
+    bracket = Bracket([[] for _ in groups], [[] for _ in groups], [], 0, 0)
+    round_no = 0
     while any(len(a) > 1 for a in alive):
         matches = [(g, a[k], a[k + 1]) for g, a in enumerate(alive) for k in range(0, len(a) - 1, 2)]
         probs = scorer.compare_batch([(groups[g][0], groups[g][1][i], groups[g][1][j]) for g, i, j in matches],
                                      batch_size=batch_size, both_orders=True)
-        comparisons += len(matches)
-        calls += 1
+        bracket.comparisons += len(matches)
+        bracket.calls += 1
         survivors: list[list[int]] = [[] for _ in groups]
         for (g, i, j), p in zip(matches, probs):
             p = float(p)
             winner, loser, p_win = (i, j, p) if p >= 0.5 else (j, i, 1.0 - p)
-            played[g].append((winner, loser, p_win))
+            bracket.matches[g].append((round_no, winner, loser, p_win))
             survivors[g].append(winner)
         for g, a in enumerate(alive):
             if len(a) == 1:
                 survivors[g] = a
             elif len(a) % 2:
-                survivors[g].append(a[-1])  # the bye
+                bracket.byes[g].append((round_no, a[-1]))
+                survivors[g].append(a[-1])
         alive = survivors
+        round_no += 1
+    bracket.champions = [a[0] for a in alive]
+    return bracket
+
+
+def _knockout(scorer: PairwiseScorer, groups: list[tuple[str, list[str]]], batch_size: int) -> GroupScores:
+    bracket = play_knockouts(scorer, groups, batch_size)
     strengths = []
-    for (_, u), matches, champion in zip(groups, played, alive):
+    for (_, u), matches, champion in zip(groups, bracket.matches, bracket.champions):
         theta = [0.0] * len(u)
         # Latest match first: a loser's one eliminator played on after it, so its strength is set already.
-        for winner, loser, p_win in reversed(matches):
+        for _, winner, loser, p_win in reversed(matches):
             p_win = min(p_win, 1.0 - P_CLIP)
             theta[loser] = theta[winner] - math.log(p_win / (1.0 - p_win))
-        assert champion and theta[champion[0]] == max(theta)
+        assert theta[champion] == max(theta)
         strengths.append(theta)
-    return GroupScores([win_rates(t) for t in strengths], strengths, comparisons, calls)
+    return GroupScores([win_rates(t) for t in strengths], strengths, bracket.comparisons, bracket.calls)
 
 
 def score_groups(scorer: PairwiseScorer, groups: Sequence[tuple[str, Sequence[str]]], method: str = "round_robin",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..pairwise.groups import judge_all_pairs, play_knockouts
 from ..pairwise.rank import PairwiseScorer, round_robin
 
 SetInput = tuple[str, Sequence[str]]  # (prompt, candidates)
@@ -23,51 +24,28 @@ def _ranking(scores: Sequence[float]) -> list[int]:
 
 def knockout_sets(scorer: PairwiseScorer, sets: Sequence[SetInput], batch_size: int = 32
                   ) -> list[tuple[list[int], list[float]]]:
-    """``(ranking, scores)`` per set: ``rank.knockout``'s bracket (0 v 1, 2 v 3, ..., a bye for the odd one
-    out; an exact 0.5 goes to the lower index), every set's round in one ``compare_batch`` call."""
-    alive = [list(range(len(candidates))) for _, candidates in sets]
-    scores = [[0.0] * len(candidates) for _, candidates in sets]
-    round_no = 0
-    while any(len(a) > 1 for a in alive):
-        matches = [(g, a[k], a[k + 1]) for g, a in enumerate(alive) for k in range(0, len(a) - 1, 2)]
-        probs = scorer.compare_batch([(sets[g][0], sets[g][1][i], sets[g][1][j]) for g, i, j in matches],
-                                     batch_size=batch_size, both_orders=True)
-        survivors: list[list[int]] = [[] for _ in sets]
-        for (g, i, j), p in zip(matches, probs):
-            winner, loser, p_win = (i, j, p) if p >= 0.5 else (j, i, 1.0 - p)
-            scores[g][loser] = round_no + (1.0 - p_win)
-            scores[g][winner] = round_no + 1 + p_win  # overwritten if it loses later
-            survivors[g].append(winner)
-        for g, a in enumerate(alive):
-            if len(a) == 1:
-                survivors[g] = a
-            elif len(a) % 2:
-                bye = a[-1]
-                scores[g][bye] = max(scores[g][bye], round_no + 1.0)
-                survivors[g].append(bye)
-        alive = survivors
-        round_no += 1
-    return [(_ranking(s), [float(x) for x in s]) for s in scores]
-
-
-class _Answers:
-    """A scorer answering from probabilities computed already (lets ``rank.round_robin`` run unchanged)."""
-
-    def __init__(self, probs: dict[tuple[str, str, str], float]) -> None:
-        self.probs = probs
-
-    def compare_batch(self, items: Sequence[tuple[str, str, str]], batch_size: int = 32,
-                      both_orders: bool | None = None) -> list[float]:
-        return [self.probs[item] for item in items]
+    """``(ranking, scores)`` per set: ``rank.knockout``'s bracket (``groups.play_knockouts``: every set's
+    round in one ``compare_batch`` call) and its scores."""
+    bracket = play_knockouts(scorer, sets, batch_size)
+    out = []
+    for (_, candidates), matches, byes in zip(sets, bracket.matches, bracket.byes):
+        scores = [0.0] * len(candidates)
+        played = [(r, 0, m) for r, *m in matches] + [(r, 1, (k,)) for r, k in byes]
+        for round_no, is_bye, event in sorted(played, key=lambda e: e[:2]):  # a round's matches, then its bye
+            if is_bye:
+                scores[event[0]] = max(scores[event[0]], round_no + 1.0)
+                continue
+            winner, loser, p_win = event
+            scores[loser] = round_no + (1.0 - p_win)
+            scores[winner] = round_no + 1 + p_win  # overwritten if it loses later
+        out.append((_ranking(scores), [float(x) for x in scores]))
+    return out
 
 
 def round_robin_sets(scorer: PairwiseScorer, sets: Sequence[SetInput], batch_size: int = 32
                      ) -> list[tuple[list[int], list[float]]]:
     """``(ranking, scores)`` per set as ``rank.round_robin`` gives them, all pairs of all sets in one call."""
-    items = list(dict.fromkeys((prompt, c[i], c[j]) for prompt, c in sets
-                               for i in range(len(c)) for j in range(i + 1, len(c))))
-    probs = scorer.compare_batch(items, batch_size=batch_size, both_orders=True) if items else []
-    answers = _Answers(dict(zip(items, (float(p) for p in probs))))
+    answers, _ = judge_all_pairs(scorer, sets, batch_size)
     results = [round_robin(answers, prompt, list(candidates), batch_size=batch_size) for prompt, candidates in sets]
     return [(result.ranking, result.scores) for result in results]
 
