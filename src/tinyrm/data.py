@@ -90,8 +90,10 @@ MAX_DEPTH = 100  # JSON nesting a row may have
 
 def jsonl_lines(path: str | Path, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
     """``(line number, byte offset, bytes)`` of each non-blank line of a JSONL file, read from the byte
-    offset ``start`` (the start of line ``first_line``). From the file's start (``start`` 0), a file
-    without a non-blank line raises ``DataError`` (``path: no rows``)."""
+    offset ``start`` (the start of line ``first_line``). A missing file raises ``DataError`` (``path: no
+    such file``); from the file's start (``start`` 0), so does a file without a non-blank line (``path: no rows``)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
     offset, seen = start, False
     with open(path, "rb") as handle:
         handle.seek(start)

@@ -41,8 +41,6 @@ def parse_rank_row(raw: str | bytes) -> tuple[dict, str, list[str]]:
 def read_rank_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[RankRow], int]:
     """All rows of a rank input file, validated up front so a bad line fails before any model time."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     rows, skipped = [], 0
     for number, _, raw in jsonl_lines(path):
         try:

@@ -106,8 +106,6 @@ def plan_chunks(sources: Sequence[str], chunk_rows: int) -> Plan:
 
 
 def _plan_jsonl(path: str, chunk_rows: int, first_chunk: int) -> Iterator[Unit]:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
     starts: list[tuple[int, int]] = []  # (byte offset, line number) of every chunk's first row
     count = 0
     for line_no, offset, _ in jsonl_lines(path):

@@ -103,7 +103,8 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="tinyrm scoring service", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.config = config
-    install_openapi(app, config, serves_steps(rm))  # /openapi.json: error bodies, statuses, limits, the key
+    steps_served = serves_steps(rm)
+    install_openapi(app, config, steps_served)  # /openapi.json: error bodies, statuses, limits, the key
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_request_bytes=config.max_request_bytes,
                        router=app.router)
 
@@ -182,9 +183,9 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,
-              include_in_schema=serves_steps(rm))  # listed only where the model scores steps
+              include_in_schema=steps_served)  # listed only where the model scores steps
     async def score_steps(req: ScoreStepsRequest) -> ScoreStepsResponse:
-        if not serves_steps(rm):
+        if not steps_served:
             objective = getattr(getattr(rm, "config", None), "objective", None)
             raise ApiError(400, f"the loaded model (objective {objective!r}) does not score steps; serve a process "
                                 "or outcome reward model (tinyrm train --objective process)")
