@@ -8,8 +8,10 @@ Methods, on the same pairs (both orders of every pair, as tinyrm scores them by 
   ``model(**batch).logits`` then the mask row, fp32;
 * ``c-tinyrm``: ``RewardModel.compare_batch`` (length-sorted token-budget batches, logits at the mask
   for the two answer ids only, inference mode, bf16 where native, token cache);
-* extra rows: ``tinyrm-fp32`` (what bf16 buys), ``tinyrm-compile`` (``--compile``) and
-  ``onnxruntime`` (``--onnx``), each only when asked, to decide whether they are worth keeping.
+* extra rows: ``tinyrm-fp32`` (what bf16 buys), ``tinyrm-compile`` (``--compile``),
+  ``onnxruntime`` (``--onnx``) and ``tinyrm-padded`` / ``tinyrm-packed`` (``--packed``: the same
+  engine with ``attention`` forced, no padding at all in the packed one; ``inference.packed``),
+  each only when asked, to decide whether they are worth keeping.
 
 MFU = useful forward FLOPs per second (real tokens only, attention within each layer's window, the
 MLM head at the mask only) / a bf16 (and fp32) matmul peak measured in the same run.
@@ -193,10 +195,11 @@ def hf_padded(rm: RewardModel, encoder: ClozeEncoder, pairs: Sequence[Pair], bat
     return [(probs[i] + 1 - probs[n + i]) / 2 for i in range(n)]
 
 
-def tinyrm_method(precision: str, compile_: bool = False) -> Callable:
+def tinyrm_method(precision: str, compile_: bool = False, attention: str = "auto") -> Callable:
     def run(rm: RewardModel, encoder: ClozeEncoder, pairs: Sequence[Pair], batch_size: int) -> list[float]:
         rm.engine.config.precision = precision
         rm.engine.config.compile = compile_
+        rm.engine.config.attention = attention
         rm.engine.config.recheck_margin = 0.0  # time the plain path (untrained models are all near-ties)
         rm.encoder._cache.clear()  # tokenisation is part of the measured work
         return rm.compare_batch(pairs, batch_size=batch_size)
@@ -229,6 +232,7 @@ class BenchConfig:
     fp32_row: bool = True
     compile: bool = False
     onnx: bool = False
+    packed: bool = False  # tinyrm-padded and tinyrm-packed rows (attention forced)
     agreement: bool = True
     agreement_model: str = "default"
     output: str | None = None
@@ -313,6 +317,9 @@ def run(config: BenchConfig) -> dict:
             methods.append(("tinyrm-fp32", tinyrm_method("fp32"), 1))
         if config.compile:
             methods.append(("tinyrm-compile", tinyrm_method("auto", compile_=True), 1))
+        if config.packed:
+            methods += [("tinyrm-padded", tinyrm_method("auto", attention="padded"), 1),
+                        ("tinyrm-packed", tinyrm_method("auto", attention="packed"), 1)]
         if config.onnx:
             from tinyrm.inference.export import ExportConfig, export_onnx
 
@@ -328,6 +335,10 @@ def run(config: BenchConfig) -> dict:
                 row, probs = measure(name, inputs, method, fn, rm, encoder, subset, config.batch_size, peak)
                 if method == "b-hf-padded":
                     reference_probs = probs
+                if method == "tinyrm-padded":
+                    padded_probs = probs
+                elif method == "tinyrm-packed":
+                    row.note = f"max |dP| vs tinyrm-padded {max(abs(x - y) for x, y in zip(padded_probs, probs)):.1e}"
                 elif reference_probs is not None and method in ("c-tinyrm", "onnxruntime", "tinyrm-compile"):
                     flips = sum((x > 0.5) != (y > 0.5) for x, y in zip(reference_probs, probs))
                     row.note = f"{flips} flip(s) vs b"
@@ -342,6 +353,10 @@ def run(config: BenchConfig) -> dict:
                            "c/a cpu": _per_cpu(c) / _per_cpu(by_method["a-reference"]),
                            "c/b cpu": _per_cpu(c) / _per_cpu(by_method["b-hf-padded"]),
                            "mean_tokens_per_pair": c.tokens / c.pairs})
+            if config.packed:
+                packed, padded = by_method["tinyrm-packed"], by_method["tinyrm-padded"]
+                ratios[-1]["packed/padded"] = packed.pairs_per_s / padded.pairs_per_s
+                ratios[-1]["packed/padded cpu"] = _per_cpu(packed) / _per_cpu(padded)
         del rm
         gc.collect()
     tmp.cleanup()
@@ -369,6 +384,10 @@ def run(config: BenchConfig) -> dict:
         ratio_table.add_row(r["model"], r["inputs"], f"{r['mean_tokens_per_pair']:.0f}", f"{r['c/a']:.1f}x",
                             f"{r['c/b']:.1f}x", f"{r['c/a cpu']:.1f}x", f"{r['c/b cpu']:.1f}x")
     console.print(ratio_table)
+    for r in ratios:
+        if "packed/padded" in r:
+            console.print(f"{r['model']}/{r['inputs']}: tinyrm-packed / tinyrm-padded {r['packed/padded']:.3f}x "
+                          f"(per CPU-second {r['packed/padded cpu']:.3f}x)")
 
     result = {"peak_flops": peak, "threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows],
               "ratios": ratios, "config": asdict(config)}
@@ -399,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fp32-row", dest="fp32_row", action="store_false")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--onnx", action="store_true", help="also measure ONNX Runtime (needs the onnx extra)")
+    p.add_argument("--packed", action="store_true", help="also measure attention packed against padded")
     p.add_argument("--no-agreement", dest="agreement", action="store_false")
     p.add_argument("--agreement-model", default="default", help="model for the bf16/fp32 check on dev/hhh")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -409,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(models=args.models, sets=args.sets, pairs=speedlib.pair_counts(args.pairs, DEFAULT_PAIRS),
                          ref_pairs=speedlib.pair_counts(args.ref_pairs, DEFAULT_PAIRS), batch_size=args.batch_size,
                          max_batch_tokens=args.max_batch_tokens, long_tokens=args.long_tokens,
-                         fp32_row=args.fp32_row, compile=args.compile, onnx=args.onnx, agreement=args.agreement,
+                         fp32_row=args.fp32_row, compile=args.compile, onnx=args.onnx, packed=args.packed,
+                         agreement=args.agreement,
                          agreement_model=args.agreement_model, output=args.output)
     run(config)
     return 0

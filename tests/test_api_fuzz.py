@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,9 +38,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tinyrm_serve(models: dict[str, str], logs: Path):
-    """``tinyrm serve`` processes (one torch thread each) on free loopback ports, started together;
-    yields ``{name: base URL}`` once every one answers ``/health``."""
+def tinyrm_serve(models: dict[str, str], logs: Path, options: list[str] = LIMITS, launcher: list[str] | None = None):
+    """``tinyrm serve`` processes (one torch thread each, ``options`` added) on free loopback ports, started
+    together; yields ``{name: base URL}`` once every one answers ``/health``."""
     procs, urls = {}, {}
     try:
         for name, model in models.items():
@@ -47,8 +48,9 @@ def tinyrm_serve(models: dict[str, str], logs: Path):
             urls[name] = f"http://127.0.0.1:{port}"
             with (logs / f"{name}.log").open("w") as out:
                 procs[name] = subprocess.Popen(
-                    [str(BIN / "tinyrm"), "serve", "--model", model, "--port", str(port), "--api-key", KEY,
-                     "--threads", "1", "--log-level", "warning", *LIMITS], stdout=out, stderr=subprocess.STDOUT)
+                    [*(launcher or [str(BIN / "tinyrm")]), "serve", "--model", model, "--port", str(port),
+                     "--api-key", KEY, "--threads", "1", "--log-level", "warning", *options],
+                    stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         for name, proc in procs.items():
             while True:
@@ -139,3 +141,64 @@ def test_schemathesis_finds_nothing(servers, kind, key, tmp_path):
     print(f"schemathesis {kind} {'with' if key else 'without'} the key: {cases[0]}")
     health = httpx.get(f"{url}/health", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+# `tinyrm serve` with a model that takes 3 ms per pair on top of its own time: a 4,096-item request then
+# needs over 12 s of model time (more than Schemathesis waits), whatever the machine's speed.
+SLOW_PAIRS = """
+import sys, time
+from tinyrm.pairwise.model import RewardModel
+compare_batch = RewardModel.compare_batch
+def slow(self, items, *args, **kwargs):
+    items = list(items)
+    time.sleep(0.003 * len(items))
+    return compare_batch(self, items, *args, **kwargs)
+RewardModel.compare_batch = slow
+from tinyrm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+RANDOM_EXAMPLES = 10  # per operation: random generation at the server's own limits, ~1 min on 2 cores
+
+
+def test_schemathesis_random_mode_at_the_documented_limits(tiny_bert, tmp_path):
+    """Schemathesis as a user runs it first: random generation, its default 10 s read timeout, against a server
+    with the documented limits (4,096 items, 1 MB bodies). Large generated requests used to hold the model
+    past the client's timeout (the model is slowed to 3 ms a pair: 4,096 items need over 12 s); with fair
+    slices and a deadline under the client's (``--request-timeout 5``)
+    every answer comes in time: scored, or a documented 503 with Retry-After (which ``not_a_server_error``
+    is told to expect: it is the designed answer to a deadline the client set too short, e.g. 5e-324 s)."""
+    pytest.importorskip("schemathesis")
+    (tmp_path / "schemathesis.toml").write_text('[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", '
+                                                 '"4xx", "503"]\n')
+    with tinyrm_serve({"pairwise": tiny_bert}, tmp_path, ["--request-timeout", "5"],
+                      [sys.executable, "-c", SLOW_PAIRS]) as urls:
+        url = urls["pairwise"]
+        assert httpx.get(f"{url}/health").json()["limits"]["max_items"] == 4096
+        # Beside Schemathesis, another client keeps sending the documented maximum (each one more than the
+        # deadline's worth of model time): Schemathesis's requests get their slices between its slices.
+        stop, large = threading.Event(), []
+        items = [{"prompt": f"question {i}?", "a": f"answer {i}", "b": "no idea"} for i in range(4096)]
+
+        def keep_busy() -> None:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
+                while not stop.is_set():
+                    large.append(client.post("/v1/compare_batch", json={"items": items}).status_code)
+
+        busy = threading.Thread(target=keep_busy, daemon=True)
+        busy.start()
+        command = [str(BIN / "schemathesis"), "run", f"{url}/openapi.json", "--checks", "all",
+                   "--max-examples", str(RANDOM_EXAMPLES), "--header", f"Authorization: Bearer {KEY}", "--no-color"]
+        try:
+            run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                 env={**os.environ, "NO_COLOR": "1"})
+        finally:
+            stop.set()
+            busy.join(timeout=120)
+        report = run.stdout + run.stderr
+        assert run.returncode == 0, f"schemathesis found failures (exit {run.returncode}):\n{report[-20000:]}"
+        assert large and set(large) == {503}, large  # each maximum request passed its 5 s deadline, none hung
+        assert "Tested: 6" in report and "timed out" not in report, report[-5000:]
+        cases = re.search(r"(\d+) generated, (\d+) passed", report)
+        health = httpx.get(f"{url}/health", timeout=30).json()
+        print(f"schemathesis random mode: {cases[0] if cases else report[-500:]}; {health['batching']}")
+        assert health["status"] == "ok"

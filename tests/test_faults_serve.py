@@ -186,13 +186,14 @@ def test_clients_that_disconnect_mid_request_do_not_disturb_their_batch(tmp_path
     # One batch of 5 requests x 4 pairs: it is scored only once full (the wait for company is 30 s).
     app = create_app(model, ServeConfig(max_batch_size=20, max_wait_ms=30_000))
     batcher = app.state.batcher
-    good = {i: pairs(f"good{i}", 4) for i in range(3)}
+    good = {i: pairs(f"good{i}", 4) for i in range(4)}
     caplog.set_level(logging.WARNING)
     with serving_app(app) as (url, server):
         port = int(url.rsplit(":", 1)[1])
         early = raw_request(port, pairs("early", 4))  # goes away while its request is queued
         wait_for(lambda: batcher.queued == 1, "first request not queued")
-        early.close()
+        early.close()  # seen at once: the request leaves the queue, its pairs are never scored
+        wait_for(lambda: batcher.stats.disconnected == 1 and batcher.queued == 0, "first disconnect not seen")
         late = raw_request(port, pairs("late", 4))  # goes away while its batch is being scored
         results: dict[int, httpx.Response] = {}
 
@@ -204,8 +205,9 @@ def test_clients_that_disconnect_mid_request_do_not_disturb_their_batch(tmp_path
             thread.start()
         wait_for(lambda: model.batches, "no batch reached the model")
         late.close()
-        # Only the 3 waiting clients' connections are left once the server has seen both disconnects.
-        wait_for(lambda: len(server.server_state.connections) == 3, "disconnects not seen")
+        # Only the 4 waiting clients' connections are left once the server has seen both disconnects.
+        wait_for(lambda: len(server.server_state.connections) == 4, "disconnects not seen")
+        wait_for(lambda: batcher.stats.disconnected == 2, "second disconnect not counted")
         model.gate.set()
         for thread in threads:
             thread.join(timeout=60)
@@ -213,8 +215,8 @@ def test_clients_that_disconnect_mid_request_do_not_disturb_their_batch(tmp_path
             assert results[i].status_code == 200, results[i].text
             direct = rm.compare_batch([(x["prompt"], x["a"], x["b"]) for x in items])
             assert results[i].json()["prob_a"] == pytest.approx(direct, abs=1e-5)
-        # The departed clients' pairs were scored with the rest (uvicorn does not cancel a request when
-        # its client goes away; the answer is dropped): one batch of 5 requests.
+        # The early client's pairs never reached the model; the late one's were in the call in flight
+        # (scored, the answer dropped): one batch of 5 requests, the 4 good ones and the late one.
         assert model.batches == [20]
         assert batcher.stats.requests_per_batch == {5: 1}
         # The server goes on: the next batch is answered, nothing is left queued or in flight.

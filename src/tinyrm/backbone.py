@@ -228,7 +228,12 @@ def mask_logits(
     encoder = encoder_of(mlm)
     if token_type_ids is not None and _accepts(encoder, "token_type_ids"):
         kwargs["token_type_ids"] = token_type_ids
-    hidden = encoder(**kwargs).last_hidden_state[rows, mask_positions]
+    return head_logits(mlm, encoder(**kwargs).last_hidden_state[rows, mask_positions], token_ids)
+
+
+def head_logits(mlm: nn.Module, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The MLM head on encoder states ``[M, H]``: ``[M, len(token_ids)]`` (or ``[M, V]`` if None), only the
+    decoder rows of ``token_ids`` computed (also the packed forward's head, ``inference.packed``)."""
     transformed, decoder = transform_and_decoder(mlm, hidden)
     if token_ids is None:
         return decoder(transformed)

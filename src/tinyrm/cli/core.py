@@ -121,9 +121,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..auto import load
     from ..inference.adaptive import both_orders_value, order_report, stats_of
+    from ..inference.packed import apply_attention
 
     orders, order_margin, precision = scoring_options(args)
-    rm = load(args.model, template=args.template, prefix=args.prefix, precision=precision)
+    rm = apply_attention(load(args.model, template=args.template, prefix=args.prefix, precision=precision),
+                         getattr(args, "attention", None))
     before = stats_of(rm) if orders == "auto" else None
     # order_margin only with --orders auto: baselines and routes take no such argument.
     extra = {} if before is None else {"order_margin": order_margin}

@@ -30,7 +30,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         max_length=args.max_length, single_order=args.single_order,
                         skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
                         max_batch_tokens=args.max_batch_tokens, orders=orders, order_margin=order_margin,
-                        precision=precision, predictions=getattr(args, "predictions", None))
+                        precision=precision, predictions=getattr(args, "predictions", None),
+                        attention=getattr(args, "attention", None))
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)

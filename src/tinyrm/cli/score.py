@@ -10,6 +10,7 @@ from .output import emit_json
 def add_score_arguments(p: argparse.ArgumentParser) -> None:
     from ..inference.precision import PRECISIONS
     from ..scoring.config import ENGINES, METHODS, ScoreConfig
+    from .scoring import add_attention_argument
 
     d = ScoreConfig()
     p.add_argument("--model", default=d.model, help="a saved tinyrm model, a hub id or 'default' (embedded)")
@@ -39,6 +40,7 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-rows", type=int, default=d.chunk_rows, metavar="N",
                    help="input rows per resumable piece (a killed run redoes at most one per worker)")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="scoring precision")
+    add_attention_argument(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary (OUT.summary.json) as JSON on stdout")
 

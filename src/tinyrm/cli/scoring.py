@@ -2,8 +2,9 @@
 
 ``--orders both|one|auto`` (``--single-order`` still means ``--orders one``), ``--order-margin M``
 (with ``--orders auto``: the swapped order only where the first P is within M of 0.5,
-``tinyrm.inference.adaptive``) and ``--precision auto|bf16|fp32|int8`` (int8: CPU only,
-``tinyrm.inference.quantize``).
+``tinyrm.inference.adaptive``), ``--precision auto|bf16|fp32|int8`` (int8: CPU only,
+``tinyrm.inference.quantize``) and ``--attention auto|packed|padded`` (``tinyrm.inference.packed``;
+``add_attention_argument`` gives it to ``score``, ``rank`` and ``serve`` too).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import argparse
 
 from ..errors import UsageError
 from ..inference.adaptive import DEFAULT_ORDER_MARGIN, ORDERS, check_margin, orders_from_cli
+from ..inference.packed import ATTENTIONS
 from ..inference.precision import PRECISIONS
+
+
+def add_attention_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", default=None, choices=list(ATTENTIONS),
+                   help="auto (default): packed where torch's varlen_attn runs (CUDA), else padded; packed: no "
+                        "padding, the batch as one token stream (ModernBERT, BERT family); padded: right-padded "
+                        "batches (docs/inference.md)")
 
 
 def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +34,7 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=list(PRECISIONS),
                    help="scoring precision (default auto: bf16 where native, else fp32); int8: dynamically "
                         "quantised encoder linears, CPU only")
+    add_attention_argument(p)
 
 
 def scoring_options(args: argparse.Namespace) -> tuple[str, float | None, str | None]:
@@ -45,8 +55,9 @@ def scoring_options(args: argparse.Namespace) -> tuple[str, float | None, str | 
 
 
 def reject_for(args: argparse.Namespace, what: str) -> None:
-    """``UsageError`` when --orders auto or --precision is given to an evaluation that cannot use it."""
+    """``UsageError`` when --orders auto, --precision or --attention is given to an evaluation that cannot
+    use it."""
     orders, _, precision = scoring_options(args)
-    if orders == "auto" or precision is not None:
-        raise UsageError(f"--orders auto and --precision apply to the pairwise evaluation of a cloze model, "
-                         f"not to {what}")
+    if orders == "auto" or precision is not None or getattr(args, "attention", None) is not None:
+        raise UsageError(f"--orders auto, --precision and --attention apply to the pairwise evaluation of a "
+                         f"model, not to {what}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError, jsonl_lines, parse_json_line
+from ..errors import UsageError
+from .scoring import add_attention_argument
 
 
 @dataclass
@@ -58,12 +60,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..auto import load
+    from ..inference.packed import apply_attention
     from ..pairwise.rank import rank_candidates
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     rows, skipped = read_rank_rows(args.input, args.skip_bad_rows)
-    rm = load(args.model)
+    rm = apply_attention(load(args.model), args.attention)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     comparisons = 0
@@ -92,8 +95,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_candidates=args.max_candidates, max_items=args.max_items,
                          max_documents=args.max_documents, log_level=args.log_level,
                          forward_batch_size=args.forward_batch_size, threads=args.threads,
-                         graceful_timeout_s=args.graceful_timeout)
-    rm = load(args.model)
+                         graceful_timeout_s=args.graceful_timeout, request_timeout_s=args.request_timeout,
+                         max_queued_pairs=args.max_queued_pairs, slice_pairs=args.slice_pairs,
+                         engine=args.engine, replicas=args.replicas,
+                         gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address)
+    if config.engine == "ray":  # each replica loads the model itself
+        from ..serving.ray_serve import serve_on_ray
+
+        if args.attention is not None:
+            raise UsageError("--attention applies to --engine local (Ray replicas score with attention auto)")
+        return serve_on_ray(args.model, config)
+    from ..inference.packed import apply_attention
+
+    rm = apply_attention(load(args.model), args.attention)  # a runtime choice: rm.engine.config.attention
     print(f"tinyrm serve: {rm.name} on {getattr(rm, 'device', 'cpu')}; http://{args.host}:{args.port} "
           f"(docs at /docs){'; API key required' if args.api_key else ''}", flush=True)
     serve(rm, config)
@@ -111,6 +125,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-bad-rows", action="store_true")
     p.add_argument("--json", action="store_true",
                    help="print a JSON summary (rows, skipped_rows, comparisons, method, model, output) on stdout")
+    add_attention_argument(p)
     p.set_defaults(handler=cmd_rank)
 
     from ..serving.app import ServeConfig
@@ -135,4 +150,21 @@ def register(subparsers) -> None:
     p.add_argument("--graceful-timeout", type=float, default=d.graceful_timeout_s, metavar="S",
                    help="on SIGTERM: stop accepting, give accepted requests S seconds to finish, then exit")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="S",
+                   help="each scoring request's deadline (a client may ask for less with X-Request-Timeout); "
+                        "past it: 503 with Retry-After, remaining work dropped")
+    p.add_argument("--max-queued-pairs", type=int, default=d.max_queued_pairs, metavar="N",
+                   help="pairs accepted and not yet answered; a request that would pass it gets 503 at once "
+                        "(at least --max-items)")
+    p.add_argument("--slice-pairs", type=int, default=d.slice_pairs, metavar="N",
+                   help="pairs per slice of a request; forward calls take slices round-robin across requests")
+    p.add_argument("--engine", default=d.engine, choices=["local", "ray"],
+                   help="local: this process (uvicorn); ray: Ray Serve replicas behind one address (tinyrm[ray])")
+    p.add_argument("--replicas", type=int, default=d.replicas, metavar="N",
+                   help="--engine ray: replicas, one model each")
+    p.add_argument("--gpus-per-replica", type=float, default=d.gpus_per_replica, metavar="G",
+                   help="--engine ray: GPUs per replica (default 0: CPU replicas)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray started here)")
+    add_attention_argument(p)
     p.set_defaults(handler=cmd_serve)

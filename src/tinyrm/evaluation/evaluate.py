@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..auto import load
 from ..data import PreferencePair, load_pairs
 from ..inference.adaptive import both_orders_value, order_report, orders_from_cli, stats_of
+from ..inference.packed import apply_attention
 from .results import score_pairs, write_predictions, write_results
 
 
@@ -32,6 +33,7 @@ class EvalConfig:
     order_margin: float | None = None  # orders=auto: swapped order only where |P - 0.5| < margin
     precision: str | None = None  # auto | bf16 | fp32 | int8 (None: the engine's default, auto)
     predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
+    attention: str | None = None  # auto | packed | padded (tinyrm.inference.packed; None: the engine's default)
 
 
 def accepts_domains(scorer) -> bool:
@@ -70,6 +72,7 @@ def evaluate(config: EvalConfig) -> dict:
     pairs = load_pairs(config.data, skip_bad_rows=config.skip_bad_rows).pairs
     rm = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix,
               precision=config.precision)
+    apply_attention(rm, config.attention)
     results = evaluate_pairs(rm, pairs, batch_size=config.batch_size, single_order=config.single_order,
                              max_batch_tokens=config.max_batch_tokens, orders=config.orders,
                              order_margin=config.order_margin, predictions=config.predictions)

@@ -10,7 +10,9 @@ effect on CPU (see ``benchmarks/inference.py``):
 * batches formed after sorting by encoded length under a padded-token budget, so padding is a few
   percent of the work; results come back in input order; both orders of a pair share a batch;
 * tokenisation once per unique text (prompts repeat across pairs, and every text twice for the
-  swapped order), batch-tokenised up front, and on GPU overlapped with the forward passes.
+  swapped order), batch-tokenised up front, and on GPU overlapped with the forward passes;
+* with ``attention`` packed (auto: where ``varlen_attn`` runs, i.e. CUDA), no padding at all: the
+  batch's sequences in one token stream (``inference.packed``), batches planned by real tokens.
 
 Which dtype ``precision`` means on a device is ``inference.precision``; int8 (CPU, opt-in) is
 ``inference.quantize``.
@@ -33,8 +35,11 @@ from torch import nn
 from ..backbone import mask_logits, unwrap_peft
 from ..prompt import ClozeEncoder, Encoded
 from .adaptive import AutoOrder, OrderStats
+from .batches import collate, plan_batches
+from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
+from .varlen import pack
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ PairInput = tuple[str, str, str]
 class InferenceConfig:
     """Knobs of the scoring path; ``rm.engine.config`` holds the live one."""
 
-    max_batch_tokens: int = 16384  # padded tokens (rows x width) per forward pass
+    max_batch_tokens: int = 16384  # tokens per forward pass: padded (rows x width), or real ones when packed
     precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32; int8 (CPU): inference.quantize
     compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
     overlap: str = "auto"  # tokenise the next chunk during compute: auto = on GPU only
@@ -57,8 +62,12 @@ class InferenceConfig:
     # (counted wrong) and flipped 5% of dev decisions; a trained model rarely triggers it.
     recheck_margin: float = 0.01
     int8_scheme: str = "dynamic"  # precision int8: dynamic (torch.ao) | per-token (inference.quantize)
+    # auto | packed | padded: packed = no padding, varlen attention (inference.packed); auto = packed where
+    # torch's varlen_attn runs (CUDA), padded elsewhere (the CPU measurement: docs/inference.md).
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        check_attention(self.attention)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_scheme(self.int8_scheme)
@@ -121,54 +130,6 @@ class CachingClozeEncoder(ClozeEncoder):
             self._store(text, list(ids))
 
 
-# ----------------------------------------------------------------------------- batching
-def plan_batches(
-    widths: Sequence[int], rows_per_unit: Sequence[int] | int = 1,
-    max_batch_tokens: int | None = None, max_rows: int | None = None,
-) -> list[list[int]]:
-    """Group units (a single encoding, or both orders of a pair) into batches.
-
-    Units are sorted longest first (the biggest batch runs first, so memory errors show at once);
-    a batch grows while ``rows x longest width <= max_batch_tokens`` and ``rows <= max_rows``.
-    A unit that alone exceeds a limit still gets a batch of its own.
-    """
-    n = len(widths)
-    rows = [rows_per_unit] * n if isinstance(rows_per_unit, int) else list(rows_per_unit)
-    order = sorted(range(n), key=lambda i: (-widths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_rows = current_width = 0
-    for i in order:
-        new_rows = current_rows + rows[i]
-        width = max(current_width, widths[i])
-        too_many = max_rows is not None and new_rows > max_rows
-        too_big = max_batch_tokens is not None and new_rows * width > max_batch_tokens
-        if current and (too_many or too_big):
-            batches.append(current)
-            current, new_rows, width = [], rows[i], widths[i]
-        current.append(i)
-        current_rows, current_width = new_rows, width
-    if current:
-        batches.append(current)
-    return batches
-
-
-def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the batch's longest row (one tensor construction per field)."""
-    width = max(len(e.input_ids) for e in encodings)
-    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encodings]
-    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encodings]
-    batch = {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "attention_mask": torch.tensor(mask, dtype=torch.long),
-        "mask_positions": torch.tensor([e.mask_position for e in encodings], dtype=torch.long),
-    }
-    if encodings[0].token_type_ids is not None:
-        types = [e.token_type_ids + [0] * (width - len(e.token_type_ids)) for e in encodings]
-        batch["token_type_ids"] = torch.tensor(types, dtype=torch.long)
-    return batch
-
-
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class _Prepared:
@@ -176,6 +137,7 @@ class _Prepared:
     model: nn.Module
     forward: Callable[..., torch.Tensor]
     dtype: torch.dtype
+    packed: Callable[..., torch.Tensor] | None = None  # the packed forward (None: not packable)
 
 
 def _weights_key(model: nn.Module, dtype: torch.dtype, compile_: bool) -> tuple:
@@ -235,15 +197,26 @@ class InferenceEngine:
                 return mask_logits(run, input_ids, attention_mask, mask_positions,
                                    token_ids=answer_ids, token_type_ids=token_type_ids)
 
-            if self.config.compile:
+            packed = None
+            if packed_mlm_supported(run):
+                def packed(batch):  # the same logits from a packed batch (inference.packed)
+                    return packed_mask_logits(run, batch, answer_ids, batch.starts if read_cls else batch.mask_index)
+
+            if self.config.compile:  # the padded forward only: packed shapes change with every batch
                 forward = torch.compile(forward, dynamic=True)
-            self._slots[dtype] = _Prepared(key, run, forward, dtype)
+            self._slots[dtype] = _Prepared(key, run, forward, dtype, packed)
             return self._slots[dtype]
 
     def release(self) -> None:
         """Drop the private copies (frees their memory; the next call rebuilds them)."""
         with self._lock:
             self._slots.clear()
+
+    def uses_packed(self, prepared: _Prepared | None = None) -> bool:
+        """Whether scoring runs packed now (``config.attention`` resolved for this device and model)."""
+        prepared = prepared or self.prepared()
+        return use_packed(self.config.attention, self.rm.device, prepared.packed is not None,
+                          getattr(self.rm, "name", "model"))
 
     # -- scoring
     def _limits(self, batch_size: int | None, max_batch_tokens: int | None) -> tuple[int | None, int | None]:
@@ -265,15 +238,21 @@ class InferenceEngine:
         if not encodings:
             return probs
         prepared = self.prepared(dtype)
+        packed = self.uses_packed(prepared)
         pad_id = self.rm.tokenizer.pad_token_id or 0
         widths = [max(len(encodings[j].input_ids) for j in unit) for unit in units]
+        # Packed, a batch costs its real tokens; padded, rows x its longest row.
+        tokens = [sum(len(encodings[j].input_ids) for j in unit) for unit in units] if packed else None
         device = self.rm.device
-        for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows):
+        for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows, tokens):
             idx = [j for u in batch_units for j in units[u]]
-            cpu_batch = collate([encodings[j] for j in idx], pad_id)
-            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-            logits = prepared.forward(
-                batch["input_ids"], batch["attention_mask"], batch["mask_positions"], batch.get("token_type_ids"))
+            if packed:
+                logits = prepared.packed(pack([encodings[j] for j in idx]).to(device, non_blocking=True))
+            else:
+                cpu_batch = collate([encodings[j] for j in idx], pad_id)
+                batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+                logits = prepared.forward(
+                    batch["input_ids"], batch["attention_mask"], batch["mask_positions"], batch.get("token_type_ids"))
             p0 = torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
             for j, p in zip(idx, p0):
                 probs[j] = p

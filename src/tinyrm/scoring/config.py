@@ -32,6 +32,7 @@ class ScoreConfig:
     skip_bad_rows: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # input rows per resumable piece (one part file each)
     precision: str | None = None  # auto | bf16 | fp32 | int8 (tinyrm.inference.precision)
+    attention: str | None = None  # auto | packed | padded (tinyrm.inference.packed): how, not what, it computes
     device: str | None = None  # local engine: cpu | cuda[:N] (default: cuda when available)
     retries: int = DEFAULT_RETRIES  # times a chunk that raised (not a bad row) is scored again before the job stops
     progress: bool = True  # a progress bar on stderr (rows, rows/s)
@@ -92,6 +93,10 @@ def check_config(config: ScoreConfig) -> ScoreConfig:
         raise UsageError(f"--min-prob must be in [0, 1], got {config.min_prob}")
     if config.engine == "local" and (config.num_workers != 1 or config.gpus_per_worker or config.ray_address):
         raise UsageError("--num-workers, --gpus-per-worker and --ray-address apply to --engine ray")
+    from ..inference.packed import ATTENTIONS
+
+    if config.attention is not None and config.attention not in ATTENTIONS:
+        raise UsageError(f"--attention must be one of {list(ATTENTIONS)}, got {config.attention!r}")
     if config.engine == "ray" and config.device:
         raise UsageError("--device applies to --engine local (Ray places each worker: --gpus-per-worker)")
     return config

@@ -59,11 +59,12 @@ class ChunkScorer:
 
     def __init__(self, config: dict[str, Any], chunk_rows: int, kill: str | None = None) -> None:
         from ..auto import load
+        from ..inference.packed import apply_attention
 
         self.config = ScoreConfig(**config)
         self.chunk_rows = chunk_rows
         self.kill = kill
-        self.model = load(self.config.model, precision=self.config.precision)
+        self.model = apply_attention(load(self.config.model, precision=self.config.precision), self.config.attention)
 
     def _maybe_die(self, chunk: int) -> None:
         if not self.kill:

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
-from .batching import BatchedScorer, MicroBatcher
+from .batching import BatchedScorer, MicroBatcher, Unavailable
+from .docs_ui import install as install_docs_ui
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
+from .metrics import metrics_text
 from .openapi import ERRORS
 from .openapi import install as install_openapi
 from .rerank import rerank as rerank_documents
@@ -48,6 +51,9 @@ from .schemas import (
 logger = logging.getLogger(__name__)
 
 
+ENGINES = ("local", "ray")  # tinyrm serve --engine
+
+
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -59,23 +65,83 @@ class ServeConfig:
     max_candidates: int = 64  # /v1/rank candidates limit (422 beyond)
     max_items: int = 4096  # /v1/compare_batch items limit (422 beyond)
     max_documents: int = 32  # /v1/rerank, /v2/rerank documents limit (422 beyond): n(n - 1) sequences each
-    request_timeout_s: float = 300.0  # a ranking thread gives up waiting on the batcher after this
+    # Each scoring request's deadline (a client may ask for less: X-Request-Timeout); past it, 503 + Retry-After
+    # and its remaining slices are dropped. 300 s: the 4,096-item maximum at the measured CPU rates
+    # (docs/ranking-and-serving.md, "Under load").
+    request_timeout_s: float = 300.0
+    # Pairs accepted and not yet answered (in flight or waiting); a request that would pass it gets 503 at once.
+    max_queued_pairs: int = 8192
+    slice_pairs: int = 16  # pairs of one request per slice: a forward call takes slices round-robin
     forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
     threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
     log_level: str = "info"
     # On SIGTERM/SIGINT: accepted requests get this long to finish, then are cancelled and the process
     # exits (a stalled client would otherwise hold the shutdown for ever); docs/reliability.md.
     graceful_timeout_s: float = 20.0
+    # --engine ray: the same app as Ray Serve replicas behind one address (serving/ray_serve.py).
+    engine: str = "local"  # local (uvicorn, this process) | ray
+    replicas: int = 1  # Ray Serve replicas, one model each
+    gpus_per_replica: float = 0  # Ray's num_gpus per replica (0: CPU replicas)
+    ray_address: str | None = None  # an existing cluster (None: start a local Ray, or $RAY_ADDRESS)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "max_documents",
-                     "forward_batch_size"):
+                     "forward_batch_size", "max_queued_pairs", "slice_pairs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.graceful_timeout_s <= 0:
             raise ValueError(f"graceful_timeout_s must be > 0, got {self.graceful_timeout_s}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_queued_pairs < self.max_items:
+            raise ValueError(f"max_queued_pairs ({self.max_queued_pairs}) must be >= max_items ({self.max_items}): "
+                             "a request of the largest allowed size would always be refused")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.gpus_per_replica < 0:
+            raise ValueError(f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
+        if self.engine == "local" and (self.replicas != 1 or self.gpus_per_replica or self.ray_address):
+            raise ValueError("replicas, gpus_per_replica and ray_address need engine 'ray' (--engine ray)")
+
+
+# Optional header of the scoring endpoints: a deadline shorter than the server's --request-timeout.
+RequestTimeout = Annotated[float | None, Header(
+    alias="X-Request-Timeout", gt=0, allow_inf_nan=False,
+    description="seconds this request may take (at most the server's --request-timeout; more is capped): past "
+                "it the answer is 503 with Retry-After and the request's remaining work is dropped")]
+
+
+async def until_disconnected(coro, request: Request | None, on_disconnect=None):
+    """Await ``coro``; if the client goes away first, cancel it (the batcher drops its remaining slices),
+    call ``on_disconnect`` and answer 503 (nobody reads it). The body was read before the endpoint ran, so
+    the next ASGI message is ``http.disconnect`` (or never comes)."""
+    task = asyncio.ensure_future(coro)
+    if request is None:
+        return await task
+
+    async def gone() -> None:
+        message = await request.receive()
+        if message.get("type") != "http.disconnect":  # a host that sends more: stop watching, never fire
+            await asyncio.Event().wait()
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    if on_disconnect is not None:
+        on_disconnect()
+    raise ApiError(503, "the client went away; the request's remaining work was dropped")
 
 
 def serves_steps(rm) -> bool:
@@ -89,7 +155,9 @@ def serves_steps(rm) -> bool:
 def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app around a loaded model (``RewardModel`` or anything with ``compare_batch``)."""
     config = config or ServeConfig()
-    batcher = MicroBatcher(rm, config.max_batch_size, config.max_wait_ms, config.forward_batch_size)
+    batcher = MicroBatcher(rm, config.max_batch_size, config.max_wait_ms, config.forward_batch_size,
+                           slice_pairs=config.slice_pairs, max_queued_pairs=config.max_queued_pairs,
+                           timeout_s=config.request_timeout_s)
     started = time.time()
 
     @asynccontextmanager
@@ -100,11 +168,13 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="tinyrm scoring service", lifespan=lifespan)
+    # docs_url / redoc_url None: FastAPI's pages load from a CDN; docs_ui serves /docs from a package instead
+    app = FastAPI(title="tinyrm scoring service", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.state.config = config
     steps_served = serves_steps(rm)
     install_openapi(app, config, steps_served)  # /openapi.json: error bodies, statuses, limits, the key
+    install_docs_ui(app)  # /docs with Swagger UI from the swagger-ui-bundle-v2 package: works offline
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_request_bytes=config.max_request_bytes,
                        router=app.router)
 
@@ -119,20 +189,36 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=error.status, content=error_body(error.message, error.field))
+        return JSONResponse(status_code=error.status, content=error_body(error.message, error.field),
+                            headers=error.headers)
+
+    scrape = metrics_text(batcher)
+
+    @app.get("/metrics", include_in_schema=False)  # Prometheus text format; open like /health
+    async def metrics() -> Response:
+        body, content_type = scrape()
+        return Response(body, media_type=content_type)
 
     @app.exception_handler(Exception)
     async def _on_error(_: Request, error: Exception) -> JSONResponse:
         logger.exception("request failed")
         return JSONResponse(status_code=500, content=error_body(f"internal error: {type(error).__name__}: {error}"))
 
-    async def scored(coro):
+    async def scored(coro, request: Request | None = None, on_disconnect=None):
+        """Await a model call; the client going away cancels it (its remaining slices are dropped)."""
         try:
-            return await coro
+            return await until_disconnected(coro, request, on_disconnect)
         except ValueError as error:  # bad input that only the model can see (e.g. an unknown aggregate)
             raise ApiError(422, str(error)) from error
+        except Unavailable as error:
+            retry = max(1, math.ceil(error.retry_after or batcher.retry_after()))
+            raise ApiError(503, str(error), headers={"Retry-After": str(retry)}) from error
         except RuntimeError as error:
-            raise ApiError(503, str(error)) from error
+            raise ApiError(503, str(error), headers={"Retry-After": str(batcher.retry_after())}) from error
+
+    def timeout_of(header: float | None) -> float:
+        """This request's deadline: the server's, or less if the client asked (never more)."""
+        return config.request_timeout_s if header is None else min(header, config.request_timeout_s)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -144,7 +230,11 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             "uptime_s": round(time.time() - started, 3),
             "busy": batcher.busy,
             "queued": batcher.queued,
+            "queued_pairs": batcher.queued_pairs,
+            "outstanding_pairs": batcher.outstanding_pairs,
             "limits": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
+                       "slice_pairs": batcher.slice_pairs, "max_queued_pairs": config.max_queued_pairs,
+                       "request_timeout_s": config.request_timeout_s,
                        "forward_batch_size": batcher.forward_batch_size,
                        "max_request_bytes": config.max_request_bytes, "max_candidates": config.max_candidates,
                        "max_items": config.max_items, "max_documents": config.max_documents},
@@ -152,34 +242,39 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         }
 
     @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS)
-    async def compare(req: CompareRequest) -> CompareResponse:
-        probs = await scored(batcher.submit([(req.prompt, req.a, req.b)], req.both_orders))
+    async def compare(req: CompareRequest, request: Request,
+                      x_request_timeout: RequestTimeout = None) -> CompareResponse:
+        probs = await scored(batcher.submit([(req.prompt, req.a, req.b)], req.both_orders,
+                                            timeout_s=timeout_of(x_request_timeout)), request)
         return CompareResponse(prob_a=probs[0])
 
     @app.post("/v1/compare_batch", response_model=CompareBatchResponse, responses=ERRORS)
-    async def compare_batch(req: CompareBatchRequest) -> CompareBatchResponse:
+    async def compare_batch(req: CompareBatchRequest, request: Request,
+                            x_request_timeout: RequestTimeout = None) -> CompareBatchResponse:
         if len(req.items) > config.max_items:
             raise ApiError(422, f"too many items: {len(req.items)} > {config.max_items}", "items")
         items = [(i.prompt, i.a, i.b) for i in req.items]
-        return CompareBatchResponse(prob_a=await scored(batcher.submit(items, req.both_orders)))
+        probs = await scored(batcher.submit(items, req.both_orders, timeout_s=timeout_of(x_request_timeout)), request)
+        return CompareBatchResponse(prob_a=probs)
 
     @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
-    async def rank(req: RankRequest) -> RankResponse:
+    async def rank(req: RankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RankResponse:
         if len(req.candidates) > config.max_candidates:
             raise ApiError(422, f"too many candidates: {len(req.candidates)} > {config.max_candidates}", "candidates")
-        scorer = BatchedScorer(batcher, config.request_timeout_s)
+        scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
         result = await scored(asyncio.to_thread(
             rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * config.max_batch_size
-        ))
+        ), request, scorer.cancel)
         return RankResponse(ranking=result.ranking, scores=result.scores)
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
     @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
-    async def rerank(req: RerankRequest) -> RerankResponse:
+    async def rerank(req: RerankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RerankResponse:
         if len(req.documents) > config.max_documents:
             raise ApiError(422, f"too many documents: {len(req.documents)} > {config.max_documents}", "documents")
-        scorer = BatchedScorer(batcher, config.request_timeout_s)
-        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * config.max_batch_size))
+        scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
+        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * config.max_batch_size),
+                               request, scorer.cancel)
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,
@@ -211,5 +306,6 @@ def serve(rm, config: ServeConfig) -> None:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    # h11 on asyncio, as tested (ray[serve] brings uvloop and httptools, which uvicorn would pick by itself).
     uvicorn.run(create_app(rm, config), host=config.host, port=config.port, log_level=config.log_level,
-                timeout_keep_alive=5, timeout_graceful_shutdown=config.graceful_timeout_s)
+                timeout_keep_alive=5, timeout_graceful_shutdown=config.graceful_timeout_s, http="h11", loop="asyncio")

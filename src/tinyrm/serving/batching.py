@@ -1,56 +1,76 @@
-"""Micro-batching: concurrent requests merged into one ``compare_batch`` call on a single model thread.
+"""Fair micro-batching on a single model thread: slices, round-robin, deadlines, load shedding.
 
-Requests are queued and merged (up to ``max_batch_size`` pairs, or whatever arrived within
-``max_wait_ms`` of the oldest request). The model runs in one dedicated worker thread, so the event
-loop keeps answering ``/health`` while a batch is being scored, and two batches never share the
-model at once.
+Every request is cut into slices of at most ``slice_pairs`` pairs. A forward call (one
+``compare_batch`` on the model thread) takes up to ``max_batch_size`` pairs, one slice per waiting
+request in turn (round-robin; the requests served move to the back of the line), so small concurrent
+requests still share forward calls and a 1-pair request that arrives while a 4,096-pair request is
+being scored waits for at most the call in flight plus its own, not for the whole large request.
+Results come back in each request's own order. A call waits up to ``max_wait_ms`` after the oldest
+request arrived for company, unless a full call's worth of pairs is already waiting.
 
-Shutdown (``stop``, the app's lifespan end) refuses new work (``RuntimeError``, a 503), finishes what
-is queued or being scored, then stops the loop; a request whose client went away (its future
-cancelled) is dropped from the queue and never poisons the batch it was merged into.
+A request is refused (``Unavailable``, the app's 503 with ``Retry-After``) at once when accepting it
+would take the pairs accepted and not yet answered past ``max_queued_pairs`` (load shedding); it fails
+the same way when its deadline passes (``timeout_s``: the server's ``--request-timeout`` or less from
+the client's ``X-Request-Timeout``), and its slices not yet scored are dropped. A request whose
+client went away (its future cancelled) has its remaining slices dropped too.
+
+Shutdown (``stop``) refuses new work (503), finishes what is queued or being scored, then stops the
+loop; what cannot finish within ``drain_s`` gets an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+
+from .metrics import SchedulerStats
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Pending:
+class Unavailable(RuntimeError):
+    """The server cannot answer this request now: a 503, with ``retry_after`` seconds for the client."""
+
+    def __init__(self, message: str, retry_after: float | None = None, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Request:
     items: list[tuple[str, str, str]]
     both_orders: bool | None
     future: asyncio.Future
     arrived: float
+    results: list[float] = field(default_factory=list)
+    next: int = 0  # pairs handed to the model so far
+    scored: int = 0  # pairs answered so far
+
+    def __post_init__(self) -> None:
+        self.results = [0.0] * len(self.items)
+
+    @property
+    def alive(self) -> bool:
+        return not self.future.done()
+
+    @property
+    def waiting(self) -> int:
+        """Pairs not yet handed to the model."""
+        return len(self.items) - self.next
 
 
 @dataclass
-class BatchStats:
-    """Counters exposed in /health so batching can be observed (and tested)."""
-
-    batches: int = 0
-    requests: int = 0
-    pairs: int = 0
-    max_batch_requests: int = 0
-    max_batch_pairs: int = 0
-    requests_per_batch: Counter = field(default_factory=Counter)
-    busy_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "batches": self.batches, "requests": self.requests, "pairs": self.pairs,
-            "max_batch_requests": self.max_batch_requests, "max_batch_pairs": self.max_batch_pairs,
-            "requests_per_batch": {str(k): v for k, v in sorted(self.requests_per_batch.items())},
-            "busy_seconds": round(self.busy_seconds, 3),
-        }
+class _Slice:
+    request: _Request
+    start: int
+    stop: int
 
 
 def default_forward_batch(rm, max_batch_size: int) -> int:
@@ -63,24 +83,29 @@ def default_forward_batch(rm, max_batch_size: int) -> int:
 
 
 class MicroBatcher:
-    """Merges queued ``compare_batch`` requests and runs them on a single model thread."""
+    """Fair slices of the queued requests, merged into ``compare_batch`` calls on one model thread."""
 
-    def __init__(self, rm, max_batch_size: int, max_wait_ms: float, forward_batch_size: int | None = None) -> None:
+    def __init__(self, rm, max_batch_size: int, max_wait_ms: float, forward_batch_size: int | None = None,
+                 slice_pairs: int | None = None, max_queued_pairs: int | None = None,
+                 timeout_s: float | None = None) -> None:
         self.rm = rm
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.forward_batch_size = forward_batch_size or default_forward_batch(rm, max_batch_size)
-        # Requests that leave both_orders to the model share batches with those that spell it out.
+        self.slice_pairs = min(slice_pairs or max_batch_size, max_batch_size)
+        self.max_queued_pairs = max_queued_pairs
+        self.timeout_s = timeout_s
+        # Requests that leave both_orders to the model share calls with those that spell it out.
         self.default_both_orders = getattr(getattr(rm, "config", None), "both_orders", None)
-        self.stats = BatchStats()
+        self.stats = SchedulerStats()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinyrm-model")
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Request] = deque()  # in line, round-robin order (partly scored ones included)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.busy = False
         self.closing = False
-        self._batch: list[_Pending] = []  # the batch being scored (stop() fails it if it cannot finish)
+        self._batch: list[_Slice] = []  # the call being scored (stop() fails it if it cannot finish)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -96,76 +121,146 @@ class MicroBatcher:
         self.closing = True
         if self._wakeup is not None:
             self._wakeup.set()  # a queued request waiting for company goes now
-        running: list[_Pending] = []
+        running: list[_Request] = []
         if self._task and not self._task.done():
             deadline = time.monotonic() + drain_s
             while (self.queued or self.busy) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            running = self._batch  # cancelling the loop below forgets the batch it was scoring
+            running = [s.request for s in self._batch]  # cancelling the loop below forgets this call
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
         for entry in [*running, *self._pending]:
-            if not entry.future.done():
-                entry.future.set_exception(RuntimeError("server is shutting down"))
+            if entry.alive:
+                entry.future.set_exception(Unavailable("server is shutting down", reason="closing"))
         self._pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    # ------------------------------------------------------------------ queue state
     @property
     def queued(self) -> int:
-        """Requests waiting for a batch (not counting those whose client went away)."""
-        return sum(1 for e in self._pending if not e.future.done())
+        """Requests with pairs waiting for the model (not counting those whose client went away)."""
+        return sum(1 for e in self._pending if e.alive and e.waiting)
 
-    async def submit(self, items: list[tuple[str, str, str]], both_orders: bool | None = None) -> list[float]:
+    @property
+    def queued_pairs(self) -> int:
+        """Pairs waiting for the model (live requests only)."""
+        return sum(e.waiting for e in self._pending if e.alive)
+
+    @property
+    def outstanding_pairs(self) -> int:
+        """Pairs accepted and not yet answered, in flight or waiting: what ``max_queued_pairs`` bounds."""
+        return sum(len(e.items) - e.scored for e in self._pending if e.alive)
+
+    def retry_after(self) -> int:
+        """Whole seconds until what is accepted now should be answered, at the measured rate (1..60)."""
+        rate = self.stats.pairs_per_second()
+        if not rate:
+            return 1
+        return int(min(60, max(1, math.ceil(self.outstanding_pairs / rate))))
+
+    # ------------------------------------------------------------------ requests
+    async def submit(self, items: list[tuple[str, str, str]], both_orders: bool | None = None,
+                     timeout_s: float | None = None) -> list[float]:
+        """P(a better) per item. ``timeout_s``: this request's deadline (None: the server's)."""
         if not items:
             return []
         assert self.loop is not None and self._wakeup is not None, "batcher not started"
         if self.closing:
-            raise RuntimeError("server is shutting down")
+            raise Unavailable("server is shutting down", reason="closing")
+        limit = self.max_queued_pairs
+        if limit is not None and self.outstanding_pairs + len(items) > limit:
+            self.stats.shed += 1
+            retry = self.retry_after()
+            raise Unavailable(f"server overloaded: {self.outstanding_pairs} pairs accepted and not yet answered; "
+                              f"{len(items)} more would pass the limit of {limit} (retry in {retry} s)", retry, "shed")
         if both_orders is None:
             both_orders = self.default_both_orders
-        future = self.loop.create_future()
-        self._pending.append(_Pending(items, both_orders, future, self.loop.time()))
+        entry = _Request(list(items), both_orders, self.loop.create_future(), self.loop.time())
+        self._pending.append(entry)
         self._wakeup.set()
-        return await future
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            # shield: the deadline cancels the wait, and the request is failed below (not cancelled).
+            result = await asyncio.wait_for(asyncio.shield(entry.future), timeout)
+        except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+            if entry.future.done():
+                result = entry.future.result()  # it finished (or failed) as the deadline passed
+            else:
+                self.stats.timed_out += 1
+                self._drop(entry, Unavailable(
+                    f"request timed out after {timeout:g} s with {len(entry.items) - entry.scored} of "
+                    f"{len(entry.items)} pairs unanswered; its remaining work was dropped", self.retry_after(),
+                    "timeout"))
+                raise entry.future.exception() from None
+        except asyncio.CancelledError:  # the client went away (the app cancels its request)
+            if entry.alive:
+                entry.future.cancel()
+            self._forget(entry)
+            self.stats.disconnected += 1
+            raise
+        self.stats.observe_latency(self.loop.time() - entry.arrived)
+        return result
+
+    def _drop(self, entry: _Request, error: Exception) -> None:
+        if entry.alive:
+            entry.future.set_exception(error)
+            entry.future.exception()  # retrieved: no "never retrieved" warning if nobody awaits it
+        self._forget(entry)
+
+    def _forget(self, entry: _Request) -> None:
+        """Remove a request that will not be answered; its slices in flight are discarded when they return."""
+        try:
+            self._pending.remove(entry)
+        except ValueError:
+            pass
 
     async def run_model(self, fn: Callable, *args, **kwargs):
         """Run any model call on the model thread (never concurrently with a batch)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
-    def _queued_pairs(self, key: bool | None) -> int:
-        return sum(len(e.items) for e in self._pending if e.both_orders == key and not e.future.done())
-
-    def _take_batch(self) -> list[_Pending]:
-        """The oldest request plus later ones with the same ``both_orders`` that still fit, in order."""
-        first = self._pending.popleft()
-        batch, size, kept = [first], len(first.items), deque()
-        while self._pending:
-            entry = self._pending.popleft()
-            if entry.both_orders == first.both_orders and size + len(entry.items) <= self.max_batch_size:
-                batch.append(entry)
-                size += len(entry.items)
-            else:
-                kept.append(entry)
-        self._pending = kept
-        return [e for e in batch if not e.future.done()]  # drop requests whose client went away
+    # ------------------------------------------------------------------ the loop
+    def _take_call(self) -> list[_Slice]:
+        """Slices for one call: one slice per live request in line order (same ``both_orders`` as the
+        first), round after round, until ``max_batch_size`` pairs; the requests served go to the back."""
+        live = [e for e in self._pending if e.alive and e.waiting]
+        if not live:
+            return []
+        key = live[0].both_orders
+        eligible = [e for e in live if e.both_orders == key]
+        room, slices = self.max_batch_size, []
+        served: dict[int, _Request] = {}
+        while room > 0 and any(e.waiting for e in eligible):
+            for entry in eligible:
+                take = min(self.slice_pairs, entry.waiting, room)
+                if take <= 0:
+                    continue
+                slices.append(_Slice(entry, entry.next, entry.next + take))
+                entry.next += take
+                room -= take
+                served[id(entry)] = entry
+                if room == 0:
+                    break
+        # Round-robin: those served go behind everyone else, in the order they were served.
+        self._pending = deque([e for e in self._pending if id(e) not in served and e.alive] + list(served.values()))
+        return slices
 
     async def _run(self) -> None:
         assert self._wakeup is not None and self.loop is not None
         while True:
-            # Requests whose client went away while queued (future cancelled) leave the queue here.
-            self._pending = deque(e for e in self._pending if not e.future.done())
-            if not self._pending:
+            self._pending = deque(e for e in self._pending if e.alive)
+            if not any(e.waiting for e in self._pending):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            first = self._pending[0]
-            # Wait for company until the batch is full or the oldest request has waited max_wait
-            # (none comes once stop() began).
-            while not self.closing and self._queued_pairs(first.both_orders) < self.max_batch_size:
-                remaining = first.arrived + self.max_wait - self.loop.time()
+            first = next(e for e in self._pending if e.waiting)
+            # Wait for company until a full call's worth is waiting or the oldest request has waited
+            # max_wait (none comes once stop() began).
+            oldest = min(e.arrived for e in self._pending if e.waiting)
+            while not self.closing and self._waiting_pairs(first.both_orders) < self.max_batch_size:
+                remaining = oldest + self.max_wait - self.loop.time()
                 if remaining <= 0:
                     break
                 self._wakeup.clear()
@@ -174,56 +269,81 @@ class MicroBatcher:
                 except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
                     break
             try:
-                batch = self._take_batch()
-                if batch:
-                    await self._score(batch)
-            except Exception:  # the batcher must outlive any single bad batch
+                call = self._take_call()
+                if call:
+                    await self._score(call)
+            except Exception:  # the batcher must outlive any single bad call
                 logger.exception("batcher iteration failed")
 
-    async def _score(self, batch: list[_Pending]) -> None:
-        items = [item for entry in batch for item in entry.items]
-        both = batch[0].both_orders
+    def _waiting_pairs(self, key: bool | None) -> int:
+        return sum(e.waiting for e in self._pending if e.both_orders == key and e.alive)
+
+    async def _score(self, call: list[_Slice]) -> None:
+        items = [item for s in call for item in s.request.items[s.start : s.stop]]
+        both = call[0].request.both_orders
         rows = self.forward_batch_size
         started = time.perf_counter()
         self.busy = True
-        self._batch = batch
+        self._batch = call
         try:
             probs = await self.loop.run_in_executor(
                 self.executor, lambda: self.rm.compare_batch(items, batch_size=rows, both_orders=both)
             )
-        except Exception as error:  # a failing batch fails its requests, never the server
+        except Exception as error:  # a failing call fails its requests, never the server
             logger.exception("batch of %d pairs failed", len(items))
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
+            for entry in {id(s.request): s.request for s in call}.values():
+                self._drop(entry, error)
             return
         finally:
             self.busy = False
             self._batch = []
-            self.stats.busy_seconds += time.perf_counter() - started
-        s = self.stats
-        s.batches += 1
-        s.requests += len(batch)
-        s.pairs += len(items)
-        s.max_batch_requests = max(s.max_batch_requests, len(batch))
-        s.max_batch_pairs = max(s.max_batch_pairs, len(items))
-        s.requests_per_batch[len(batch)] += 1
+            elapsed = time.perf_counter() - started
+        requests = {id(s.request): s.request for s in call}
+        self.stats.record_call(len(requests), len(call), len(items), elapsed)
         start = 0
-        for entry in batch:
-            chunk = [float(p) for p in probs[start : start + len(entry.items)]]
-            start += len(entry.items)
-            if not entry.future.done():
-                entry.future.set_result(chunk)
+        for s in call:
+            entry, n = s.request, s.stop - s.start
+            entry.results[s.start : s.stop] = [float(p) for p in probs[start : start + n]]
+            entry.scored += n
+            start += n
+        for entry in requests.values():
+            if entry.scored == len(entry.items):
+                self.stats.requests += 1
+                self._forget(entry)
+                if entry.alive:
+                    entry.future.set_result(entry.results)
 
 
 class BatchedScorer:
-    """A scorer for ``tinyrm.pairwise.rank`` running in a worker thread: its comparisons go through the batcher."""
+    """A scorer for ``tinyrm.pairwise.rank`` running in a worker thread: its comparisons go through the
+    batcher, under one deadline for the whole request (``deadline``: ``time.monotonic()``), and stop
+    at the next comparison once ``cancel()`` was called (the client went away)."""
 
     def __init__(self, batcher: MicroBatcher, timeout_s: float) -> None:
         self.batcher = batcher
         self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.cancelled = False
+        self._current = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        current = self._current
+        if current is not None:
+            current.cancel()  # a concurrent.futures.Future: cancels the submit coroutine on the loop
 
     def compare_batch(self, items, batch_size: int = 32, both_orders: bool | None = None) -> list[float]:
         assert self.batcher.loop is not None
-        future = asyncio.run_coroutine_threadsafe(self.batcher.submit(list(items), both_orders), self.batcher.loop)
-        return future.result(timeout=self.timeout_s)
+        if self.cancelled:
+            raise asyncio.CancelledError("the client went away")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.batcher.stats.timed_out += 1
+            raise Unavailable(f"request timed out after {self.timeout_s:g} s; its remaining work was dropped",
+                              self.batcher.retry_after(), "timeout")
+        self._current = asyncio.run_coroutine_threadsafe(
+            self.batcher.submit(list(items), both_orders, timeout_s=left), self.batcher.loop)
+        try:
+            return self._current.result()
+        finally:
+            self._current = None

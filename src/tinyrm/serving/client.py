@@ -3,20 +3,38 @@
 >>> client = RewardClient("http://127.0.0.1:8000", api_key=None)  # doctest: +SKIP
 >>> client.compare("What is 2 + 2?", "4", "5")  # doctest: +SKIP
 
-Connection errors, timeouts and 429/502/503/504 answers are retried with exponential backoff
-(``tenacity``: ``backoff``, then twice that, ... capped at ``max_backoff_s``); other errors (401, 413,
-422, 500, ...) raise ``RewardClientError`` at once with the server's message.
+Connection errors, timeouts and 429/502/503/504 answers are retried (``tenacity``, at most
+``retries`` more attempts). An answer that carries ``Retry-After`` (seconds, or an HTTP date: the
+server's 503 when it sheds load or a request missed its deadline) is retried after exactly the time
+the server asked for; one asking for more than ``max_retry_after`` seconds (default 30) is not waited
+for: it raises ``RewardClientError`` at once, saying how long the server asked to wait. Without the
+header, the wait is exponential backoff (``backoff``, then twice that, ... capped at ``max_backoff_s``).
+Other errors (401, 413, 422, 500, ...) raise ``RewardClientError`` at once with the server's message.
+``on_retry(attempt, wait_s, reason)`` is called before each wait (logging, metrics, tests).
 A ``RewardClient`` is also a scorer for ``tinyrm.pairwise.rank`` (it has ``compare_batch``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -33,6 +51,43 @@ class RewardClientError(RuntimeError):
 class _Retryable(Exception):
     """One failed attempt worth another: no connection, a timeout, or a 429/502/503/504 answer."""
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the answer's Retry-After, in seconds from now
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3); None if
+    absent or unreadable (the caller then backs off on its own). A date in the past is 0."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)  # delta-seconds ("120"; "1.5" is not the RFC's form, but unambiguous)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a naive parse means it said so differently
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class RetryAfterWait:
+    """Tenacity wait: the server's ``Retry-After`` when the failed attempt carried one, else ``fallback``."""
+
+    def __init__(self, fallback: Callable[[RetryCallState], float]) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(error, _Retryable) and error.retry_after_s is not None:
+            return error.retry_after_s
+        return self.fallback(retry_state)
+
 
 @dataclass
 class ClientConfig:
@@ -40,12 +95,19 @@ class ClientConfig:
     retries: int = 3  # extra attempts after the first
     backoff_s: float = 0.25  # first wait; doubles each retry
     max_backoff_s: float = 8.0
+    # The longest Retry-After the client waits for; a server asking for more is an error at once
+    # (waiting minutes inside a reward call would look like a hung client).
+    max_retry_after_s: float = 30.0
 
 
 class RewardClient:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.25, transport: httpx.BaseTransport | None = None) -> None:
-        self.config = ClientConfig(timeout_s=timeout, retries=retries, backoff_s=backoff)
+                 backoff: float = 0.25, transport: httpx.BaseTransport | None = None,
+                 max_retry_after: float = 30.0,
+                 on_retry: Callable[[int, float, str], None] | None = None) -> None:
+        self.config = ClientConfig(timeout_s=timeout, retries=retries, backoff_s=backoff,
+                                   max_retry_after_s=max_retry_after)
+        self.on_retry = on_retry  # (attempt just failed, seconds about to be waited, why)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
@@ -65,16 +127,32 @@ class RewardClient:
         except (httpx.TransportError, httpx.TimeoutException) as error:
             raise _Retryable(f"{type(error).__name__}: {error}") from error
         if response.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is not None and retry_after > self.config.max_retry_after_s:
+                raise RewardClientError(
+                    f"{method} {path}: HTTP {status}: the server asked to wait {retry_after:g} s before "
+                    f"retrying (Retry-After), over this client's max_retry_after of "
+                    f"{self.config.max_retry_after_s:g} s; not retried ({response.text[:200]})", status)
+            raise _Retryable(f"HTTP {status}: {response.text[:200]}", retry_after)
         return response
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        logger.info("attempt %d failed (%s); retrying in %.3g s", retry_state.attempt_number, error, wait)
+        if self.on_retry is not None:
+            self.on_retry(retry_state.attempt_number, wait, str(error))
 
     def _request(self, method: str, path: str, payload: dict | None = None) -> Any:
         attempts = self.config.retries + 1
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
-            # waits backoff_s, 2 x backoff_s, 4 x ... (at most max_backoff_s) between attempts
-            wait=wait_exponential(multiplier=self.config.backoff_s, max=self.config.max_backoff_s),
+            # the server's Retry-After if it sent one, else backoff_s, 2 x backoff_s, 4 x ... (at most
+            # max_backoff_s) between attempts
+            wait=RetryAfterWait(wait_exponential(multiplier=self.config.backoff_s, max=self.config.max_backoff_s)),
             retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._before_sleep,
         )
         try:
             response = retrying(self._attempt, method, path, payload)

@@ -13,9 +13,10 @@ PROTECTED = ("/v1/", "/v2/")  # the API paths behind the key; /health and /docs 
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.headers = status, message, field, headers
 
 
 def error_body(message: str, field: str | None = None, detail: list | None = None) -> dict[str, Any]:

@@ -25,7 +25,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "request body over the server's max_request_bytes"},
     422: {"model": ErrorBody, "description": "invalid request: `field` names the first offending field and "
                                              "`detail` lists every error; also lists over the server's limits"},
-    503: {"model": ErrorBody, "description": "the model could not answer (server stopping, request timed out)"},
+    503: {"model": ErrorBody, "description": "the model could not answer now: the server is overloaded (pairs "
+                                             "accepted past max_queued_pairs), the request passed its deadline "
+                                             "(--request-timeout or X-Request-Timeout), or the server is stopping; "
+                                             "retry after Retry-After seconds"},
 }
 
 # (request schema, list field, ServeConfig limit)
@@ -60,6 +63,13 @@ def install(app: FastAPI, config, serves_steps: bool) -> None:
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in schema["paths"].items():
             for operation in item.values():
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "X-Request-Timeout":  # optional, but never null: a number or absent
+                        parameter["schema"] = {"type": "number", "exclusiveMinimum": 0,
+                                               "title": parameter["schema"].get("title", "X-Request-Timeout")}
+                if "503" in operation.get("responses", {}):
+                    operation["responses"]["503"]["headers"] = {"Retry-After": {
+                        "description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}}
                 if "requestBody" in operation:
                     operation["requestBody"]["description"] = (
                         f"JSON, at most {config.max_request_bytes} bytes (413 beyond)")

@@ -11,6 +11,7 @@ import copy
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 
 from ...backbone import check_model_source, encoder_of, model_load_errors, unwrap_peft
 from ...config import RewardConfig
+from ...inference.packed import packed_family, packed_hidden
+from ...inference.varlen import Packed
 from ...model_card import SEQUENCE_CLASSIFICATION, write_card
 from .encoding import ResponseEncoder
 from .token import HEAD_FILE
@@ -122,6 +125,33 @@ def prepare_tokenizer(tokenizer) -> str | None:
     return separator
 
 
+def _packed_head(model: nn.Module) -> Callable[[torch.Tensor, Packed], torch.Tensor] | None:
+    """transformers' sequence-classification head of ``model`` applied to packed hidden states ``[T, H]``
+    (what its own forward does after the encoder), or None where this layout is not known."""
+    base = unwrap_peft(model)
+    family = packed_family(base)
+    if family is None:
+        return None
+    if family == "modernbert" and all(hasattr(base, n) for n in ("head", "drop", "classifier")):
+        mean = base.config.classifier_pooling == "mean"
+
+        def modernbert(hidden: torch.Tensor, packed: Packed) -> torch.Tensor:
+            if mean:  # the average over each sequence's tokens, as ModernBertForSequenceClassification
+                pooled = packed.segment_sum(hidden) / torch.tensor(packed.lengths, device=hidden.device)[:, None]
+            else:
+                pooled = hidden[packed.starts]
+            return base.classifier(base.drop(base.head(pooled)))
+        return modernbert
+    pooler = getattr(encoder_of(base), "pooler", None)
+    if family == "bert" and pooler is not None and hasattr(base, "dropout"):  # BERT: pooler (dense + tanh on [CLS])
+        return lambda hidden, packed: base.classifier(base.dropout(pooler(hidden[packed.starts][:, None])))
+    if family == "bert" and hasattr(getattr(base, "classifier", None), "out_proj"):  # RoBERTa's head reads [:, 0]
+        return lambda hidden, packed: base.classifier(hidden[packed.starts][:, None])
+    if family == "distilbert" and hasattr(base, "pre_classifier"):
+        return lambda hidden, packed: base.classifier(base.dropout(F.relu(base.pre_classifier(hidden[packed.starts]))))
+    return None
+
+
 class SequenceClassifierScorer(nn.Module):
     """A one-label ``AutoModelForSequenceClassification`` (possibly under DoRA) whose logit is the reward.
 
@@ -142,6 +172,18 @@ class SequenceClassifierScorer(nn.Module):
         if token_type_ids is not None and self._types:
             kwargs["token_type_ids"] = token_type_ids
         return self.backbone(**kwargs).logits.squeeze(-1).float()
+
+    @property
+    def packable(self) -> bool:
+        """Whether :meth:`packed_rewards` runs on this architecture (``inference.packed``)."""
+        return _packed_head(self.backbone) is not None
+
+    def packed_rewards(self, packed: Packed) -> torch.Tensor:
+        """:meth:`rewards` of a packed batch (no padding; ``inference.packed``), one per sequence."""
+        head = _packed_head(self.backbone)
+        if head is None:
+            raise TypeError(f"no packed forward for {type(unwrap_peft(self.backbone)).__name__}")
+        return head(packed_hidden(self.backbone, packed), packed).squeeze(-1).float()
 
     def forward(self, input_ids, attention_mask, response_mask=None, token_type_ids=None, labels=None) -> dict:
         pairs = self.rewards(input_ids, attention_mask, response_mask, token_type_ids).view(-1, 2)

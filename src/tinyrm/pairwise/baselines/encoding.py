@@ -88,16 +88,20 @@ def pad_responses(encodings: Sequence[ResponseEncoded], pad_id: int) -> dict[str
 
 
 def length_batches(order: list[int], lengths: list[int], batch_size: int | None,
-             max_batch_tokens: int | None) -> Iterable[list[int]]:
-    """Consecutive slices of ``order`` (ascending length) within the row and padded-token caps."""
+                   max_batch_tokens: int | None, packed: bool = False) -> Iterable[list[int]]:
+    """Consecutive slices of ``order`` (ascending length) within the row and token caps: padded tokens
+    (rows x longest), or with ``packed`` the real tokens of the batch."""
     rows = batch_size or (None if max_batch_tokens else 32)
     batch: list[int] = []
+    real = 0
     for i in order:
         full = rows is not None and len(batch) >= rows
-        over = max_batch_tokens is not None and batch and (len(batch) + 1) * lengths[i] > max_batch_tokens
+        cost = real + lengths[i] if packed else (len(batch) + 1) * lengths[i]
+        over = max_batch_tokens is not None and batch and cost > max_batch_tokens
         if full or over:
             yield batch
-            batch = []
+            batch, real = [], 0
         batch.append(i)
+        real += lengths[i]
     if batch:
         yield batch

@@ -10,6 +10,8 @@ import torch
 
 from ...backbone import default_device, resolve_model_path
 from ...config import RewardConfig
+from ...inference.packed import check_attention, use_packed
+from ...inference.varlen import pack
 from ...model_card import SEQUENCE_CLASSIFICATION
 from .classifier import SequenceClassifierScorer, load_saved_classifier, save_sequence_classifier
 from .encoding import ResponseEncoder, length_batches, pad_responses
@@ -33,6 +35,19 @@ class BaselineRewardModel:
         self.model.to(self.device).eval()
         self.encoder = ResponseEncoder(tokenizer, config.max_length)
         self.name = config.base_model or "unknown"
+        self._attention = "auto"
+
+    @property
+    def attention(self) -> str:
+        """auto | packed | padded, as ``InferenceConfig.attention`` of cloze models (``inference.packed``)."""
+        return self._attention
+
+    @attention.setter
+    def attention(self, value: str) -> None:
+        self._attention = check_attention(value)
+
+    def uses_packed(self) -> bool:
+        return use_packed(self._attention, self.device, self.model.packable, self.name)
 
     @property
     def objective(self) -> str:
@@ -47,9 +62,15 @@ class BaselineRewardModel:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
         scores = [0.0] * len(encodings)
         pad_id = self.tokenizer.pad_token_id or 0
-        for idx in length_batches(order, [len(e.input_ids) for e in encodings], batch_size, max_batch_tokens):
-            batch = {k: v.to(self.device) for k, v in pad_responses([encodings[i] for i in idx], pad_id).items()}
-            for i, value in zip(idx, self.model.rewards(**batch).tolist()):
+        packed = self.uses_packed()
+        lengths = [len(e.input_ids) for e in encodings]
+        for idx in length_batches(order, lengths, batch_size, max_batch_tokens, packed=packed):
+            if packed:  # no padding: the batch as one token stream
+                rewards = self.model.packed_rewards(pack([encodings[i] for i in idx], self.device))
+            else:
+                batch = {k: v.to(self.device) for k, v in pad_responses([encodings[i] for i in idx], pad_id).items()}
+                rewards = self.model.rewards(**batch)
+            for i, value in zip(idx, rewards.tolist()):
                 scores[i] = value
         return scores
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from ...backbone import base_state_dict, encoder_of, load_saved_backbone, unwrap_peft
 from ...config import ADAPTER_DIR, RewardConfig
+from ...inference.packed import packed_family, packed_hidden
+from ...inference.varlen import Packed
 from ...model_card import write_card
 
 OBJECTIVES = ("classifier", "token")
@@ -68,6 +70,22 @@ class BaselineScorer(nn.Module):
         token_logits = self.head(hidden).squeeze(-1).float()
         mask = response_mask.float()
         return (token_logits * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    @property
+    def packable(self) -> bool:
+        """Whether :meth:`packed_rewards` runs on this backbone (``inference.packed``)."""
+        return packed_family(self.backbone) is not None
+
+    def packed_rewards(self, packed: Packed) -> torch.Tensor:
+        """:meth:`rewards` of a packed batch (no padding; ``inference.packed``), one per sequence."""
+        hidden = packed_hidden(self.backbone, packed)
+        lengths = torch.tensor(packed.lengths, device=hidden.device)
+        if self.objective == "classifier":
+            pooled = hidden[packed.starts] if self.pooling == "cls" else packed.segment_sum(hidden) / lengths[:, None]
+            return self.head(pooled).squeeze(-1).float()
+        mask = packed.response_mask.float()
+        token_logits = self.head(hidden).squeeze(-1).float()
+        return packed.segment_sum(token_logits * mask) / packed.segment_sum(mask).clamp(min=1.0)
 
     def forward(self, input_ids, attention_mask, response_mask, token_type_ids=None, labels=None) -> dict:
         out: dict[str, torch.Tensor] = {}

@@ -1,0 +1,65 @@
+"""Batch planning and padded collation for the scoring engine (``inference.engine``).
+
+``plan_batches`` groups units (one encoding, or both orders of a pair) under a token budget: padded
+tokens (rows x longest row) for the padded forward, real tokens (``tokens``) for the packed one
+(``inference.packed``), where a batch costs what its sequences hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..prompt import Encoded
+
+
+def plan_batches(
+    widths: Sequence[int], rows_per_unit: Sequence[int] | int = 1,
+    max_batch_tokens: int | None = None, max_rows: int | None = None, tokens: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Group units (a single encoding, or both orders of a pair) into batches.
+
+    Units are sorted longest first (the biggest batch runs first, so memory errors show at once);
+    a batch grows while ``rows x longest width <= max_batch_tokens`` (with ``tokens``, each unit's real
+    token count: while their sum ``<= max_batch_tokens``) and ``rows <= max_rows``.
+    A unit that alone exceeds a limit still gets a batch of its own.
+    """
+    n = len(widths)
+    rows = [rows_per_unit] * n if isinstance(rows_per_unit, int) else list(rows_per_unit)
+    order = sorted(range(n), key=lambda i: (-widths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_rows = current_width = current_tokens = 0
+    for i in order:
+        new_rows = current_rows + rows[i]
+        width = max(current_width, widths[i])
+        new_tokens = current_tokens + (0 if tokens is None else tokens[i])
+        cost = new_rows * width if tokens is None else new_tokens
+        too_many = max_rows is not None and new_rows > max_rows
+        too_big = max_batch_tokens is not None and cost > max_batch_tokens
+        if current and (too_many or too_big):
+            batches.append(current)
+            current, new_rows, width = [], rows[i], widths[i]
+            new_tokens = 0 if tokens is None else tokens[i]
+        current.append(i)
+        current_rows, current_width, current_tokens = new_rows, width, new_tokens
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the batch's longest row (one tensor construction per field)."""
+    width = max(len(e.input_ids) for e in encodings)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encodings]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encodings]
+    batch = {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "mask_positions": torch.tensor([e.mask_position for e in encodings], dtype=torch.long),
+    }
+    if encodings[0].token_type_ids is not None:
+        types = [e.token_type_ids + [0] * (width - len(e.token_type_ids)) for e in encodings]
+        batch["token_type_ids"] = torch.tensor(types, dtype=torch.long)
+    return batch

@@ -1,0 +1,214 @@
+"""The packed forward: a backbone run over a :class:`~tinyrm.inference.varlen.Packed` batch, no padding.
+
+tinyrm's own thin forward over the backbone's modules (not a transformers attention backend): the
+embeddings, each layer's projections, norms and MLP are the model's own modules, called on the flat
+``[T, hidden]`` stream, and only the attention core is replaced by ``varlen.varlen_attention``.
+Calling the modules (rather than reading their weights) keeps peft adapters, int8 linears and
+dropout working as they are; nothing about the model or its saved folder changes.
+
+Families: ModernBERT (global and sliding-window layers, rotary positions restarting per
+sequence), BERT / RoBERTa / XLM-R (absolute positions; RoBERTa's offset by ``padding_idx + 1``) and
+DistilBERT. Anything else (or a transformers layout these forwards do not recognise) is not
+packable: :func:`packed_family` says None and the engine scores it padded.
+
+Selection (``InferenceConfig.attention``): ``ATTENTIONS`` = auto | packed | padded; ``auto`` is packed
+where ``varlen_attn`` runs (CUDA, torch >= 2.10), padded elsewhere (docs/inference.md has the CPU
+measurement behind that).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..backbone import encoder_of, head_kind, head_logits, unwrap_peft
+from .varlen import Packed, flash_varlen_available, varlen_attention
+
+logger = logging.getLogger(__name__)
+
+ATTENTIONS = ("auto", "packed", "padded")
+BERT_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+_warned: set[str] = set()
+
+
+# ----------------------------------------------------------------------------- families
+def packed_family(model: nn.Module) -> str | None:
+    """``modernbert`` / ``bert`` / ``distilbert`` when the packed forward knows this backbone's layout
+    (a masked LM or a sequence classifier, under peft or not), else None."""
+    base = unwrap_peft(model)
+    config = getattr(base, "config", None)
+    try:
+        encoder = encoder_of(base)
+    except AttributeError:
+        return None
+    kind = getattr(config, "model_type", None)
+    if kind == "modernbert":
+        layers = getattr(encoder, "layers", None)
+        ok = (hasattr(encoder, "rotary_emb") and layers and hasattr(layers[0], "attention_type")
+              and hasattr(layers[0].attn, "Wqkv") and hasattr(config, "sliding_window"))
+        return "modernbert" if ok else None
+    if kind in BERT_TYPES:
+        if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
+            return None  # relative positions / a decoder: not what this forward computes
+        layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+        ok = layers and hasattr(layers[0].attention, "self") and hasattr(layers[0].attention.self, "query")
+        return "bert" if ok else None
+    if kind == "distilbert":
+        layers = getattr(getattr(encoder, "transformer", None), "layer", None)
+        return "distilbert" if layers and hasattr(layers[0].attention, "q_lin") else None
+    return None
+
+
+def packed_mlm_supported(mlm: nn.Module) -> bool:
+    """Whether :func:`packed_mask_logits` runs on this masked LM (known layout and MLM head)."""
+    return packed_family(mlm) is not None and head_kind(unwrap_peft(mlm)) != "fallback"
+
+
+# ----------------------------------------------------------------------------- forwards
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.view(x.shape[0], -1, head_dim)
+
+
+def _dropout_p(module: nn.Module, p: float) -> float:
+    return p if module.training else 0.0
+
+
+def _rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """transformers' ``apply_rotary_pos_emb`` for ``[T, H, D]`` (computed in fp32, as there)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    return rotate(q).to(q.dtype), rotate(k).to(k.dtype)
+
+
+def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+    hidden = encoder.embeddings(input_ids=packed.input_ids[None])[0]
+    positions = packed.position_ids[None]
+    rope = {}
+    for kind in {layer.attention_type for layer in encoder.layers}:
+        cos, sin = encoder.rotary_emb(hidden[None], positions, kind)
+        rope[kind] = cos[0], sin[0]
+    half_window = encoder.config.sliding_window  # local_attention // 2 on each side (|i - j| <= it)
+    tokens = hidden.shape[0]
+    for layer in encoder.layers:
+        attn = layer.attn
+        qkv = attn.Wqkv(layer.attn_norm(hidden)).view(tokens, 3, -1, attn.head_dim)
+        q, k, v = qkv.unbind(1)
+        q, k = _rotary(q, k, *rope[layer.attention_type])
+        local = layer.attention_type == "sliding_attention"
+        out = varlen_attention(q, k, v, packed, scale=attn.head_dim ** -0.5, window=half_window if local else None,
+                               dropout_p=_dropout_p(attn, attn.attention_dropout))
+        hidden = hidden + attn.out_drop(attn.Wo(out.reshape(tokens, -1)))
+        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+    return encoder.final_norm(hidden)
+
+
+def _position_offset(embeddings: nn.Module) -> int:
+    """RoBERTa-style embeddings number positions from ``padding_idx + 1``; BERT's from 0."""
+    padding = getattr(embeddings, "padding_idx", None)
+    if hasattr(embeddings, "create_position_ids_from_input_ids") and padding is not None:
+        return int(padding) + 1
+    return 0
+
+
+def _bert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+    embeddings = encoder.embeddings
+    positions = packed.position_ids + _position_offset(embeddings)
+    kwargs = {"input_ids": packed.input_ids[None], "position_ids": positions[None]}
+    if packed.token_type_ids is not None:
+        kwargs["token_type_ids"] = packed.token_type_ids[None]
+    hidden = embeddings(**kwargs)[0]
+    tokens = hidden.shape[0]
+    for layer in encoder.encoder.layer:
+        sa = layer.attention.self
+        size = sa.attention_head_size
+        q, k, v = (_heads(proj(hidden), size) for proj in (sa.query, sa.key, sa.value))
+        context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
+        attended = layer.attention.output(context.reshape(tokens, -1), hidden)
+        hidden = layer.output(layer.intermediate(attended), attended)
+    return hidden
+
+
+def _distilbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+    hidden = encoder.embeddings(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None])[0]
+    tokens = hidden.shape[0]
+    for layer in encoder.transformer.layer:
+        sa = layer.attention
+        size = sa.attention_head_size
+        q, k, v = (_heads(proj(hidden), size) for proj in (sa.q_lin, sa.k_lin, sa.v_lin))
+        context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
+        attended = layer.sa_layer_norm(sa.out_lin(context.reshape(tokens, -1)) + hidden)
+        hidden = layer.output_layer_norm(layer.ffn(attended) + attended)
+    return hidden
+
+
+_FORWARDS = {"modernbert": _modernbert, "bert": _bert, "distilbert": _distilbert}
+
+
+def packed_hidden(model: nn.Module, packed: Packed) -> torch.Tensor:
+    """The encoder's last hidden states ``[T, hidden]`` of a packed batch (``model``: a masked LM or a
+    sequence classifier of a known family, peft-wrapped or not). Differentiable."""
+    family = packed_family(model)
+    if family is None:
+        raise TypeError(f"no packed forward for {type(unwrap_peft(model)).__name__}; score it padded")
+    return _FORWARDS[family](encoder_of(unwrap_peft(model)), packed)
+
+
+def packed_mask_logits(mlm: nn.Module, packed: Packed, token_ids: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``backbone.mask_logits`` for a packed batch: the MLM head's logits ``[M, len(token_ids)]`` (or
+    ``[M, V]``) at ``positions`` of the flat stream (default: each sequence's mask, ``packed.mask_index``;
+    ``packed.starts`` reads [CLS])."""
+    positions = packed.mask_index if positions is None else positions
+    if positions is None:
+        raise ValueError("packed_mask_logits: the batch has no mask positions; pass positions")
+    base = unwrap_peft(mlm)
+    return head_logits(base, packed_hidden(base, packed)[positions], token_ids)
+
+
+# ----------------------------------------------------------------------------- selection
+def check_attention(attention: str) -> str:
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    return attention
+
+
+def use_packed(attention: str, device: torch.device | str, supported: bool, name: str = "model") -> bool:
+    """Whether to score packed: ``packed`` wherever the backbone is supported (else padded, with a
+    warning once), ``auto`` only where ``varlen_attn`` runs (CUDA), ``padded`` never."""
+    check_attention(attention)
+    if attention == "padded":
+        return False
+    if attention == "packed" and not supported:
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("attention='packed': no packed forward for %s; scoring it padded", name)
+        return False
+    return supported and (attention == "packed" or flash_varlen_available(device))
+
+
+def apply_attention(model, attention: str | None):
+    """Set the attention of a loaded model (``--attention``): the engine's config of cloze and process
+    models, each specialist of a routed model, a baseline's ``attention``. None leaves it as it is."""
+    if attention is None:
+        return model
+    check_attention(attention)
+    targets = [model, *getattr(model, "specialists", {}).values()]
+    applied = False
+    for target in targets:
+        config = getattr(getattr(target, "engine", None), "config", None)
+        if config is not None and hasattr(config, "attention"):
+            config.attention = attention
+            applied = True
+        elif hasattr(target, "attention"):
+            target.attention = attention
+            applied = True
+    if not applied:
+        raise ValueError(f"attention {attention!r} does not apply to {type(model).__name__}")
+    return model

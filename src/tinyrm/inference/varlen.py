@@ -1,0 +1,183 @@
+"""Packed (unpadded) batches and exact attention over them.
+
+A packed batch is its sequences laid end to end in one token stream, with cumulative lengths
+(``cu_seqlens``, int32, FlashAttention's convention): no padding token anywhere, so every linear
+layer and MLP computes real tokens only. Attention must still keep each sequence to itself:
+
+* ``flash``: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention for variable lengths, torch >=
+  2.10, CUDA only, bf16/fp16), with ``window_size`` for a sliding window where the installed torch has it;
+* ``sdpa``: every other case (CPU, fp32, attention dropout, a window the installed ``varlen_attn``
+  lacks). The queries, keys and values are gathered into a ``[B, H, L, D]`` block padded to the
+  longest sequence, one SDPA call runs over it with a key-padding (and window) mask, and the real
+  rows are gathered back. Exact: padding is confined to the attention scores, whose padded rows are
+  dropped. The linear layers around it still see no padding.
+
+Everything here is differentiable, so a packed training step can reuse it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Packed:
+    """One packed batch (``pack``): ``T`` tokens of ``B`` sequences."""
+
+    input_ids: torch.Tensor  # [T] long
+    position_ids: torch.Tensor  # [T] long, restarting at 0 for each sequence
+    cu_seqlens: torch.Tensor  # [B + 1] int32: sequence b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
+    max_seqlen: int
+    lengths: list[int]  # host copy of the B lengths (no device sync to plan the attention)
+    mask_index: torch.Tensor | None = None  # [B] long: each sequence's mask slot in the flat stream
+    token_type_ids: torch.Tensor | None = None  # [T] long
+    response_mask: torch.Tensor | None = None  # [T]: 1 on response tokens (the token baseline)
+    _maps: dict = field(default_factory=dict, repr=False)  # the sdpa route's index maps, built once per batch
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """[B] long: each sequence's first token ([CLS]) in the flat stream."""
+        return self.cu_seqlens[:-1].long()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packed:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Packed(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens), self.max_seqlen,
+                      self.lengths, move(self.mask_index), move(self.token_type_ids), move(self.response_mask))
+
+    def sequence_ids(self) -> torch.Tensor:
+        """[T] long: which sequence each token belongs to."""
+        if "seq" not in self._maps:
+            lengths = torch.tensor(self.lengths, device=self.input_ids.device)
+            self._maps["seq"] = torch.repeat_interleave(torch.arange(self.batch_size, device=lengths.device), lengths)
+        return self._maps["seq"]
+
+    def segment_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-sequence sums of ``values`` ``[T, ...]`` -> ``[B, ...]`` (differentiable)."""
+        out = values.new_zeros((self.batch_size, *values.shape[1:]))
+        return out.index_add(0, self.sequence_ids(), values)
+
+    def padded_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gather [B, L] into the stream, T where padded; scatter [T] into B x L; valid [B, L])."""
+        if "pad" not in self._maps:
+            total, width = int(self.input_ids.shape[0]), self.max_seqlen
+            flat = self.sequence_ids() * width + self.position_ids
+            gather = torch.full((self.batch_size * width,), total, dtype=torch.long, device=flat.device)
+            gather[flat] = torch.arange(total, device=flat.device)
+            gather = gather.view(self.batch_size, width)
+            self._maps["pad"] = (gather, flat, gather != total)
+        return self._maps["pad"]
+
+    def attention_mask(self, window: int | None) -> torch.Tensor | None:
+        """The sdpa route's boolean mask ``[B, 1, L, L]`` (or ``[B, 1, 1, L]``; None: nothing to mask)."""
+        key = ("mask", window)
+        if key not in self._maps:
+            gather, _, valid = self.padded_maps()
+            width = self.max_seqlen
+            banded = window is not None and width - 1 > window
+            if not banded:
+                mask = None if min(self.lengths) == width else valid[:, None, None, :]
+            else:
+                pos = torch.arange(width, device=valid.device)
+                band = (pos[:, None] - pos[None, :]).abs() <= window  # ModernBERT: |i - j| <= local_attention // 2
+                # Padded query rows may attend anywhere: a row with no key at all would give NaN.
+                mask = (band[None] & valid[:, None, :]) | ~valid[:, :, None]
+                mask = mask[:, None]
+            self._maps[key] = mask
+        return self._maps[key]
+
+
+def pack(encodings: Sequence, device: torch.device | str | None = None) -> Packed:
+    """Collate encodings (``input_ids`` lists; ``token_type_ids``, ``mask_position`` and ``response_mask``
+    where they have them: ``prompt.Encoded``, ``ResponseEncoded``) into one :class:`Packed` batch."""
+    if not encodings:
+        raise ValueError("pack: no encodings")
+    lengths = [len(e.input_ids) for e in encodings]
+    if min(lengths) < 1:
+        raise ValueError("pack: an empty sequence")
+    lengths_t = torch.tensor(lengths, dtype=torch.long)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths_t, 0)
+    starts = cu[:-1].long()
+    total = int(cu[-1])
+    positions = torch.arange(total, dtype=torch.long) - torch.repeat_interleave(starts, lengths_t)
+    first = encodings[0]
+
+    def flat(name: str) -> torch.Tensor | None:
+        if getattr(first, name, None) is None:
+            return None
+        return torch.tensor(list(chain.from_iterable(getattr(e, name) for e in encodings)), dtype=torch.long)
+
+    mask_index = None
+    if getattr(first, "mask_position", None) is not None:
+        mask_index = starts + torch.tensor([e.mask_position for e in encodings], dtype=torch.long)
+    packed = Packed(flat("input_ids"), positions, cu, max(lengths), lengths, mask_index,
+                    flat("token_type_ids"), flat("response_mask"))
+    return packed if device is None else packed.to(device)
+
+
+# ----------------------------------------------------------------------------- attention routes
+@lru_cache(maxsize=1)
+def _varlen_attn():
+    """torch's ``varlen_attn`` (torch >= 2.10), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+@lru_cache(maxsize=1)
+def varlen_window_supported() -> bool:
+    """Whether the installed ``varlen_attn`` takes ``window_size`` (sliding-window layers)."""
+    fn = _varlen_attn()
+    return fn is not None and "window_size" in inspect.signature(fn).parameters
+
+
+def flash_varlen_available(device: torch.device | str) -> bool:
+    """``varlen_attn`` exists and runs here: a CUDA device (it has no CPU kernel in torch 2.13)."""
+    return torch.device(device).type == "cuda" and _varlen_attn() is not None
+
+
+def attention_route(q: torch.Tensor, window: int | None, dropout_p: float) -> str:
+    """``flash`` where ``varlen_attn`` computes exactly this layer, else ``sdpa``."""
+    if dropout_p > 0 or q.dtype not in (torch.float16, torch.bfloat16) or not flash_varlen_available(q.device):
+        return "sdpa"  # varlen_attn has no dropout and FlashAttention no fp32
+    if window is not None and not varlen_window_supported():
+        return "sdpa"
+    return "flash"
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed, *, scale: float,
+                     window: int | None = None, dropout_p: float = 0.0, route: str | None = None) -> torch.Tensor:
+    """Bidirectional attention within each sequence: ``q``, ``k``, ``v`` and the result are ``[T, H, D]``.
+
+    ``window``: keys within ``|i - j| <= window`` only (ModernBERT's local layers). ``route`` forces
+    ``flash`` or ``sdpa`` (default: :func:`attention_route`).
+    """
+    route = route or attention_route(q, window, dropout_p)
+    if route == "flash":
+        extra = {} if window is None else {"window_size": (window, window)}
+        cu, longest = packed.cu_seqlens, packed.max_seqlen
+        return _varlen_attn()(q, k, v, cu, cu, longest, longest, scale=scale, **extra)
+    gather, scatter, _ = packed.padded_maps()
+    zero = q.new_zeros((1, *q.shape[1:]))
+
+    def padded(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [B, H, L, D]; padding rows are zeros
+        return torch.cat([x, zero])[gather].transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=packed.attention_mask(window),
+                                         dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2).reshape(-1, *q.shape[1:])[scatter]

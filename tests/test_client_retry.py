@@ -1,0 +1,112 @@
+"""RewardClient retries: the server's Retry-After honoured, against a scripted peer on loopback.
+
+The peer is a tiny FastAPI app served by uvicorn (``serving_app``) that answers each request with the
+next scripted ``(status, headers)``; the waits are the ones tenacity computed (``on_retry``), not
+wall-clock measurements.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from tinyrm.serving.client import RewardClient, RewardClientError, parse_retry_after
+
+from .test_serve import serving_app
+
+
+class Script:
+    """The answers the peer gives, in order (after the last one: 200)."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.calls = 0
+
+
+@pytest.fixture(scope="module")
+def peer():
+    script = Script()
+    app = FastAPI()
+
+    @app.post("/v1/compare")
+    async def compare() -> JSONResponse:
+        script.calls += 1
+        status, headers = script.answers.pop(0) if script.answers else (200, {})
+        if status != 200:
+            return JSONResponse(status_code=status, content={"error": "busy"}, headers=headers)
+        return JSONResponse({"prob_a": 0.25})
+
+    with serving_app(app) as (url, _):
+        yield url, script
+
+
+def scripted(peer, answers: list[tuple[int, dict[str, str]]]) -> tuple[str, Script]:
+    url, script = peer
+    script.answers, script.calls = list(answers), 0
+    return url, script
+
+
+def client_for(url: str, waits: list[tuple[int, float]], **kw) -> RewardClient:
+    def on_retry(attempt: int, wait_s: float, _reason: str) -> None:
+        waits.append((attempt, wait_s))
+
+    # backoff far from 1 s, so a Retry-After wait cannot be mistaken for a backoff one
+    return RewardClient(url, timeout=10, backoff=0.01, on_retry=on_retry, **kw)
+
+
+def test_503_retry_after_seconds_is_honoured(peer):
+    url, script = scripted(peer, [(503, {"Retry-After": "1"}), (503, {"Retry-After": "1"})])
+    waits: list[tuple[int, float]] = []
+    with client_for(url, waits, retries=3) as client:
+        assert client.compare("p", "a", "b") == 0.25
+    assert script.calls == 3
+    assert waits == [(1, 1.0), (2, 1.0)]
+
+
+def test_without_retry_after_the_client_backs_off_exponentially(peer):
+    url, script = scripted(peer, [(503, {}), (429, {}), (503, {"Retry-After": "0"})])
+    waits: list[tuple[int, float]] = []
+    with client_for(url, waits, retries=3) as client:
+        assert client.compare("p", "a", "b") == 0.25
+    assert script.calls == 4
+    assert waits == [(1, pytest.approx(0.01)), (2, pytest.approx(0.02)), (3, 0.0)]
+
+
+def test_retry_after_as_an_http_date(peer):
+    # A date already past (an HTTP date has whole seconds): retry at once, not after the backoff.
+    url, script = scripted(peer, [(503, {"Retry-After": formatdate(0, usegmt=True)})])
+    waits: list[tuple[int, float]] = []
+    with client_for(url, waits) as client:
+        assert client.compare("p", "a", "b") == 0.25
+    assert script.calls == 2 and waits == [(1, 0.0)]
+
+
+def test_retry_after_over_the_cap_is_a_clear_error_at_once(peer):
+    url, script = scripted(peer, [(503, {"Retry-After": "120"})])
+    waits: list[tuple[int, float]] = []
+    with client_for(url, waits, max_retry_after=30) as client, pytest.raises(RewardClientError) as info:
+        client.compare("p", "a", "b")
+    assert script.calls == 1 and waits == []
+    assert info.value.status == 503
+    assert "asked to wait 120 s" in str(info.value) and "max_retry_after of 30 s" in str(info.value)
+
+
+def test_gives_up_after_the_retries_even_with_retry_after(peer):
+    url, script = scripted(peer, [(503, {"Retry-After": "0"})] * 5)
+    waits: list[tuple[int, float]] = []
+    with client_for(url, waits, retries=2) as client, pytest.raises(RewardClientError, match="gave up after 3"):
+        client.compare("p", "a", "b")
+    assert script.calls == 3 and waits == [(1, 0.0), (2, 0.0)]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("1", 1.0), (" 30 ", 30.0), ("1.5", 1.5), ("-3", 0.0),
+    ("Thu, 01 Jan 1970 00:00:10 GMT", 5.0),  # 10 s after the epoch, seen from 5 s after it
+    ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),  # in the past: at once
+    (None, None), ("", None), ("soon", None), ("nan", None), ("inf", None),
+])
+def test_parse_retry_after(value, seconds):
+    assert parse_retry_after(value, now=5.0) == seconds

@@ -1,0 +1,216 @@
+"""The service under load (docs/ranking-and-serving.md, "Under load"): fair slices, deadlines, load shedding,
+disconnects, /metrics. A real uvicorn server on loopback around a tiny BERT whose forward calls the test
+lets through one at a time (``Stepped``), so every bound is stated in model calls, not seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tinyrm.serving.app import ServeConfig, create_app
+
+from .integration_helpers import save_opinionated_bert
+from .test_serve import serving_app
+
+
+class Stepped:
+    """A model whose forward calls wait for a permit from the test (``step``), unless ``run_free`` was called."""
+
+    def __init__(self, rm) -> None:
+        self.rm, self.calls = rm, []
+        self.permits, self.free = threading.Semaphore(0), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.rm, name)
+
+    def compare_batch(self, items, **kwargs):
+        self.calls.append([a for _, a, _ in items])
+        if not self.free.is_set():
+            assert self.permits.acquire(timeout=60), "the test never let this call through"
+        return self.rm.compare_batch(items, **kwargs)
+
+    def step(self, n: int = 1) -> None:
+        self.permits.release(n)
+
+    def run_free(self) -> None:
+        self.free.set()
+        self.permits.release(10_000)
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def pairs(tag: str, n: int) -> list[dict]:
+    return [{"prompt": f"{tag} question {i}?", "a": f"{tag} answer {i}", "b": "no idea"} for i in range(n)]
+
+
+def triples(items: list[dict]) -> list[tuple[str, str, str]]:
+    return [(x["prompt"], x["a"], x["b"]) for x in items]
+
+
+def raw_post(port: int, path: str, body: dict) -> socket.socket:
+    """A request on a raw socket, so the test can hang up on it."""
+    data = json.dumps(body).encode()
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (path.encode(), len(data), data))
+    return raw
+
+
+@pytest.fixture(scope="module")
+def rm(tmp_path_factory):
+    from tinyrm import RewardModel
+
+    rm = RewardModel.from_pretrained(save_opinionated_bert(tmp_path_factory.mktemp("bert")))
+    rm.engine.config.precision = "fp32"  # served answers are compared with direct calls to 1e-5
+    return rm
+
+
+@pytest.fixture
+def stepped(rm):
+    model = Stepped(rm)
+    yield model
+    model.run_free()  # never leave a model thread waiting
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_a_small_request_waits_for_two_calls_not_for_a_maximum_size_one(stepped):
+    """The documented maximum (4,096 items) is being scored; a 1-pair request sent meanwhile is answered after
+    the call in flight and one more (which it shares with a slice of the large one). Then the large
+    request's client hangs up: its remaining slices are dropped."""
+    config = ServeConfig()  # the documented limits: max_items 4096, 64 pairs a call, slices of 16
+    assert config.max_items == 4096
+    app = create_app(stepped, config)
+    batcher = app.state.batcher
+    with serving_app(app) as (url, _):
+        large = raw_post(port_of(url), "/v1/compare_batch", {"items": pairs("large", config.max_items)})
+        wait_for(lambda: len(stepped.calls) == 1, "the large request never reached the model")
+        assert stepped.calls[0] == [f"large answer {i}" for i in range(64)]  # one call: 64 of its 4096 pairs
+        answer: dict = {}
+        small = threading.Thread(target=lambda: answer.update(r=httpx.post(
+            f"{url}/v1/compare", json={"prompt": "2+2?", "a": "4", "b": "5"}, timeout=60)))
+        small.start()
+        wait_for(lambda: batcher.queued == 2, "the small request was not queued")
+        stepped.step()  # the call in flight ends; the next one takes a slice of each request, round-robin
+        wait_for(lambda: len(stepped.calls) == 2, "no second call")
+        assert "4" in stepped.calls[1] and len(stepped.calls[1]) == 64
+        stepped.step()
+        small.join(timeout=60)
+        assert answer["r"].status_code == 200, answer["r"].text
+        assert answer["r"].json()["prob_a"] == pytest.approx(stepped.rm.compare("2+2?", "4", "5"), abs=1e-5)
+        assert batcher.stats.batches == 2  # answered after 2 calls, while 4096 - 127 large pairs still wait
+        assert batcher.outstanding_pairs == config.max_items - 64 - 63
+        large.close()  # the large request's client goes away: its remaining slices are dropped
+        wait_for(lambda: batcher.stats.disconnected == 1, "the disconnect was not seen")
+        stepped.run_free()
+        wait_for(lambda: not batcher.busy and batcher.outstanding_pairs == 0, "work left behind")
+        scored_large = sum(len(c) for c in stepped.calls) - 1
+        assert scored_large < 64 * 4  # at most the call in flight when it left, not 4096 pairs
+        health = httpx.get(f"{url}/health").json()
+        assert health["queued"] == 0 and health["queued_pairs"] == 0 and health["batching"]["disconnected"] == 1
+
+
+def test_concurrent_sliced_requests_get_exactly_their_own_answers(rm):
+    """Slices of several requests share calls; each answer equals ``compare_batch`` on that request alone."""
+    app = create_app(rm, ServeConfig(max_batch_size=16, slice_pairs=5, max_wait_ms=200))
+    sizes = {"a": 37, "b": 1, "c": 23, "d": 2}
+    answers: dict[str, httpx.Response] = {}
+    with serving_app(app) as (url, _):
+        def one(tag: str) -> None:
+            answers[tag] = httpx.post(f"{url}/v1/compare_batch", json={"items": pairs(tag, sizes[tag])}, timeout=60)
+
+        threads = [threading.Thread(target=one, args=(tag,)) for tag in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        stats = app.state.batcher.stats
+    for tag, n in sizes.items():
+        assert answers[tag].status_code == 200, answers[tag].text
+        assert answers[tag].json()["prob_a"] == pytest.approx(rm.compare_batch(triples(pairs(tag, n))), abs=1e-5)
+    assert stats.pairs == sum(sizes.values()) and stats.max_batch_pairs <= 16
+    assert stats.slices >= sum(-(-n // 5) for n in sizes.values())  # every request cut into slices of <= 5
+
+
+def test_a_deadline_gives_503_with_retry_after_and_drops_the_rest(stepped):
+    app = create_app(stepped, ServeConfig(request_timeout_s=60))
+    batcher = app.state.batcher
+    with serving_app(app) as (url, _):
+        r = httpx.post(f"{url}/v1/compare_batch", json={"items": pairs("late", 300)},
+                       headers={"X-Request-Timeout": "0.5"}, timeout=60)  # the first call is held past it
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert "timed out after 0.5 s" in r.json()["error"] and "dropped" in r.json()["error"]
+        assert len(stepped.calls) == 1 and batcher.stats.timed_out == 1
+        stepped.run_free()
+        wait_for(lambda: not batcher.busy, "the call in flight never ended")
+        assert len(stepped.calls) == 1 and batcher.outstanding_pairs == 0  # the other 236 pairs were never scored
+        # A client may ask for less than the server's deadline, never for more; a bad value is a 422.
+        ok = httpx.post(f"{url}/v1/compare", json={"prompt": "p", "a": "x", "b": "y"},
+                        headers={"X-Request-Timeout": "1e9"}, timeout=60)
+        assert ok.status_code == 200
+        for bad in ("soon", "0", "-1", "nan"):
+            r = httpx.post(f"{url}/v1/compare", json={"prompt": "p", "a": "x", "b": "y"},
+                           headers={"X-Request-Timeout": bad}, timeout=60)
+            assert r.status_code == 422 and "X-Request-Timeout" in r.json()["field"], (bad, r.text)
+
+
+def test_a_request_past_the_queue_bound_is_shed_at_once(stepped):
+    app = create_app(stepped, ServeConfig(max_items=100, max_queued_pairs=100))
+    batcher = app.state.batcher
+    with serving_app(app) as (url, _):
+        held: dict = {}
+        first = threading.Thread(target=lambda: held.update(r=httpx.post(
+            f"{url}/v1/compare_batch", json={"items": pairs("first", 80)}, timeout=60)))
+        first.start()
+        wait_for(lambda: len(stepped.calls) == 1, "the first request never reached the model")
+        r = httpx.post(f"{url}/v1/compare_batch", json={"items": pairs("over", 30)}, timeout=60)
+        # Refused while the model is still held on the first call: it never joined the queue.
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+        assert "overloaded" in r.json()["error"] and "limit of 100" in r.json()["error"]
+        assert len(stepped.calls) == 1 and batcher.stats.shed == 1 and batcher.outstanding_pairs == 80
+        fits = threading.Thread(target=lambda: held.update(fits=httpx.post(
+            f"{url}/v1/compare_batch", json={"items": pairs("fits", 20)}, timeout=60)))
+        fits.start()  # 80 + 20 is within the bound
+        wait_for(lambda: batcher.outstanding_pairs == 100, "the fitting request was not accepted")
+        stepped.run_free()
+        first.join(timeout=60)
+        fits.join(timeout=60)
+        assert held["r"].status_code == 200 and held["fits"].status_code == 200
+        assert ServeConfig().max_queued_pairs >= ServeConfig().max_items  # the largest request always fits
+        with pytest.raises(ValueError, match="max_queued_pairs"):
+            ServeConfig(max_items=100, max_queued_pairs=99)
+
+
+def test_metrics_in_prometheus_text_format(rm):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = create_app(rm, ServeConfig())
+    with serving_app(app) as (url, _):
+        for i in range(3):
+            assert httpx.post(f"{url}/v1/compare", json={"prompt": f"q{i}", "a": "x", "b": "y"}).status_code == 200
+        r = httpx.get(f"{url}/metrics")
+        health = httpx.get(f"{url}/health").json()["batching"]
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {s.name: s.value for family in text_string_to_metric_families(r.text) for s in family.samples
+               if not s.labels}
+    assert samples["tinyrm_requests_total"] == health["requests"] == 3
+    assert samples["tinyrm_pairs_total"] == 3 and samples["tinyrm_queue_pairs"] == 0
+    assert samples["tinyrm_request_latency_seconds_count"] == 3 == health["latency_ms"]["count"]
+    for name in ("tinyrm_slices_total", "tinyrm_requests_shed_total", "tinyrm_requests_timed_out_total",
+                 "tinyrm_requests_disconnected_total", "tinyrm_queue_requests", "tinyrm_outstanding_pairs"):
+        assert name in samples
+    assert health["latency_ms"]["p50"] is not None and health["latency_ms"]["p99"] >= health["latency_ms"]["p50"]
