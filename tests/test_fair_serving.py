@@ -42,6 +42,11 @@ class Stepped:
         self.free.set()
         self.permits.release(10_000)
 
+    def hold(self) -> None:
+        """Hold calls again (those not yet started)."""
+        self.permits = threading.Semaphore(0)
+        self.free.clear()
+
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -182,6 +187,28 @@ def test_a_request_past_the_queue_bound_is_shed_at_once(stepped):
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
         assert "overloaded" in r.json()["error"] and "limit of 100" in r.json()["error"]
         assert len(stepped.calls) == 1 and batcher.stats.shed == 1 and batcher.outstanding_pairs == 80
+        # RewardClient waits what Retry-After says, then retries (the model is let go during its wait).
+        from tinyrm.serving.client import RewardClient
+
+        waits: list[tuple[int, float, str]] = []
+
+        def on_retry(attempt: int, wait_s: float, reason: str) -> None:
+            waits.append((attempt, wait_s, reason))
+            stepped.run_free()
+
+        with RewardClient(url, retries=3, on_retry=on_retry) as client:
+            probs = client.compare_batch(triples(pairs("over", 30)))
+        assert probs == pytest.approx(stepped.rm.compare_batch(triples(pairs("over", 30))), abs=1e-5)
+        assert waits[0][1] == float(r.headers["retry-after"]) and "503" in waits[0][2]
+        first.join(timeout=60)
+        assert held["r"].status_code == 200
+        stepped.hold()
+        wait_for(lambda: not batcher.busy and batcher.outstanding_pairs == 0, "work left behind")
+        held.clear()
+        first = threading.Thread(target=lambda: held.update(r=httpx.post(
+            f"{url}/v1/compare_batch", json={"items": pairs("first", 80)}, timeout=60)))
+        first.start()
+        wait_for(lambda: batcher.busy and batcher.outstanding_pairs == 80, "the model was not held again")
         fits = threading.Thread(target=lambda: held.update(fits=httpx.post(
             f"{url}/v1/compare_batch", json={"items": pairs("fits", 20)}, timeout=60)))
         fits.start()  # 80 + 20 is within the bound

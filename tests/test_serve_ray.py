@@ -1,5 +1,8 @@
 """``tinyrm serve --engine ray``: a real server with 2 CPU replicas on a local Ray it starts itself.
 
+The options' checks and the replica class itself (its app, lifespan and health check) are tested
+without Ray first.
+
 One such server (and one single-process ``tinyrm serve`` on the same model and options) serves the
 whole module, since Ray and the replicas take tens of seconds to start here: its answers equal the
 single process's, a replica killed under load is replaced with no more failures than the requests it
@@ -24,9 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from .integration_helpers import save_opinionated_bert
+from tinyrm.serving.app import ServeConfig
+from tinyrm.serving.ray_serve import ReplicaApp
 
-pytest.importorskip("ray.serve")
+from .integration_helpers import save_opinionated_bert
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -55,6 +59,43 @@ pid = lambda name: ray.get(ray.get_actor(name, namespace="serve").__ray_call__.r
 print(json.dumps({name: pid(name) for name in names}))
 ray.shutdown()
 """
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(engine="k8s"), "engine must be one of local, ray"),
+    (dict(engine="ray", replicas=0), "replicas must be >= 1"),
+    (dict(engine="ray", gpus_per_replica=-1), "gpus_per_replica must be >= 0"),
+    (dict(replicas=2), "need engine 'ray'"),
+    (dict(ray_address="10.0.0.1:6379"), "need engine 'ray'"),
+])
+def test_ray_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(**options)
+
+
+def test_the_cli_refuses_replicas_without_the_ray_engine(tiny_bert, capsys):
+    from tinyrm.cli import main
+
+    assert main(["serve", "--model", tiny_bert, "--replicas", "2"]) == 2  # before any model loads
+    assert "need engine 'ray' (--engine ray)" in capsys.readouterr().err
+
+
+def test_a_replica_builds_the_app_around_its_own_model_and_checks_its_batcher(tiny_bert):
+    """What Serve does with the class: construct it (the model path, not the model), call
+    ``__serve_build_asgi_app__``, run the app's lifespan (which starts the batcher), health-check it."""
+    from fastapi.testclient import TestClient
+
+    replica = ReplicaApp(tiny_bert, {"engine": "ray", "replicas": 2, "max_items": 7})
+    assert str(replica.rm.device) == "cpu"  # no GPU asked for: the CPU, whatever the machine has
+    app = replica.__serve_build_asgi_app__()
+    with pytest.raises(RuntimeError, match="batcher is not running"):
+        replica.check_health()  # lifespan not run yet
+    with TestClient(app) as client:
+        replica.check_health()
+        assert client.get("/health").json()["limits"]["max_items"] == 7
+        assert 0 <= client.post("/v1/compare", json={"prompt": "p", "a": "x", "b": "y"}).json()["prob_a"] <= 1
+    with pytest.raises(RuntimeError, match="batcher is not running"):
+        replica.check_health()  # lifespan over: the batcher stopped
 
 
 @dataclass
@@ -109,6 +150,7 @@ def stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
+    pytest.importorskip("ray.serve")  # the ray extra (tinyrm[ray])
     root = tmp_path_factory.mktemp("serve-ray")
     model = save_opinionated_bert(root / "model")
     ray_server = launch(model, root / "ray.log", "--engine", "ray", "--replicas", "2")
@@ -123,7 +165,7 @@ def servers(tmp_path_factory):
 
 
 def ray_address(server: Server) -> str:
-    line = next(line for line in server.log.read_text().splitlines() if "Ray Serve replicas" in line)
+    line = next(line for line in server.log.read_text().splitlines() if "(Ray at " in line)
     return line.split("(Ray at ", 1)[1].split(")", 1)[0]
 
 

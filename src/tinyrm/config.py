@@ -42,6 +42,9 @@ class RewardConfig:
     # How an over-long pair is cut (ends | diff, tinyrm.truncation), the same at scoring as in training.
     truncation: str = DEFAULT_TRUNCATION
     diff_context: int = DEFAULT_DIFF_CONTEXT
+    # ``tinyrm calibrate``: {"method": "temperature", "temperature": T, "n": ..., "data": [...], ...}; every
+    # probability the model gives out is then sigmoid(logit(P) / T) (tinyrm.temperature). None = raw.
+    calibration: dict | None = None
 
     def prefix_for(self, domain: str | None) -> str:
         """The instruction used for a row of ``domain`` (None: no domain)."""
@@ -64,6 +67,8 @@ class RewardConfig:
 
     def save(self, directory: str | Path) -> None:
         payload = {**asdict(self), "tinyrm_version": __version__}
+        if payload["calibration"] is None:  # an uncalibrated folder's tinyrm.json stays as it always was
+            del payload["calibration"]
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -14,7 +14,12 @@ from ..auto import load
 from ..data import PreferencePair, load_pairs
 from ..inference.adaptive import both_orders_value, order_report, orders_from_cli, stats_of
 from ..inference.packed import apply_attention
+from ..progress import progress_bar
+from .heuristics import LENGTH_REFERENCE, length_reference
 from .results import score_pairs, write_predictions, write_results
+
+# Pairs per progress-bar step on CPU: small enough for a bar that moves, large enough to fill batches.
+CHUNK_PAIRS = 256
 
 
 @dataclass
@@ -34,6 +39,7 @@ class EvalConfig:
     precision: str | None = None  # auto | bf16 | fp32 | int8 (None: the engine's default, auto)
     predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
     attention: str | None = None  # auto | packed | padded (tinyrm.inference.packed; None: the engine's default)
+    progress: bool = True  # a progress bar on stderr (pairs, pairs/s), as `tinyrm score` has
 
 
 def accepts_domains(scorer) -> bool:
@@ -44,24 +50,53 @@ def accepts_domains(scorer) -> bool:
         return False
 
 
+def chunk_size(scorer) -> int:
+    """Pairs per :func:`pair_probs` piece: :data:`CHUNK_PAIRS`, or whole pipeline chunks where the engine
+    overlaps tokenisation with its forward passes (GPU), so that pipeline keeps running."""
+    engine = getattr(scorer, "engine", None)
+    try:
+        if engine is not None and engine.overlap_enabled(1 << 62):
+            return 4 * int(engine.config.chunk_pairs)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return CHUNK_PAIRS
+
+
+def pair_probs(scorer, pairs: Sequence[PreferencePair], batch_size: int = 32, both_orders=None,
+               progress: bool = False, desc: str = "eval", domains: Sequence[str | None] | None = None,
+               **extra) -> list[float]:
+    """P(chosen better) per pair from ``scorer.compare_batch``, piece by piece with a progress bar on stderr
+    (pairs and pairs/s, :func:`tinyrm.progress.progress_bar`; ``progress=False``: none). ``domains``: one
+    per pair, passed on per piece; ``extra``: more ``compare_batch`` keywords."""
+    items = [(p.prompt, p.chosen, p.rejected) for p in pairs]
+    size = chunk_size(scorer)
+    probs: list[float] = []
+    with progress_bar(len(items), desc, " pairs", enabled=progress) as bar:
+        for start in range(0, len(items), size):
+            piece = items[start : start + size]
+            more = extra if domains is None else {**extra, "domains": list(domains[start : start + size])}
+            probs += scorer.compare_batch(piece, batch_size=batch_size, both_orders=both_orders, **more)
+            bar.update(len(piece))
+    return probs
+
+
 def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, single_order: bool = False,
                    max_batch_tokens: int | None = None, orders: str | None = None,
-                   order_margin: float | None = None, predictions: str | None = None) -> dict:
+                   order_margin: float | None = None, predictions: str | None = None,
+                   progress: bool = False) -> dict:
     """``orders="auto"`` adds ``orders``, ``order_margin``, ``second_passes`` and ``second_pass_fraction``
     to the results (``tinyrm.inference.adaptive``). ``predictions``: a JSONL file of P(chosen better) per
-    pair (``tinyrm.evaluation.results.write_predictions``)."""
+    pair (``tinyrm.evaluation.results.write_predictions``). ``progress``: a bar on stderr (:func:`pair_probs`)."""
     orders = orders_from_cli(orders, single_order)
     # Only cloze models take a token budget; other objectives' compare_batch may not.
     extra = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
-    if accepts_domains(rm):  # each pair's domain picks its prefix (RewardConfig.domain_prefixes)
-        extra["domains"] = [p.domain for p in pairs]
+    # Each pair's domain picks its prefix (RewardConfig.domain_prefixes).
+    domains = [p.domain for p in pairs] if accepts_domains(rm) else None
     if orders == "auto":
         extra["order_margin"] = order_margin
         before = stats_of(rm)
-    probs = rm.compare_batch(
-        [(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=batch_size,
-        both_orders=both_orders_value(orders), **extra,
-    )
+    probs = pair_probs(rm, pairs, batch_size=batch_size, both_orders=both_orders_value(orders), progress=progress,
+                       domains=domains, **extra)
     results = score_pairs(probs, pairs, rm.name)
     if predictions:
         write_predictions(probs, pairs, predictions)
@@ -75,7 +110,9 @@ def evaluate(config: EvalConfig) -> dict:
     apply_attention(rm, config.attention)
     results = evaluate_pairs(rm, pairs, batch_size=config.batch_size, single_order=config.single_order,
                              max_batch_tokens=config.max_batch_tokens, orders=config.orders,
-                             order_margin=config.order_margin, predictions=config.predictions)
+                             order_margin=config.order_margin, predictions=config.predictions,
+                             progress=config.progress)
+    results[LENGTH_REFERENCE] = length_reference(pairs)  # the length heuristic on the same pairs (--plot)
     if config.output:
         write_results(results, config.output)
     return results

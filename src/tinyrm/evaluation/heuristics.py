@@ -52,6 +52,21 @@ class HeuristicScorer:
         return self.compare_batch([(prompt, a, b)])[0]
 
 
+# The results JSON's field with the length heuristic's accuracy on the same pairs (tinyrm eval writes it;
+# the pictures of tinyrm.evaluation.plots draw it beside the model's).
+LENGTH_REFERENCE = "length_heuristic"
+
+
+def length_reference(pairs: Sequence[PreferencePair]) -> dict:
+    """``{"accuracy", "n", "subsets": {name: {"accuracy", "n"}}, "domains": {...}}`` of the ``length``
+    heuristic on ``pairs``: the reference a model's accuracy per subset is read against."""
+    results = score_pairs(length_probs((p.prompt, p.chosen, p.rejected) for p in pairs), pairs, "baseline:length")
+    slim = {"accuracy": results["accuracy"], "n": results["n"]}
+    for group in ("subsets", "domains"):
+        slim[group] = {name: {"accuracy": row["accuracy"], "n": row["n"]} for name, row in results[group].items()}
+    return slim
+
+
 def heuristic_results(kind: str, pairs: Sequence[PreferencePair], seed: int = 0,
                       predictions: str | None = None) -> dict:
     """The core results dict (accuracy, length_bias, subsets, domains) of a heuristic on ``pairs``;

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..auto import load
 from ..data import DataError, PreferencePair, load_pairs
-from .heuristics import HeuristicScorer
+from .evaluate import pair_probs
+from .heuristics import LENGTH_REFERENCE, HeuristicScorer, length_reference
 from .length_bias import COLUMNS as LENGTH_COLUMNS
 from .length_bias import table_cells
 from .results import score_pairs, write_predictions, write_results
@@ -174,6 +175,7 @@ class RewardBenchConfig:
     seed: int = 0
     max_batch_tokens: int | None = None  # padded tokens per forward pass (models only)
     predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
+    progress: bool = False  # a progress bar on stderr (pairs, pairs/s); `tinyrm eval` turns it on
 
 
 def load_rewardbench_pairs(config: RewardBenchConfig) -> list[PreferencePair]:
@@ -198,9 +200,11 @@ def evaluate_rewardbench(config: RewardBenchConfig) -> dict:
         scorer = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix)
         model_type = f"tinyrm:{getattr(scorer.config, 'objective', 'cloze')}"
         extra = {} if config.max_batch_tokens is None else {"max_batch_tokens": config.max_batch_tokens}
-    probs = scorer.compare_batch([(p.prompt, p.chosen, p.rejected) for p in pairs], batch_size=config.batch_size,
-                                 both_orders=not config.single_order, **extra)
+    probs = pair_probs(scorer, pairs, batch_size=config.batch_size, both_orders=not config.single_order,
+                       progress=config.progress and not config.baseline, **extra)
     results = rewardbench_results(probs, pairs, scorer.name, model_type=model_type)
+    if not config.baseline:
+        results[LENGTH_REFERENCE] = length_reference(pairs)
     if config.predictions:
         write_predictions(probs, pairs, config.predictions)
     if config.output:

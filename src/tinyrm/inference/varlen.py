@@ -140,10 +140,14 @@ def _varlen_attn():
 
 
 @lru_cache(maxsize=1)
-def varlen_window_supported() -> bool:
-    """Whether the installed ``varlen_attn`` takes ``window_size`` (sliding-window layers)."""
+def _varlen_params() -> frozenset[str]:
     fn = _varlen_attn()
-    return fn is not None and "window_size" in inspect.signature(fn).parameters
+    return frozenset() if fn is None else frozenset(inspect.signature(fn).parameters)
+
+
+def varlen_window_supported() -> bool:
+    """Whether the installed ``varlen_attn`` takes ``window_size`` (sliding-window layers; torch 2.13 does)."""
+    return "window_size" in _varlen_params()
 
 
 def flash_varlen_available(device: torch.device | str) -> bool:
@@ -151,12 +155,14 @@ def flash_varlen_available(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and _varlen_attn() is not None
 
 
-def attention_route(q: torch.Tensor, window: int | None, dropout_p: float) -> str:
+def attention_route(q: torch.Tensor, window: int | None, dropout_p: float, scale: float | None = None) -> str:
     """``flash`` where ``varlen_attn`` computes exactly this layer, else ``sdpa``."""
     if dropout_p > 0 or q.dtype not in (torch.float16, torch.bfloat16) or not flash_varlen_available(q.device):
         return "sdpa"  # varlen_attn has no dropout and FlashAttention no fp32
     if window is not None and not varlen_window_supported():
         return "sdpa"
+    if scale is not None and "scale" not in _varlen_params() and abs(scale * q.shape[-1] ** 0.5 - 1) > 1e-6:
+        return "sdpa"  # an older varlen_attn without scale= only does 1 / sqrt(head_dim)
     return "flash"
 
 
@@ -167,11 +173,13 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
     ``window``: keys within ``|i - j| <= window`` only (ModernBERT's local layers). ``route`` forces
     ``flash`` or ``sdpa`` (default: :func:`attention_route`).
     """
-    route = route or attention_route(q, window, dropout_p)
+    route = route or attention_route(q, window, dropout_p, scale)
     if route == "flash":
         extra = {} if window is None else {"window_size": (window, window)}
+        if "scale" in _varlen_params():
+            extra["scale"] = scale
         cu, longest = packed.cu_seqlens, packed.max_seqlen
-        return _varlen_attn()(q, k, v, cu, cu, longest, longest, scale=scale, **extra)
+        return _varlen_attn()(q, k, v, cu, cu, longest, longest, **extra)
     gather, scatter, _ = packed.padded_maps()
     zero = q.new_zeros((1, *q.shape[1:]))
 

@@ -28,6 +28,7 @@ from ..inference.engine import CachingClozeEncoder, InferenceEngine
 from ..inference.precision import apply_precision, check_precision
 from ..model_card import write_card
 from ..prompt import ClozeEncoder, Encoded, get_template, resolve_answer_ids
+from ..temperature import calibrate_output
 from .rank import best_of_n, rank
 
 PairInput = tuple[str, str, str]
@@ -96,6 +97,8 @@ class RewardModel:
         self.answer_ids = resolve_answer_ids(tokenizer, config.answer_tokens)
         self._answer_ids_t = torch.tensor(self.answer_ids, device=self.device)
         self.name = config.base_model or "unknown"
+        # False: every probability is the raw one even where tinyrm.json holds a temperature (tinyrm.temperature).
+        self.calibrated = True
         # Scoring machinery (token-budget batches, bf16, ...); settings in ``self.engine.config``.
         self.engine = InferenceEngine(self)
 
@@ -172,9 +175,12 @@ class RewardModel:
     def compare_batch(
         self, items: Iterable[PairInput], batch_size: int | None = 32, both_orders: bool | str | None = None,
         max_batch_tokens: int | None = None, domains: Sequence[str | None] | None = None,
-        order_margin: float | None = None,
+        order_margin: float | None = None, calibrated: bool | None = None,
     ) -> list[float]:
         """P(a better than b) for each (prompt, a, b); averaged over both orders by default.
+
+        A model calibrated by ``tinyrm calibrate`` returns ``sigmoid(logit(P) / T)`` of that P (the same
+        decisions); ``calibrated=False`` (or ``self.calibrated = False``) returns the raw P.
 
         Both orders of a pair run in the same batch; see ``choice_probs`` for the batch limits.
         ``both_orders="auto"``: the swapped order only for pairs whose first P is within
@@ -188,13 +194,14 @@ class RewardModel:
             domains = list(domains)
             if len(domains) != len(items):
                 raise ValueError(f"got {len(domains)} domains for {len(items)} pairs")
-        return self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                         prefixes=self.config.prefixes_for(domains))
+        probs = self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                          prefixes=self.config.prefixes_for(domains))
+        return calibrate_output(self, probs, calibrated)
 
     def compare(self, prompt: str, a: str, b: str, both_orders: bool | str | None = None,
-                domain: str | None = None, order_margin: float | None = None) -> float:
+                domain: str | None = None, order_margin: float | None = None, calibrated: bool | None = None) -> float:
         return self.compare_batch([(prompt, a, b)], both_orders=both_orders, domains=[domain],
-                                  order_margin=order_margin)[0]
+                                  order_margin=order_margin, calibrated=calibrated)[0]
 
     def scorer(self, loss: str = "pair") -> ClozeScorer:
         """The trainable module around this model's backbone."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..progress import progress_bar
 from .config import ScoreConfig, ScoreResult, check_config, output_format
 from .parts import STATE_FORMAT, PartStore, parts_dir
 from .readers import Plan, plan_chunks, source_signature
@@ -60,10 +60,7 @@ def _check_paths(config: ScoreConfig, plan: Plan) -> None:
 
 
 def _progress(config: ScoreConfig, plan: Plan, initial: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=plan.rows, initial=initial, desc=f"score ({config.engine})", unit=" rows",
-                disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(plan.rows, f"score ({config.engine})", " rows", enabled=config.progress, initial=initial)
 
 
 def score(config: ScoreConfig | None = None, /, **options: Any) -> ScoreResult:

@@ -20,6 +20,7 @@ where Serve was already running, deletes only this application) and Ray with it 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -58,7 +59,9 @@ class ReplicaApp:
             import torch
 
             torch.set_num_threads(self.config.threads)
-        self.rm = load(model)
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for a replica without GPUs, so say CPU: the replica would
+        # otherwise load onto a GPU Ray never gave it. With GPUs, Ray makes its own the only ones visible.
+        self.rm = load(model, device=None if self.config.gpus_per_replica else "cpu")
         self.built: Any = None  # the app (not `self.app`: Serve's wrapper owns that name)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -103,13 +106,9 @@ def _connect(ray: ModuleType, serve: ModuleType, config: ServeConfig) -> RayClus
         ray.init(address=address)
     else:
         ray.init(include_dashboard=False)
-    try:
-        serve.status()  # raises when no Serve instance runs on this cluster
-        serve_running = True
-    except Exception:  # noqa: BLE001 - RayServeException, whose import path is private
-        serve_running = False
+    status = serve.status()  # empty when no Serve instance runs on the cluster (a running one has proxies)
     return RayCluster(ray.get_runtime_context().gcs_address, started_ray=not address,
-                      started_serve=not serve_running)
+                      started_serve=not (status.proxies or status.applications))
 
 
 def _check_resources(ray: ModuleType, config: ServeConfig) -> None:
@@ -138,7 +137,10 @@ def _shutdown(ray: ModuleType, serve: ModuleType, cluster: RayCluster | None) ->
         if cluster.started_serve:
             serve.shutdown()  # the proxies stop, the replicas drain (graceful_shutdown_timeout_s)
         else:
-            serve.delete(APP_NAME)  # a shared Serve instance keeps its other applications
+            try:
+                serve.delete(APP_NAME)  # a shared Serve instance keeps its other applications
+            except Exception:  # noqa: BLE001 - never deployed (a failure before serve.run)
+                pass
     ray.shutdown()  # stops the local Ray this process started; on a cluster only disconnects
 
 
@@ -170,6 +172,7 @@ def serve_on_ray(model: str, config: ServeConfig) -> int:
         if local:
             _check_resources(ray, config)
         level = config.log_level.upper()
+        logging.getLogger("ray.serve").setLevel(level)  # Serve's messages in this process too
         serve.start(http_options={"host": config.host, "port": config.port, "keep_alive_timeout_s": 5},
                     logging_config={"log_level": level})
         try:
@@ -181,8 +184,9 @@ def serve_on_ray(model: str, config: ServeConfig) -> int:
             raise UserError(f"the Ray Serve deployment failed: {_failure(serve, error)}") from error
         if _stopping.is_set():
             raise _Stop()
-        gpus = f", {config.gpus_per_replica:g} GPU each" if config.gpus_per_replica else ""
-        print(f"tinyrm serve: {model} on {config.replicas} Ray Serve replicas{gpus} (Ray at {cluster.address}); "
+        gpus = f", {config.gpus_per_replica:g} GPU each" if config.gpus_per_replica else " on CPU"
+        replicas = f"{config.replicas} Ray Serve replica{'s' if config.replicas > 1 else ''}"
+        print(f"tinyrm serve: {model} on {replicas}{gpus} (Ray at {cluster.address}); "
               f"http://{config.host}:{config.port} (docs at /docs)"
               f"{'; API key required' if config.api_key else ''}", flush=True)
         while not _stopping.wait(3600):  # the signal handler interrupts the wait

@@ -1,0 +1,110 @@
+"""benchmarks/gpu_path.py (the lent-GPU benchmark), on the CPU: its exit status says whether every section
+ran, the host-only row removes the forward pass and nothing else, and its training pairs survive
+``--length-balance``; plus ``tinyrm.inference.budget``, the device-sized token budget it uses."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyrm.inference.budget import CPU_BATCH_TOKENS, MAX_BATCH_TOKENS, activation_bytes_per_token, default_batch_tokens
+from tinyrm.inference.engine import InferenceConfig
+from tinyrm.pairwise.model import RewardModel
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def gpu_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # gpu_path imports speedlib from beside it
+    spec = importlib.util.spec_from_file_location("gpu_path_benchmark", BENCH / "gpu_path.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failed_section_fails_the_run(gpu_path, monkeypatch, tmp_path, capsys):
+    """A section that raises is recorded (JSON ``errors``, with its traceback) and the exit status is 1."""
+    speedlib = sys.modules["speedlib"]
+    monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)  # no timing needed here
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("forced for the test")
+
+    monkeypatch.setattr(speedlib, "random_modernbert", broken)
+    out = tmp_path / "gpu_path.json"
+    assert gpu_path.main(["--smoke", "--output", str(out)]) == 1
+    document = json.loads(out.read_text())
+    failed = {e["what"] for e in document["errors"]}
+    assert {"building smoke", "training setup"} <= failed
+    assert all("forced for the test" in e["error"] and e["traceback"] for e in document["errors"])
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_packed_training_flag_errors_clearly(gpu_path, capsys):
+    speedlib = sys.modules["speedlib"]
+    if speedlib.packed_training_available():
+        assert gpu_path.parse_args(["--train-attention", "packed"]).train_attention == ["packed"]
+        return
+    assert gpu_path.parse_args([]).train_attention == ["padded"]
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_path.parse_args(["--train-attention", "padded", "packed"])
+    assert exit_info.value.code == 2
+    assert "packed training not available in this tinyrm" in capsys.readouterr().err
+
+
+def test_training_pairs_survive_length_balance(gpu_path):
+    speedlib = sys.modules["speedlib"]
+    raw = speedlib.synthetic_pairs(40, 64, spread=0.0, seed=3)
+    pairs = speedlib.alternate_length_cue(raw)
+    assert [len(a) > len(b) for _, a, b in pairs] == [i % 2 == 0 for i in range(40)]  # never a tie
+    for (p0, a0, b0), (p1, a1, b1) in zip(raw, pairs):  # same prompt, same token (word) counts
+        assert p0 == p1 and sorted([len(a0.split()), len(b0.split())]) == sorted([len(a1.split()), len(b1.split())])
+
+
+def test_host_only_removes_the_forward_and_nothing_else(gpu_path, tiny_modernbert):
+    speedlib = sys.modules["speedlib"]
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    rm.engine.config.attention = "packed"
+    rm.engine.config.precision = "bf16"
+    with pytest.raises(ValueError, match="recheck_margin"), speedlib.forward_removed(rm.engine):
+        pass  # bf16 with the guard on: its fp32 re-scoring of near-ties would run the model, so refused
+    rm.engine.config.precision = "fp32"
+    items = [("What is 2 + 2?", "4", "five"), ("Name a colour.", "blue", "a long answer about colours")]
+    prepared = rm.engine.prepared()
+    real = rm.compare_batch(items)
+    calls = []  # the packed forward calls the layers, not the top module: count a linear layer's calls
+    linear = next(m for m in prepared.model.modules() if isinstance(m, torch.nn.Linear))
+    handle = linear.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with speedlib.forward_removed(rm.engine):
+            assert rm.compare_batch(items) == [0.5, 0.5]  # zero logits: P = 0.5, and the pipeline ran
+        assert not calls
+        assert rm.compare_batch(items) == pytest.approx(real) and calls  # the forward is back
+    finally:
+        handle.remove()
+    assert rm.engine.prepared() is prepared
+
+
+def test_default_batch_tokens_is_todays_value_off_cuda(tiny_modernbert):
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    assert default_batch_tokens("cpu", rm.model) == CPU_BATCH_TOKENS == InferenceConfig().max_batch_tokens
+    assert default_batch_tokens(torch.device("cpu")) == CPU_BATCH_TOKENS
+
+
+def test_default_batch_tokens_on_cuda_follows_free_memory(tiny_modernbert):
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    per_token = activation_bytes_per_token(rm.model, 512)
+    assert per_token > 0
+    # free_bytes stands in for torch.cuda.mem_get_info: no GPU is needed to check the arithmetic.
+    mid = default_batch_tokens("cuda", rm.model, free_bytes=4 * per_token * 100_000)
+    assert mid == 100_000 // 4096 * 4096
+    assert default_batch_tokens("cuda", rm.model, free_bytes=per_token) == CPU_BATCH_TOKENS  # never below today's
+    assert default_batch_tokens("cuda", rm.model, free_bytes=10**15) == MAX_BATCH_TOKENS
+    # Longer sequences hold more attention scores per token: a smaller budget from the same memory.
+    assert default_batch_tokens("cuda", rm.model, max_length=8192, free_bytes=4 * per_token * 100_000) < mid
