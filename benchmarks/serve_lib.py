@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,6 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-READY_RAY = "Ray Serve replicas"  # printed by `tinyrm serve --engine ray` once every replica runs
 
 
 def free_port() -> int:
@@ -171,6 +170,16 @@ def warm_up(server: Server, pairs: list[dict], n: int = 4) -> None:
             c.post("/v1/compare", json=p).raise_for_status()
 
 
+def wait_idle(server: Server, answers: int = 1, timeout_s: float = 3600.0) -> None:
+    """Until /health says idle ``answers`` times in a row (behind Ray each answer is one replica's): a call of
+    work whose client gave up still holds the model thread, and must not count against the next phase."""
+    deadline, idle = time.time() + timeout_s, 0
+    while idle < answers and time.time() < deadline:
+        health = server.health()
+        idle = idle + 1 if not health["busy"] and not health["queued"] else 0
+        time.sleep(0.1)
+
+
 def fmt(x: Any, spec: str = ".0f") -> str:
     """A table cell: n/a for None or NaN."""
     return "n/a" if x is None or x != x else format(x, spec)
@@ -190,8 +199,8 @@ def launch(model: str, args: Sequence[str], *, ray: bool = False, startup_timeou
     if ray:  # a local Ray of its own, stopped with the server, whatever the caller's environment names
         env.pop("RAY_ADDRESS", None)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
-        # Its own temp dir: ray.init() with no address joins the cluster that /tmp/ray/ray_current_cluster
-        # names (the last `ray start`, even a dead one) instead of starting one.
+        # Its own temp dir: sessions and logs apart from other Rays here, and no /tmp/ray/ray_current_cluster
+        # (the last `ray start`, even a dead one), which a ray.init() without address="local" would join.
         ray_dir = tempfile.mkdtemp(prefix="trm-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         env["RAY_TMPDIR"] = ray_dir
     # One pipe read by a thread: an unread pipe fills (Ray logs a lot) and would stall the server.
@@ -203,7 +212,8 @@ def launch(model: str, args: Sequence[str], *, ray: bool = False, startup_timeou
         assert process.stdout is not None
         for line in process.stdout:
             log.append(line.rstrip())
-            if READY_RAY in line:
+            # "tinyrm serve: MODEL on ...; http://HOST:PORT ...": under Ray, printed once every replica runs
+            if line.startswith("tinyrm serve:") and "http://" in line:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
@@ -255,20 +265,27 @@ class LoopResult:
 
 class ClosedLoop:
     """``clients`` threads, each sending its next request as soon as the last one was answered or refused,
-    until ``stop_at`` (``time.perf_counter()``) or ``max_requests`` sent in all. Requests in flight at
-    ``stop_at`` are waited for (their latency is the measurement), or with ``abandon`` given up at once:
-    the client disconnects and the server drops what it has not scored yet."""
+    until ``stop_at`` (``time.perf_counter()``; or until ``until()`` is true, when given) or ``max_requests``
+    sent in all. Requests in flight at the end are waited for (their latency is the measurement), or with
+    ``abandon`` given up at ``stop_at``: the client disconnects and the server drops what it has not scored
+    yet. ``keep_first``: each client's first request is sent and waited for whatever the time."""
 
     def __init__(self, url: str, path: str, bodies: Sequence[bytes], pairs_per_request: int, clients: int,
                  stop_at: float, timeout_s: float, abandon: bool = False, max_requests: int | None = None,
-                 server: subprocess.Popen | None = None) -> None:
+                 server: subprocess.Popen | None = None, until: Callable[[], bool] | None = None,
+                 keep_first: bool = False) -> None:
         self.url, self.path, self.bodies, self.n = url, path, bodies, pairs_per_request
         self.clients, self.stop_at, self.timeout_s, self.abandon = clients, stop_at, timeout_s, abandon
+        self.until, self.keep_first = until, keep_first
         self.budget = max_requests
         self.server = server
         self.result = LoopResult()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(clients)]
+
+    @property
+    def done(self) -> bool:
+        return not any(t.is_alive() for t in self.threads)
 
     def start(self) -> ClosedLoop:
         for t in self.threads:
@@ -287,12 +304,19 @@ class ClosedLoop:
             self.budget -= 1
             return self.budget >= 0
 
+    def _running(self, first: bool) -> bool:
+        if first and self.keep_first:
+            return True
+        return not self.until() if self.until is not None else time.perf_counter() < self.stop_at
+
     def _client(self, k: int) -> None:
-        res, i = self.result, k
+        res, i, first = self.result, k, True
         with httpx.Client(base_url=self.url, headers={"content-type": "application/json"}) as c:
-            while time.perf_counter() < self.stop_at and self._take():
+            while self._running(first) and self._take():
                 # With abandon, the read timeout is the time left: at stop_at the connection closes.
-                read = max(0.01, self.stop_at - time.perf_counter()) if self.abandon else self.timeout_s
+                abandon = self.abandon and not (first and self.keep_first)
+                read = max(0.01, self.stop_at - time.perf_counter()) if abandon else self.timeout_s
+                first = False
                 timeout = httpx.Timeout(connect=30, read=read, write=120, pool=30)
                 t0 = time.perf_counter()
                 with self.lock:
@@ -301,7 +325,7 @@ class ClosedLoop:
                     r = c.post(self.path, content=self.bodies[i % len(self.bodies)], timeout=timeout)
                     outcome = str(r.status_code)
                 except httpx.ReadTimeout:
-                    r, outcome = None, "abandoned" if self.abandon else "ReadTimeout"
+                    r, outcome = None, "abandoned" if abandon else "ReadTimeout"
                 except httpx.TransportError as error:
                     r, outcome = None, type(error).__name__
                 dt = time.perf_counter() - t0

@@ -125,13 +125,14 @@ def launch(model: str, log: Path, *extra: str) -> Server:
 
 
 def wait_ready(server: Server, timeout: float = 300) -> None:
-    """Until /health answers 200 (Serve's proxy answers 404 before the app is deployed)."""
+    """Until the command said where it listens and /health answers 200 (Serve's proxy answers 404
+    before the app is deployed)."""
     deadline = time.monotonic() + timeout
     while True:
         assert server.proc.poll() is None, server.tail()
         assert time.monotonic() < deadline, f"server did not start:\n{server.tail()}"
         try:
-            if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
+            if "(docs at /docs)" in server.log.read_text() and httpx.get(f"{server.url}/health", timeout=5).is_success:
                 return
         except httpx.TransportError:
             pass
@@ -233,8 +234,8 @@ def test_health_describes_the_same_model_and_limits(servers):
     local, ray_server = servers
     want, got = (httpx.get(f"{s.url}/health", timeout=30).json() for s in (local, ray_server))
     for field in ("status", "model", "objective", "device", "limits"):
-        assert got[field] == want[field], field
-    assert set(got) == set(want)
+        assert got[field] == want[field], (field, got, want)
+    assert set(got) == set(want), (got, want)
 
 
 @dataclass

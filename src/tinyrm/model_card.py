@@ -4,7 +4,8 @@ A card is built from the saved ``RewardConfig`` alone: base model, objective, in
 (template, instruction prefix, read position, per-domain prefixes; for the classifier, the text
 layout a ``text-classification`` pipeline must be given), training data and steps
 (``extra["data"]``, ``extra["train"]``, ``extra["result"]``), measured accuracy (``extra["eval"]``,
-filled by :func:`record_eval`) and a usage snippet (tinyrm, and plain transformers where the folder
+filled by :func:`record_eval`, with length bias and calibration), the temperature of ``tinyrm calibrate``
+(``calibration``) and a usage snippet (tinyrm, and plain transformers where the folder
 is a standard ``AutoModelForSequenceClassification`` checkpoint).
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 from ._version import __version__
 from .config import RewardConfig
+from .evaluation.calibration import COLUMNS as CALIBRATION_COLUMNS
+from .evaluation.calibration import table_cells as calibration_cells
 from .evaluation.length_bias import COLUMNS as LENGTH_COLUMNS
 from .evaluation.length_bias import table_cells
 
@@ -173,19 +176,44 @@ def _eval_section(config) -> list[str]:
     evals = config.extra.get("eval")
     if not evals:
         return ["## Evaluation", "", "No accuracy recorded (`tinyrm.model_card.record_eval` adds one)."]
-    lines = ["## Evaluation", "", f"| data | accuracy | pairs | {' | '.join(LENGTH_COLUMNS)} |",
-             "| --- | ---: | ---: |" + " ---: |" * len(LENGTH_COLUMNS)]
+    columns = (*LENGTH_COLUMNS, *CALIBRATION_COLUMNS)
+    lines = ["## Evaluation", "", f"| data | accuracy | pairs | {' | '.join(columns)} |",
+             "| --- | ---: | ---: |" + " ---: |" * len(columns)]
     for name, row in evals.items():
         accuracy = row.get("accuracy")
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
-        lines.append(f"| {name} | {shown} | {row.get('n', '-')} | {' | '.join(table_cells(row.get('length_bias')))} |")
+        cells = [*table_cells(row.get("length_bias")), *calibration_cells(row.get("calibration"))]
+        lines.append(f"| {name} | {shown} | {row.get('n', '-')} | {' | '.join(cells)} |")
         if row.get("rewardbench_overall") is not None:
             lines.append(f"| {name} (RewardBench overall) | {row['rewardbench_overall']:.4f} | {row.get('n', '-')} |"
-                         + " - |" * len(LENGTH_COLUMNS))
+                         + " - |" * len(columns))
     if any(row.get("length_bias") for row in evals.values()):
         lines += ["", "Length bias (lengths in characters): accuracy on the pairs whose chosen response is the longer "
                   "/ the shorter one (pairs in brackets), and the share of unequal-length pairs where the model "
                   "prefers the longer response."]
+    if any(row.get("calibration") for row in evals.values()):
+        lines += ["", "Calibration of P(chosen better), each pair counted as (P, 1) and (1 - P, 0): expected "
+                  "calibration error over 10 equal-width bins, Brier score and log loss (0.693 = always 0.5)."]
+        for name, row in evals.items():
+            if row.get("temperature") is not None:
+                lines.append(f"- {name}: probabilities calibrated with temperature {row['temperature']:.4g}")
+    return lines
+
+
+def _calibration_section(config) -> list[str]:
+    block = getattr(config, "calibration", None)
+    if not block:
+        return []
+    what = "P(step correct)" if config.objective in ("process", "outcome") else "P(a better than b)"
+    lines = ["## Calibration", "",
+             f"- method: `{block.get('method', 'temperature')}` scaling (`tinyrm calibrate`): every {what} tinyrm "
+             f"gives out is `sigmoid(logit(P) / T)` with T = {block['temperature']:.6g}; decisions are unchanged",
+             f"- fitted on: {', '.join(f'`{d}`' for d in block.get('data', [])) or 'not recorded'} "
+             f"({block.get('n', '?')} {block.get('unit', 'examples')})"]
+    before, after = block.get("log_loss_before"), block.get("log_loss_after")
+    if before is not None and after is not None:
+        lines.append(f"- log loss on that data: {before:.4f} before, {after:.4f} after")
+    lines.append("- raw probabilities: `calibrated=False` in Python, `--no-calibration` on the CLI")
     return lines
 
 
@@ -241,6 +269,8 @@ def build_card(config, path: str = "PATH") -> str:
         lines.append(f"- saved as: {saved}")
     lines.append(f"- tinyrm version: {__version__}")
     lines += [""] + _input_section(config) + [""] + _training_section(config) + [""] + _eval_section(config)
+    if getattr(config, "calibration", None):
+        lines += [""] + _calibration_section(config)
     lines += [""] + _usage_section(config, path) + [""]
     return "\n".join(lines)
 
@@ -260,6 +290,10 @@ def eval_summary(results: Mapping[str, Any], data: Sequence[str] | None = None) 
         summary["rewardbench_overall"] = results["overall"]
     if results.get("length_bias"):
         summary["length_bias"] = results["length_bias"]
+    if results.get("calibration"):  # the three figures; the bins stay in the results JSON
+        summary["calibration"] = {k: results["calibration"].get(k) for k in ("ece", "brier", "log_loss")}
+    if results.get("temperature") is not None:
+        summary["temperature"] = results["temperature"]
     if data:
         summary["data"] = [str(d) for d in data]
     if results.get("domains"):

@@ -237,20 +237,26 @@ class ClozeEncoder:
         (the published TinyRM format writes ``B + "Answer: "``); untruncated inputs therefore use the
         joint tokenization, exactly what those checkpoints were trained on.
         """
-        mask = self.tokenizer.mask_token
-        clean = {k: v.replace(mask, "") for k, v in values.items()}
-        texts = []
-        for parts in (self.template.first, self.template.second):
-            texts.append("".join(
-                mask if part == "{mask}" else clean.get(part[1:-1], "") if part.startswith("{") else part
-                for part in parts
-            ))
-        encoded = self.tokenizer(texts[0], texts[1], verbose=False)  # over-long: rejected just below
-        ids = list(encoded["input_ids"])
+        ids, types = self._tokenize_joint(*self._joint_texts(values))  # over-long: rejected just below
         if ids.count(self.mask_id) != 1 or len(ids) > self.max_length:
             return None
-        types = encoded.get("token_type_ids") if self._types is not None else None
-        return Encoded(ids, None if types is None else list(types), ids.index(self.mask_id), False)
+        types = types if self._types is not None else None
+        return Encoded(ids, types, ids.index(self.mask_id), False)
+
+    def _joint_texts(self, values: dict[str, str]) -> tuple[str, str]:
+        """The two segments of the whole pair as text (user text spelling the mask token removed)."""
+        mask = self.tokenizer.mask_token
+        clean = {k: v.replace(mask, "") for k, v in values.items()}
+        first, second = ("".join(
+            mask if part == "{mask}" else clean.get(part[1:-1], "") if part.startswith("{") else part
+            for part in parts) for parts in (self.template.first, self.template.second))
+        return first, second
+
+    def _tokenize_joint(self, first: str, second: str) -> tuple[list[int], list[int] | None]:
+        """(input_ids, token_type_ids or None) of the text pair, with the tokenizer's special tokens."""
+        encoded = self.tokenizer(first, second, verbose=False)
+        types = encoded.get("token_type_ids")
+        return list(encoded["input_ids"]), None if types is None else list(types)
 
     def encode(self, prompt: str, a: str, b: str, prefix: str | None = None) -> Encoded:
         """``prefix`` overrides the encoder's instruction for this call (None: ``self.prefix``)."""

@@ -82,10 +82,12 @@ def wants_calibration(model, calibrated: bool | None) -> bool:
 
 
 def model_temperature(model, calibrated: bool | None = None, kind: str = "pair") -> float | None:
-    """The temperature a call applies: None when switched off or none is saved."""
+    """The temperature a call applies: None when switched off, when none is saved, or when it is exactly 1
+    (which changes nothing)."""
     if not wants_calibration(model, calibrated):
         return None
-    return saved_temperature(getattr(model, "config", None), kind)
+    temperature = saved_temperature(getattr(model, "config", None), kind)
+    return None if temperature == 1.0 else temperature
 
 
 def calibrate_output(model, probs: Sequence[float], calibrated: bool | None = None, kind: str = "pair"):

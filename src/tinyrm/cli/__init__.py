@@ -15,12 +15,12 @@ import traceback
 
 from .._version import __version__
 from ..errors import UsageError, UserError
-from . import core, export, extras, score, serve
+from . import calibrate, core, export, extras, score, serve
 from .output import json_output
 
 __all__ = ["USER_ERRORS", "USER_ERROR_EXIT", "UsageError", "build_parser", "main"]
 
-COMMAND_MODULES = [core, serve, extras, export, score]
+COMMAND_MODULES = [core, calibrate, serve, extras, export, score]
 # What a user can fix: printed as one ``tinyrm COMMAND: error: ...`` line, exit code 2, traceback only
 # with -v. ValueError covers DataError (``path:line: reason``) and bad option values; OSError covers
 # missing/unreadable files (the model loaders turn theirs into UserError with a clearer message).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .calibrate import add_calibration_argument
 from .evaluate import cmd_eval
 from .output import make_console
 from .scoring import add_scoring_arguments, scoring_options
@@ -63,6 +64,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="show each pair in both orders, or in one seeded random order")
     p.add_argument("--loss", default=d.loss, choices=["pair", "full-vocab"])
     p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
+    p.add_argument("--attention", default=d.attention, choices=["auto", "packed", "padded"],
+                   help="packed: each micro-batch as one token stream, no padding (varlen attention); auto: packed "
+                        "on CUDA where torch's varlen_attn has a backward, else padded (not saved with the model)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
@@ -80,6 +84,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="cloze: held-out pairs scored during training (metrics.jsonl 'eval' records, model card)")
     p.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
                    help="with --eval-data: every N optimizer steps (0 = at the end only)")
+    p.add_argument("--report-to", nargs="+", default=d.report_to, metavar="NAME",
+                   help="logging integrations of the Hugging Face Trainer: none (default), all, or any of "
+                        "tensorboard, wandb, mlflow, ... (loss, learning rate and --eval-data accuracy; "
+                        "tensorboard: pip install 'tinyrm[tensorboard]', event files under DIR/runs/)")
     p.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
                    help="where tokenised data is cached (default: $TINYRM_DATASETS_CACHE or ~/.cache/tinyrm/datasets)")
     p.add_argument("--no-cache", dest="data_cache", action="store_false",
@@ -122,10 +130,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..auto import load
     from ..inference.adaptive import both_orders_value, order_report, stats_of
     from ..inference.packed import apply_attention
+    from ..temperature import use_calibration
 
     orders, order_margin, precision = scoring_options(args)
     rm = apply_attention(load(args.model, template=args.template, prefix=args.prefix, precision=precision),
                          getattr(args, "attention", None))
+    use_calibration(rm, getattr(args, "calibrated", True))
     before = stats_of(rm) if orders == "auto" else None
     # order_margin only with --orders auto: baselines and routes take no such argument.
     extra = {} if before is None else {"order_margin": order_margin}
@@ -179,6 +189,12 @@ def register(subparsers) -> None:
     p.add_argument("--predictions", default=None, metavar="FILE",
                    help="pairwise: also write one JSON line per pair, in input order: id, subset, domain (where "
                         "the row has them) and prob_chosen, so every figure of the results can be recomputed")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="pairwise: also draw the results (reliability diagram, accuracy per subset with 95%% "
+                        "intervals beside the length heuristic, length bias) into a PNG; `tinyrm report` draws "
+                        "a saved results JSON the same way")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar on stderr (pairs, pairs/s)")
     p.add_argument("--benchmark", default=None, choices=["rewardbench"],
                    help="RewardBench categories (without --data: allenai/reward-bench, split filtered)")
     p.add_argument("--baseline", default=None, choices=["length", "random"], help="heuristic, not a model")
@@ -191,6 +207,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--single-order", action="store_true", help="score one order only (no position-bias removal)")
     add_scoring_arguments(p)
+    add_calibration_argument(p)
     p.add_argument("--skip-bad-rows", action="store_true")
     p.add_argument("--json", action="store_true",
                    help="print the results (as written to --output) as JSON on stdout, and nothing else there")
@@ -206,6 +223,7 @@ def register(subparsers) -> None:
     p.add_argument("--b", required=True)
     p.add_argument("--single-order", action="store_true", help="= --orders one")
     add_scoring_arguments(p)
+    add_calibration_argument(p)
     add_prompt_overrides(p)
     p.set_defaults(handler=cmd_compare)
 

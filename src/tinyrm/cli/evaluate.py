@@ -12,6 +12,8 @@ from .scoring import reject_for, scoring_options
 def cmd_eval(args: argparse.Namespace) -> int:
     orders, order_margin, precision = scoring_options(args)
     args.single_order = orders == "one"  # what the specialised evaluations read
+    if getattr(args, "plot", None) and args.objective in ("process", "outcome"):
+        raise UsageError(f"--plot draws pairwise results, not --objective {args.objective} (use `tinyrm report`)")
     if args.benchmark == "rewardbench":
         reject_for(args, "--benchmark rewardbench")
         return eval_rewardbench(args)
@@ -31,12 +33,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         skip_bad_rows=args.skip_bad_rows, template=args.template, prefix=args.prefix,
                         max_batch_tokens=args.max_batch_tokens, orders=orders, order_margin=order_margin,
                         precision=precision, predictions=getattr(args, "predictions", None),
-                        attention=getattr(args, "attention", None))
+                        attention=getattr(args, "attention", None), progress=getattr(args, "progress", True),
+                        calibrated=getattr(args, "calibrated", True))
     if not args.data:
         raise ValueError("--data FILE... is required (except with --benchmark rewardbench)")
     results = evaluate(config)
     record(args, results)
-    return show_results(results, results_table, args.output, args.json)
+    code = show_results(results, results_table, args.output, args.json)
+    plot(args, results)
+    return code
+
+
+def plot(args: argparse.Namespace, results: dict) -> None:
+    """``--plot FILE.png``: the results' pictures (``tinyrm.evaluation.plots``), as ``tinyrm report`` draws them."""
+    if not getattr(args, "plot", None):
+        return
+    from ..evaluation.plots import plot_results
+
+    report = plot_results(results, args.plot)
+    console = make_console()  # stdout, as the table (stderr under --json)
+    for note in report.notes:
+        console.print(f"--plot: {note}")
+    console.print(f"wrote {report.output}")
 
 
 def record(args: argparse.Namespace, results: dict) -> None:
@@ -63,9 +81,11 @@ def eval_rewardbench(args: argparse.Namespace) -> int:
         template=getattr(args, "template", None), prefix=getattr(args, "prefix", None),
         baseline=getattr(args, "baseline", None), seed=getattr(args, "seed", 0),
         max_batch_tokens=getattr(args, "max_batch_tokens", None), predictions=getattr(args, "predictions", None),
+        progress=getattr(args, "progress", True), calibrated=getattr(args, "calibrated", True),
     )
     results = evaluate_rewardbench(config)
     record(args, results)
+    plot(args, results)
     if getattr(args, "json", False):
         emit_json(results)
         return 0
@@ -93,7 +113,9 @@ def eval_heuristic(args: argparse.Namespace) -> int:
     results = heuristic_results(args.baseline, pairs, seed=args.seed, predictions=getattr(args, "predictions", None))
     if args.output:
         write_results(results, args.output)
-    return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))
+    code = show_results(results, results_table, args.output, bool(getattr(args, "json", False)))
+    plot(args, results)
+    return code
 
 
 def eval_process(args: argparse.Namespace) -> int:
@@ -106,6 +128,7 @@ def eval_process(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, objective=args.objective, context=getattr(args, "context", None),
         aggregate=getattr(args, "aggregate", None) or "min", batch_size=args.batch_size,
         max_length=args.max_length, skip_bad_rows=args.skip_bad_rows, output=args.output,
+        calibrated=getattr(args, "calibrated", True),
     )
     results = evaluate(config)
     return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

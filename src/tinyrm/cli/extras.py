@@ -1,4 +1,4 @@
-"""Workflow subcommands: recipes, sweep, merge, route, sft, flops, plot-compute."""
+"""Workflow subcommands: recipes, sweep, merge, route, sft, flops, plot-compute, report."""
 
 from __future__ import annotations
 
@@ -139,6 +139,27 @@ def cmd_plot_compute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``tinyrm report RESULTS.json --output FILE.png``: what ``tinyrm eval --plot`` draws, from a saved file."""
+    from pathlib import Path
+
+    from ..evaluation.plots import plot_results
+
+    path = Path(args.results)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not a JSON file ({error})") from None
+    try:
+        report = plot_results(results, args.output, title=args.title)
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from None
+    for note in report.notes:
+        console.print(note)
+    console.print(f"wrote {report.output} ({', '.join(report.panels)})")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("recipes", help="list the paper's training recipes")
     p.add_argument("--json", action="store_true", help="the recipes as a JSON list on stdout")
@@ -215,3 +236,10 @@ def register(subparsers) -> None:
                    help="paper: 2N+6NL/H (N without embeddings), comparable with the paper's figure")
     p.add_argument("--labels", nargs="+", default=None)
     p.set_defaults(handler=cmd_plot_compute)
+
+    p = subparsers.add_parser("report",
+                              help="draw a saved results JSON (reliability, accuracy per subset, length bias)")
+    p.add_argument("results", metavar="RESULTS.json", help="what `tinyrm eval --output` wrote")
+    p.add_argument("--output", required=True, metavar="FILE.png")
+    p.add_argument("--title", default=None, help="the picture's title (default: the results' model)")
+    p.set_defaults(handler=cmd_report)

@@ -41,6 +41,9 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
                    help="input rows per resumable piece (a killed run redoes at most one per worker)")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="scoring precision")
     add_attention_argument(p)
+    from .calibrate import add_calibration_argument
+
+    add_calibration_argument(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary (OUT.summary.json) as JSON on stdout")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data import DataError, jsonl_lines, parse_json_line
 from ..errors import UsageError
+from .calibrate import add_calibration_argument
 from .scoring import add_attention_argument
 
 
@@ -67,6 +68,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     rows, skipped = read_rank_rows(args.input, args.skip_bad_rows)
     rm = apply_attention(load(args.model), args.attention)
+    rm.calibrated = getattr(args, "calibrated", True)  # --no-calibration: raw P into the tournaments
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     comparisons = 0
@@ -98,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          graceful_timeout_s=args.graceful_timeout, request_timeout_s=args.request_timeout,
                          max_queued_pairs=args.max_queued_pairs, slice_pairs=args.slice_pairs,
                          engine=args.engine, replicas=args.replicas,
-                         gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address)
+                         gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address,
+                         calibrated=getattr(args, "calibrated", True))
     if config.engine == "ray":  # each replica loads the model itself
         from ..serving.ray_serve import serve_on_ray
 
@@ -126,6 +129,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true",
                    help="print a JSON summary (rows, skipped_rows, comparisons, method, model, output) on stdout")
     add_attention_argument(p)
+    add_calibration_argument(p)
     p.set_defaults(handler=cmd_rank)
 
     from ..serving.app import ServeConfig
@@ -165,6 +169,8 @@ def register(subparsers) -> None:
     p.add_argument("--gpus-per-replica", type=float, default=d.gpus_per_replica, metavar="G",
                    help="--engine ray: GPUs per replica (default 0: CPU replicas)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="--engine ray: an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray started here)")
+                   help="--engine ray: an existing Ray cluster ('auto': the one `ray start` left here; default: "
+                        "$RAY_ADDRESS, else a new local Ray, stopped on exit)")
     add_attention_argument(p)
+    add_calibration_argument(p)
     p.set_defaults(handler=cmd_serve)

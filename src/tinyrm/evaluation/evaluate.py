@@ -15,7 +15,8 @@ from ..data import PreferencePair, load_pairs
 from ..inference.adaptive import both_orders_value, order_report, orders_from_cli, stats_of
 from ..inference.packed import apply_attention
 from ..progress import progress_bar
-from .heuristics import LENGTH_REFERENCE, length_reference
+from ..temperature import model_temperature, use_calibration
+from .heuristics import LENGTH_REFERENCE, HeuristicScorer, length_reference
 from .results import score_pairs, write_predictions, write_results
 
 # Pairs per progress-bar step on CPU: small enough for a bar that moves, large enough to fill batches.
@@ -40,6 +41,7 @@ class EvalConfig:
     predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
     attention: str | None = None  # auto | packed | padded (tinyrm.inference.packed; None: the engine's default)
     progress: bool = True  # a progress bar on stderr (pairs, pairs/s), as `tinyrm score` has
+    calibrated: bool = True  # False: the raw probabilities even where tinyrm.json holds a temperature
 
 
 def accepts_domains(scorer) -> bool:
@@ -69,7 +71,8 @@ def pair_probs(scorer, pairs: Sequence[PreferencePair], batch_size: int = 32, bo
     (pairs and pairs/s, :func:`tinyrm.progress.progress_bar`; ``progress=False``: none). ``domains``: one
     per pair, passed on per piece; ``extra``: more ``compare_batch`` keywords."""
     items = [(p.prompt, p.chosen, p.rejected) for p in pairs]
-    size = chunk_size(scorer)
+    # A heuristic answers at once (and its seeded coin flips must not restart per piece).
+    size = max(len(items), 1) if isinstance(scorer, HeuristicScorer) else chunk_size(scorer)
     probs: list[float] = []
     with progress_bar(len(items), desc, " pairs", enabled=progress) as bar:
         for start in range(0, len(items), size):
@@ -98,6 +101,8 @@ def evaluate_pairs(rm, pairs: Sequence[PreferencePair], batch_size: int = 32, si
     probs = pair_probs(rm, pairs, batch_size=batch_size, both_orders=both_orders_value(orders), progress=progress,
                        domains=domains, **extra)
     results = score_pairs(probs, pairs, rm.name)
+    if (temperature := model_temperature(rm)) is not None:  # the probabilities were calibrated with it
+        results["temperature"] = temperature
     if predictions:
         write_predictions(probs, pairs, predictions)
     return {**results, **order_report(rm, before, order_margin)} if orders == "auto" else results
@@ -108,6 +113,7 @@ def evaluate(config: EvalConfig) -> dict:
     rm = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix,
               precision=config.precision)
     apply_attention(rm, config.attention)
+    use_calibration(rm, config.calibrated)
     results = evaluate_pairs(rm, pairs, batch_size=config.batch_size, single_order=config.single_order,
                              max_batch_tokens=config.max_batch_tokens, orders=config.orders,
                              order_margin=config.order_margin, predictions=config.predictions,

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 from ..auto import load
 from ..data import DataError, PreferencePair, load_pairs
+from ..temperature import model_temperature, use_calibration
+from .calibration import COLUMNS as CALIBRATION_COLUMNS
+from .calibration import table_cells as calibration_cells
 from .evaluate import pair_probs
 from .heuristics import LENGTH_REFERENCE, HeuristicScorer, length_reference
 from .length_bias import COLUMNS as LENGTH_COLUMNS
@@ -138,8 +141,9 @@ def rewardbench_tables(results: dict) -> list:
     summary.add_row(results["model"], _pct(results["overall"]), *(_pct(cats[c]) for c in CATEGORIES),
                     _pct(results["chat_merged"]), _pct(results["overall_paper"]))
 
-    subsets = Table(title="per subset (ties count as wrong; length bias as fractions, lengths in characters)")
-    for column in ("category", "subset", "accuracy", "n", "weight", *LENGTH_COLUMNS):
+    subsets = Table(title="per subset (ties count as wrong; length bias as fractions, lengths in characters; "
+                          "calibration of P(chosen better))")
+    for column in ("category", "subset", "accuracy", "n", "weight", *LENGTH_COLUMNS, *CALIBRATION_COLUMNS):
         subsets.add_column(column, justify="left" if column in ("category", "subset") else "right")
     rows = results["subsets"]
     for category, names in CATEGORIES.items():
@@ -147,14 +151,16 @@ def rewardbench_tables(results: dict) -> list:
             if name in rows:
                 row = rows[name]
                 subsets.add_row(CATEGORY_TITLES[category], name, _pct(row["accuracy"]), str(row["n"]),
-                                str(EXAMPLE_COUNTS[name]), *table_cells(row.get("length_bias")))
+                                str(EXAMPLE_COUNTS[name]), *table_cells(row.get("length_bias")),
+                                *calibration_cells(row.get("calibration")))
             else:
-                subsets.add_row(CATEGORY_TITLES[category], name, "missing", "0", "-", *table_cells(None))
+                subsets.add_row(CATEGORY_TITLES[category], name, "missing", "0", "-", *table_cells(None),
+                                *calibration_cells(None))
     for name in results["other_subsets"]:
         subsets.add_row("other", name, _pct(rows[name]["accuracy"]), str(rows[name]["n"]), "-",
-                        *table_cells(rows[name].get("length_bias")))
+                        *table_cells(rows[name].get("length_bias")), *calibration_cells(rows[name].get("calibration")))
     subsets.add_row("all", "all rows", _pct(results["accuracy"]), str(results["n"]), "-",
-                    *table_cells(results.get("length_bias")))
+                    *table_cells(results.get("length_bias")), *calibration_cells(results.get("calibration")))
     return [summary, subsets]
 
 
@@ -176,6 +182,7 @@ class RewardBenchConfig:
     max_batch_tokens: int | None = None  # padded tokens per forward pass (models only)
     predictions: str | None = None  # JSONL: {"id", "subset", "domain", "prob_chosen"} per pair, in input order
     progress: bool = False  # a progress bar on stderr (pairs, pairs/s); `tinyrm eval` turns it on
+    calibrated: bool = True  # False: the raw probabilities even where tinyrm.json holds a temperature
 
 
 def load_rewardbench_pairs(config: RewardBenchConfig) -> list[PreferencePair]:
@@ -197,12 +204,15 @@ def evaluate_rewardbench(config: RewardBenchConfig) -> dict:
         model_type = "heuristic"
         extra = {}
     else:
-        scorer = load(config.model, max_length=config.max_length, template=config.template, prefix=config.prefix)
+        scorer = use_calibration(load(config.model, max_length=config.max_length, template=config.template,
+                                      prefix=config.prefix), config.calibrated)
         model_type = f"tinyrm:{getattr(scorer.config, 'objective', 'cloze')}"
         extra = {} if config.max_batch_tokens is None else {"max_batch_tokens": config.max_batch_tokens}
     probs = pair_probs(scorer, pairs, batch_size=config.batch_size, both_orders=not config.single_order,
                        progress=config.progress and not config.baseline, **extra)
     results = rewardbench_results(probs, pairs, scorer.name, model_type=model_type)
+    if (temperature := model_temperature(scorer)) is not None:  # the probabilities were calibrated with it
+        results["temperature"] = temperature
     if not config.baseline:
         results[LENGTH_REFERENCE] = length_reference(pairs)
     if config.predictions:

@@ -1,17 +1,21 @@
-"""Batch planning and padded collation for the scoring engine (``inference.engine``).
+"""Batch planning and collation for the scoring engine (``inference.engine``): the host's share of a pass.
 
 ``plan_batches`` groups units (one encoding, or both orders of a pair) under a token budget: padded
 tokens (rows x longest row) for the padded forward, real tokens (``tokens``) for the packed one
-(``inference.packed``), where a batch costs what its sequences hold.
+(``inference.packed``), where a batch costs what its sequences hold. ``host_batches`` plans and builds
+each batch's CPU tensors (padded rows, or a packed stream), pinned where they go to a GPU; the engine
+runs them (``InferenceEngine.run_batches``), the host pipeline builds them ahead (``inference.pipeline``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..prompt import Encoded
+from .varlen import Packed, pack
 
 
 def plan_batches(
@@ -49,6 +53,11 @@ def plan_batches(
     return batches
 
 
+def pair_units(n: int, both) -> list[list[int]]:
+    """The units of ``n`` pairs: both orders of pair i (encodings i and n + i) share a batch, or one order."""
+    return [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
+
+
 def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the batch's longest row (one tensor construction per field)."""
     width = max(len(e.input_ids) for e in encodings)
@@ -63,3 +72,32 @@ def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
         types = [e.token_type_ids + [0] * (width - len(e.token_type_ids)) for e in encodings]
         batch["token_type_ids"] = torch.tensor(types, dtype=torch.long)
     return batch
+
+
+@dataclass
+class HostBatch:
+    """One forward pass built on the host: its rows (indices into the encodings) and their tensors, a packed
+    stream or padded rows (CPU; page-locked when built for a CUDA device)."""
+
+    rows: list[int]
+    packed: Packed | None = None
+    padded: dict[str, torch.Tensor] | None = None
+
+
+def host_batches(encodings: Sequence[Encoded], units: Sequence[Sequence[int]], pad_id: int, packed: bool,
+                 max_rows: int | None, budget: int | None, pin: bool = False) -> Iterator[HostBatch]:
+    """The batches of ``units`` (``plan_batches``: by real tokens when ``packed``, else rows x width), each
+    collated (``pack`` or ``collate``) as it is asked for; ``pin``: in page-locked memory, for non-blocking
+    copies to a GPU. The encodings of a unit always share a batch."""
+    widths = [max(len(encodings[j].input_ids) for j in unit) for unit in units]
+    # Packed, a batch costs its real tokens; padded, rows x its longest row.
+    tokens = [sum(len(encodings[j].input_ids) for j in unit) for unit in units] if packed else None
+    for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows, tokens):
+        rows = [j for u in batch_units for j in units[u]]
+        chosen = [encodings[j] for j in rows]
+        if packed:
+            stream = pack(chosen)
+            yield HostBatch(rows, packed=stream.pin_memory() if pin else stream)
+        else:
+            tensors = collate(chosen, pad_id)
+            yield HostBatch(rows, padded={k: v.pin_memory() for k, v in tensors.items()} if pin else tensors)

@@ -10,7 +10,9 @@ effect on CPU (see ``benchmarks/inference.py``):
 * batches formed after sorting by encoded length under a padded-token budget, so padding is a few
   percent of the work; results come back in input order; both orders of a pair share a batch;
 * tokenisation once per unique text (prompts repeat across pairs, and every text twice for the
-  swapped order), batch-tokenised up front, and on GPU overlapped with the forward passes;
+  swapped order), batch-tokenised up front with the whole-pair encodings, and on GPU built ahead by the
+  host pipeline (``inference.pipeline``: worker threads tokenise, plan, collate or pack into pinned
+  memory; the main thread only copies, runs and reads back once per chunk);
 * with ``attention`` packed (auto: where ``varlen_attn`` runs, i.e. CUDA), no padding at all: the
   batch's sequences in one token stream (``inference.packed``), batches planned by real tokens.
 
@@ -26,24 +28,23 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..backbone import mask_logits, unwrap_peft
-from ..prompt import ClozeEncoder, Encoded
+from ..prompt import Encoded
 from .adaptive import AutoOrder, OrderStats
-from .batches import collate, plan_batches
+from .batches import HostBatch, host_batches, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
 from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
+from .pipeline import run_pipeline
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
-from .varlen import pack
+from .tokens import CachingClozeEncoder, PairInput
 
 logger = logging.getLogger(__name__)
-
-PairInput = tuple[str, str, str]
+__all__ = ["CachingClozeEncoder", "InferenceConfig", "InferenceEngine", "PairInput", "pair_units"]
 
 
 @dataclass
@@ -53,8 +54,9 @@ class InferenceConfig:
     max_batch_tokens: int = 16384  # tokens per forward pass: padded (rows x width), or real ones when packed
     precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32; int8 (CPU): inference.quantize
     compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
-    overlap: str = "auto"  # tokenise the next chunk during compute: auto = on GPU only
+    overlap: str = "auto"  # the host pipeline (inference.pipeline): chunks built ahead in threads; auto = on GPU
     chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
+    host_workers: int = 0  # pipeline threads building chunks ahead; 0 = auto (CUDA: cores / 4, at most 4; else 1)
     cache_size: int = 50_000  # distinct texts kept by the token cache
     # Accuracy guard for bf16: pairs whose bf16 P(a better) is within this margin of 0.5 are
     # re-scored in fp32, so near-ties get the fp32 decision (0 = off; see docs/inference.md).
@@ -75,59 +77,9 @@ class InferenceConfig:
             raise ValueError(f"overlap must be auto, on or off, got {self.overlap!r}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
-
-
-# ----------------------------------------------------------------------------- tokenisation
-class CachingClozeEncoder(ClozeEncoder):
-    """``ClozeEncoder`` that tokenises each distinct text once and can batch-tokenise ahead."""
-
-    def __init__(self, *args, cache_size: int = 50_000, **kwargs) -> None:
-        self._cache: dict[str, list[int]] = {}
-        self.cache_size = cache_size
-        self.hits = self.misses = 0
-        super().__init__(*args, **kwargs)
-
-    def _ids(self, text: str) -> list[int]:
-        cached = self._cache.get(text)
-        if cached is not None:
-            self.hits += 1
-            return cached
-        self.misses += 1
-        ids = super()._ids(text)
-        self._store(text, ids)
-        return ids
-
-    def clear_cache(self) -> None:
-        """Forget every tokenised text (training calls it after each batch it encodes)."""
-        self._cache.clear()
-
-    def _store(self, text: str, ids: list[int]) -> None:
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()  # cheap bound; a rolling window is not worth the bookkeeping
-        self._cache[text] = ids
-
-    def prefetch(self, items: Iterable[PairInput], prefixes: Sequence[str | None] | None = None) -> None:
-        """Tokenise the uncached texts of ``items`` in one batched tokenizer call.
-
-        ``prefixes``: each item's instruction (None: ``self.prefix``), as later given to ``encode``.
-        """
-        items = list(items)
-        rows = prefixes if prefixes is not None else [None] * len(items)
-        todo: dict[str, None] = {}
-        for (prompt, a, b), prefix in zip(items, rows):
-            instruction = self.prefix if prefix is None else prefix
-            values = {"instruction": instruction, "prompt": prompt, "a": a, "b": b}
-            for parts in (self.template.first, self.template.second):
-                for kind, text in self._pieces(parts, values):
-                    if kind != "mask" and text not in self._cache:  # literals vary with carried spaces
-                        todo[text] = None
-        if not todo:
-            return
-        texts = list(todo)
-        # verbose=False: pieces longer than the model are cut by the encoder, not passed on (no length warning).
-        encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        for text, ids in zip(texts, encoded):
-            self._store(text, list(ids))
+        if self.host_workers < 0 or self.chunk_pairs < 1:
+            raise ValueError(f"host_workers must be >= 0 and chunk_pairs >= 1, got {self.host_workers}, "
+                             f"{self.chunk_pairs}")
 
 
 # ----------------------------------------------------------------------------- engine
@@ -227,6 +179,10 @@ class InferenceEngine:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return batch_size, budget
 
+    @property
+    def pad_id(self) -> int:
+        return self.rm.tokenizer.pad_token_id or 0
+
     @torch.inference_mode()
     def run_units(
         self, encodings: Sequence[Encoded], units: Sequence[Sequence[int]],
@@ -234,27 +190,31 @@ class InferenceEngine:
     ) -> list[float]:
         """P(choice 0) for each encoding; the encodings of a unit always share a batch."""
         max_rows, budget = self._limits(batch_size, max_batch_tokens)
-        probs = [0.0] * len(encodings)
         if not encodings:
-            return probs
+            return []
         prepared = self.prepared(dtype)
-        packed = self.uses_packed(prepared)
-        pad_id = self.rm.tokenizer.pad_token_id or 0
-        widths = [max(len(encodings[j].input_ids) for j in unit) for unit in units]
-        # Packed, a batch costs its real tokens; padded, rows x its longest row.
-        tokens = [sum(len(encodings[j].input_ids) for j in unit) for unit in units] if packed else None
+        batches = host_batches(encodings, units, self.pad_id, self.uses_packed(prepared), max_rows, budget)
+        return self.run_batches(prepared, batches, len(encodings))
+
+    @torch.inference_mode()
+    def run_batches(self, prepared: _Prepared, batches: Iterable[HostBatch], n: int) -> list[float]:
+        """P(choice 0) for ``n`` encodings from batches built on the host (``batches.host_batches``): each is
+        copied (non-blocking) and run; the results are read back once, at the end, so that the device is
+        never drained between passes."""
         device = self.rm.device
-        for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows, tokens):
-            idx = [j for u in batch_units for j in units[u]]
-            if packed:
-                logits = prepared.packed(pack([encodings[j] for j in idx]).to(device, non_blocking=True))
+        done: list[tuple[list[int], torch.Tensor]] = []
+        for batch in batches:
+            if batch.packed is not None:
+                logits = prepared.packed(batch.packed.to(device, non_blocking=True))
             else:
-                cpu_batch = collate([encodings[j] for j in idx], pad_id)
-                batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-                logits = prepared.forward(
-                    batch["input_ids"], batch["attention_mask"], batch["mask_positions"], batch.get("token_type_ids"))
-            p0 = torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
-            for j, p in zip(idx, p0):
+                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.padded.items()}
+                logits = prepared.forward(tensors["input_ids"], tensors["attention_mask"], tensors["mask_positions"],
+                                          tensors.get("token_type_ids"))
+            done.append((batch.rows, torch.softmax(logits.float(), dim=-1)[:, 0]))
+        probs = [0.0] * n
+        if done:
+            values = torch.cat([p for _, p in done]).tolist()
+            for j, p in zip((j for rows, _ in done for j in rows), values):
                 probs[j] = p
         return probs
 
@@ -270,7 +230,7 @@ class InferenceEngine:
         instruction is cached apart from the default one."""
         encoder = self.rm.encoder
         if isinstance(encoder, CachingClozeEncoder):
-            encoder.prefetch(items, prefixes)
+            encoder.prefetch(items, prefixes, both=bool(both))
         rows = [None] * len(items) if prefixes is None else prefixes
         out = [encoder.encode(p, a, b, prefix=x) for (p, a, b), x in zip(items, rows)]
         if both:
@@ -280,8 +240,12 @@ class InferenceEngine:
     def _score_chunk(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
         if isinstance(both, AutoOrder):  # the swapped order only for undecided pairs (inference.adaptive)
             return both.score(self, encodings, n, batch_size, budget)
-        units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
-        probs = self.run_units(encodings, units, batch_size, budget)
+        probs = self.run_units(encodings, pair_units(n, both), batch_size, budget)
+        return self.finish_chunk(probs, encodings, n, both, batch_size, budget)
+
+    def finish_chunk(self, probs: list[float], encodings: list[Encoded], n: int, both: bool, batch_size,
+                     budget) -> list[float]:
+        """P(a better) of a chunk's ``n`` pairs from P(choice 0) of its encodings, near-ties rechecked."""
         # In the swapped order choice 0 is b, so P(a better) there is 1 - P(choice 0).
         scores = probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
         self.recheck_ties(scores, encodings, [bool(both)] * n, batch_size, budget)
@@ -306,11 +270,11 @@ class InferenceEngine:
             self.rechecked += len(close)
 
     def _score_chunk_fp32(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
-        units = [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
-        probs = self.run_units(encodings, units, batch_size, budget, dtype=torch.float32)
+        probs = self.run_units(encodings, pair_units(n, both), batch_size, budget, dtype=torch.float32)
         return probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
 
     def overlap_enabled(self, n_items: int) -> bool:
+        """Whether ``compare_batch`` runs the host pipeline: on (auto: on GPU) and more than one chunk."""
         mode = self.config.overlap
         on = mode == "on" or (mode == "auto" and self.rm.device.type == "cuda")
         return on and n_items > self.config.chunk_pairs
@@ -319,7 +283,8 @@ class InferenceEngine:
         self, items: Iterable[PairInput], both: bool | AutoOrder, batch_size: int | None = None,
         max_batch_tokens: int | None = None, prefixes: Sequence[str | None] | None = None,
     ) -> list[float]:
-        """P(a better than b) per item; chunked with tokenisation overlapped when enabled.
+        """P(a better than b) per item; with the host pipeline (``overlap``, ``inference.pipeline``) chunk by
+        chunk, each tokenised, planned and collated ahead in worker threads while the device runs.
 
         ``prefixes``: one instruction per item (None entries: the encoder's default prefix).
         """
@@ -332,19 +297,7 @@ class InferenceEngine:
         if not self.overlap_enabled(len(items)):
             return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
                                      max_batch_tokens)
-        size = self.config.chunk_pairs
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        chunk_prefixes = [None if prefixes is None else prefixes[i : i + size] for i in range(0, len(items), size)]
-        out: list[float] = []
-        # One worker: the Rust tokenizer releases the GIL, so it runs beside the forward passes.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: Future = pool.submit(self._encode_chunk, chunks[0], both, chunk_prefixes[0])
-            for k, chunk in enumerate(chunks):
-                encodings = pending.result()
-                if k + 1 < len(chunks):
-                    pending = pool.submit(self._encode_chunk, chunks[k + 1], both, chunk_prefixes[k + 1])
-                out += self._score_chunk(encodings, len(chunk), both, batch_size, max_batch_tokens)
-        return out
+        return run_pipeline(self, items, both, batch_size, max_batch_tokens, prefixes)
 
 
 def _enable_varlen_attention(model: nn.Module, device: torch.device) -> None:

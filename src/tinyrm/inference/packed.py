@@ -19,12 +19,13 @@ measurement behind that).
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..backbone import encoder_of, head_kind, head_logits, unwrap_peft
-from .varlen import Packed, flash_varlen_available, varlen_attention
+from .varlen import Packed, flash_varlen_available, varlen_attention, varlen_backward_available
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,14 @@ def _rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return rotate(q).to(q.dtype), rotate(k).to(k.dtype)
 
 
+def _checkpointed(layer: nn.Module, step, hidden: torch.Tensor) -> torch.Tensor:
+    """``step(hidden)``: one layer, through the layer's own gradient checkpointing where transformers has it
+    on (``gradient_checkpointing_enable``), as the layer's HF forward would run; else plainly."""
+    if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+        return layer._gradient_checkpointing_func(step, hidden)
+    return step(hidden)
+
+
 def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
     hidden = encoder.embeddings(input_ids=packed.input_ids[None])[0]
     positions = packed.position_ids[None]
@@ -96,7 +105,8 @@ def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
         rope[kind] = cos[0], sin[0]
     half_window = encoder.config.sliding_window  # local_attention // 2 on each side (|i - j| <= it)
     tokens = hidden.shape[0]
-    for layer in encoder.layers:
+
+    def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         attn = layer.attn
         qkv = attn.Wqkv(layer.attn_norm(hidden)).view(tokens, 3, -1, attn.head_dim)
         q, k, v = qkv.unbind(1)
@@ -105,7 +115,10 @@ def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
         out = varlen_attention(q, k, v, packed, scale=attn.head_dim ** -0.5, window=half_window if local else None,
                                dropout_p=_dropout_p(attn, attn.attention_dropout))
         hidden = hidden + attn.out_drop(attn.Wo(out.reshape(tokens, -1)))
-        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+        return hidden + layer.mlp(layer.mlp_norm(hidden))
+
+    for layer in encoder.layers:
+        hidden = _checkpointed(layer, partial(block, layer), hidden)
     return encoder.final_norm(hidden)
 
 
@@ -125,26 +138,34 @@ def _bert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
         kwargs["token_type_ids"] = packed.token_type_ids[None]
     hidden = embeddings(**kwargs)[0]
     tokens = hidden.shape[0]
-    for layer in encoder.encoder.layer:
+
+    def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         sa = layer.attention.self
         size = sa.attention_head_size
         q, k, v = (_heads(proj(hidden), size) for proj in (sa.query, sa.key, sa.value))
         context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
         attended = layer.attention.output(context.reshape(tokens, -1), hidden)
-        hidden = layer.output(layer.intermediate(attended), attended)
+        return layer.output(layer.intermediate(attended), attended)
+
+    for layer in encoder.encoder.layer:
+        hidden = _checkpointed(layer, partial(block, layer), hidden)
     return hidden
 
 
 def _distilbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
     hidden = encoder.embeddings(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None])[0]
     tokens = hidden.shape[0]
-    for layer in encoder.transformer.layer:
+
+    def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         sa = layer.attention
         size = sa.attention_head_size
         q, k, v = (_heads(proj(hidden), size) for proj in (sa.q_lin, sa.k_lin, sa.v_lin))
         context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
         attended = layer.sa_layer_norm(sa.out_lin(context.reshape(tokens, -1)) + hidden)
-        hidden = layer.output_layer_norm(layer.ffn(attended) + attended)
+        return layer.output_layer_norm(layer.ffn(attended) + attended)
+
+    for layer in encoder.transformer.layer:
+        hidden = _checkpointed(layer, partial(block, layer), hidden)
     return hidden
 
 
@@ -179,18 +200,23 @@ def check_attention(attention: str) -> str:
     return attention
 
 
-def use_packed(attention: str, device: torch.device | str, supported: bool, name: str = "model") -> bool:
-    """Whether to score packed: ``packed`` wherever the backbone is supported (else padded, with a
-    warning once), ``auto`` only where ``varlen_attn`` runs (CUDA), ``padded`` never."""
+def use_packed(attention: str, device: torch.device | str, supported: bool, name: str = "model",
+               training: bool = False) -> bool:
+    """Whether to score (``training``: train) packed: ``packed`` wherever the backbone is supported (else
+    padded, with a warning once), ``auto`` only where ``varlen_attn`` runs (CUDA; for training, where it also
+    has a backward: :func:`~tinyrm.inference.varlen.varlen_backward_available`), ``padded`` never."""
     check_attention(attention)
     if attention == "padded":
         return False
     if attention == "packed" and not supported:
         if name not in _warned:
             _warned.add(name)
-            logger.warning("attention='packed': no packed forward for %s; scoring it padded", name)
+            logger.warning("attention='packed': no packed forward for %s; %s it padded", name,
+                           "training" if training else "scoring")
         return False
-    return supported and (attention == "packed" or flash_varlen_available(device))
+    if attention == "packed":
+        return supported
+    return supported and flash_varlen_available(device) and (not training or varlen_backward_available())
 
 
 def apply_attention(model, attention: str | None):

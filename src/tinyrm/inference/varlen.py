@@ -12,12 +12,14 @@ layer and MLP computes real tokens only. Attention must still keep each sequence
   rows are gathered back. Exact: padding is confined to the attention scores, whose padded rows are
   dropped. The linear layers around it still see no padding.
 
-Everything here is differentiable, so a packed training step can reuse it.
+Everything here is differentiable, so a packed training step reuses it (``tinyrm.training.packing``;
+``varlen_attn``'s backward where :func:`varlen_backward_available`, SDPA's elsewhere).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -50,12 +52,39 @@ class Packed:
         """[B] long: each sequence's first token ([CLS]) in the flat stream."""
         return self.cu_seqlens[:-1].long()
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packed:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+    def _map(self, fn) -> Packed:
+        def apply(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
 
-        return Packed(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens), self.max_seqlen,
-                      self.lengths, move(self.mask_index), move(self.token_type_ids), move(self.response_mask))
+        return Packed(apply(self.input_ids), apply(self.position_ids), apply(self.cu_seqlens), self.max_seqlen,
+                      self.lengths, apply(self.mask_index), apply(self.token_type_ids), apply(self.response_mask))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packed:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Packed:
+        """A copy in page-locked host memory (a CUDA host), for ``to(device, non_blocking=True)``."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def inputs(self) -> dict:
+        """The batch as model keyword arguments (what a packed training collator returns; the Trainer moves
+        the tensors): ``input_ids``, ``position_ids``, ``cu_seqlens``, ``max_seqlen`` and ``seq_lengths`` (host
+        values), and where present ``mask_positions`` (in the flat stream), ``token_type_ids``, ``response_mask``."""
+        out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "cu_seqlens": self.cu_seqlens,
+               "max_seqlen": self.max_seqlen, "seq_lengths": list(self.lengths)}
+        for name, value in (("mask_positions", self.mask_index), ("token_type_ids", self.token_type_ids),
+                            ("response_mask", self.response_mask)):
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_inputs(cls, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                    max_seqlen: int, seq_lengths: Sequence[int], mask_positions: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None, response_mask: torch.Tensor | None = None) -> Packed:
+        """The inverse of :meth:`inputs`."""
+        return cls(input_ids, position_ids, cu_seqlens, int(max_seqlen), [int(n) for n in seq_lengths],
+                   mask_positions, token_type_ids, response_mask)
 
     def sequence_ids(self) -> torch.Tensor:
         """[T] long: which sequence each token belongs to."""
@@ -148,6 +177,23 @@ def _varlen_params() -> frozenset[str]:
 def varlen_window_supported() -> bool:
     """Whether the installed ``varlen_attn`` takes ``window_size`` (sliding-window layers; torch 2.13 does)."""
     return "window_size" in _varlen_params()
+
+
+@lru_cache(maxsize=1)
+def varlen_backward_available() -> bool:
+    """Whether the installed ``varlen_attn`` has a backward: autograd registered on its custom op (torch 2.13
+    does; so did the first release with it, 2.10, per its source; checked here rather than assumed)."""
+    fn = _varlen_attn()
+    if fn is None:
+        return False
+    op = getattr(sys.modules.get(fn.__module__), "_varlen_attn", None)
+    if getattr(op, "_backward_fn", None) is not None:  # torch.library.custom_op's register_autograd
+        return True
+    name = getattr(op, "_qualname", None)
+    try:
+        return bool(name) and torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def flash_varlen_available(device: torch.device | str) -> bool:

@@ -22,6 +22,7 @@ from ..arrow import (
     tokenizer_signature,
 )
 from ..data import PreferencePair
+from ..inference.varlen import pack
 from ..prompt import ClozeEncoder, Encoded, prefix_for_domain
 from ..training.config import TrainConfig
 
@@ -184,9 +185,14 @@ def pad_batch(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tens
 
 @dataclass
 class ClozeCollator:
-    pad_id: int
+    """Right-padded rows, or with ``packed`` one packed batch (``Packed.inputs``: the flat token stream,
+    ``cu_seqlens``, positions restarting per sequence, each mask's position in the flat stream); and labels."""
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_batch([f["encoding"] for f in features], self.pad_id)
+    pad_id: int
+    packed: bool = False
+
+    def __call__(self, features: list[dict]) -> dict:
+        encodings = [f["encoding"] for f in features]
+        batch = pack(encodings).inputs() if self.packed else pad_batch(encodings, self.pad_id)
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch

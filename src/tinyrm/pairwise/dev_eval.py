@@ -3,7 +3,9 @@
 The callback scores the dev pairs with the live weights (both orders, as ``tinyrm eval`` does) every
 ``eval_steps`` optimizer steps and at the end, prints one line, and appends an ``{"event": "eval"}``
 record to the run's ``metrics.jsonl``. On real data the dev score of a small model moves by several
-points between checkpoints (docs/training.md), so a curve says more than the last point alone.
+points between checkpoints (docs/training.md), so a curve says more than the last point alone. The
+accuracies also go through the Trainer's log (``eval_accuracy``, ``eval_accuracy/<subset>``), so
+``--report-to tensorboard`` draws that curve (``eval/accuracy``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class DevEvalCallback(TrainerCallback):
         self.rm, self.pairs, self.every = rm, list(pairs), every
         self.metrics_path, self.batch_size = Path(metrics_path), batch_size
         self.last: dict | None = None  # the full results of the latest evaluation
+        self.trainer = None  # set by tinyrm.training.trainer.fit: the log the --report-to integrations read
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
 
     def evaluate(self, step: int, model: torch.nn.Module | None) -> None:
         was_training = model.training if model is not None else False
@@ -42,10 +48,16 @@ class DevEvalCallback(TrainerCallback):
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         print(f"eval at step {step}: accuracy {results['accuracy']:.4f} on {results['n']} dev pairs", flush=True)
+        if self.trainer is not None:
+            self.trainer.log({"eval_accuracy": results["accuracy"],
+                              **{f"eval_accuracy/{name}": value for name, value in record["subsets"].items()}})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         done = state.global_step >= state.max_steps
         if (self.every > 0 and state.global_step % self.every == 0) or done:
             if state.is_world_process_zero:
+                should_log = control.should_log
                 self.evaluate(state.global_step, model)
+                # Logging the dev scores cleared the flag; the Trainer's own log of this step (loss, lr) is to come.
+                control.should_log = should_log
         return control

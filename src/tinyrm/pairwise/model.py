@@ -25,7 +25,9 @@ from ..backbone import (
 from ..config import ADAPTER_DIR, CONFIG_FILE, RewardConfig, check_read, model_class
 from ..inference.adaptive import resolve_both_orders
 from ..inference.engine import CachingClozeEncoder, InferenceEngine
+from ..inference.packed import packed_mask_logits
 from ..inference.precision import apply_precision, check_precision
+from ..inference.varlen import Packed
 from ..model_card import write_card
 from ..prompt import ClozeEncoder, Encoded, get_template, resolve_answer_ids
 from ..temperature import calibrate_output
@@ -50,21 +52,31 @@ class ClozeScorer(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_positions: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         mask_rows: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        seq_lengths: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``mask_rows`` (with flattened ``mask_positions``) reads several masks per row (process rewards)."""
+        """``mask_rows`` (with flattened ``mask_positions``) reads several masks per row (process rewards).
+        With ``cu_seqlens`` the batch is packed (``ClozeCollator(packed=True)``, ``Packed.inputs``): one token
+        stream, ``mask_positions`` in it, and the packed forward runs (``inference.packed``)."""
         backbone = unwrap_peft(self.mlm)
         full_vocab = self.loss_kind == "full-vocab" and labels is not None
-        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
-            mask_positions = torch.zeros_like(mask_positions)
-        logits = mask_logits(
-            backbone, input_ids, attention_mask, mask_positions,
-            token_ids=None if full_vocab else self.answer_ids, token_type_ids=token_type_ids, mask_rows=mask_rows,
-        )
+        token_ids = None if full_vocab else self.answer_ids
+        if cu_seqlens is not None:
+            packed = Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen, seq_lengths, mask_positions,
+                                        token_type_ids)
+            logits = packed_mask_logits(backbone, packed, token_ids, packed.starts if self.read == "cls" else None)
+        else:
+            if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
+                mask_positions = torch.zeros_like(mask_positions)
+            logits = mask_logits(backbone, input_ids, attention_mask, mask_positions, token_ids=token_ids,
+                                 token_type_ids=token_type_ids, mask_rows=mask_rows)
         out: dict[str, torch.Tensor] = {}
         if full_vocab:
             # The paper's objective: cross-entropy over the whole vocabulary at the mask.

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
 from ..model_card import write_card
+from ..temperature import calibrate_output, saved_temperature, wants_calibration
 from .model import RewardModel
 from .rank import best_of_n, rank
 
@@ -110,6 +111,7 @@ class RoutedRewardModel:
         first = next(iter(specialists.values()))
         self.tokenizer = first.tokenizer  # for callers that budget tokens; specialists share a backbone family
         self.device = first.device
+        self.calibrated = True  # False: raw probabilities, the specialists' included (tinyrm.temperature)
 
     def route(self, prompt: str, a: str, b: str) -> str:
         return self.router.predict([route_text(prompt, a, b)])[0]
@@ -118,21 +120,27 @@ class RoutedRewardModel:
         return self.router.predict([route_text(*item) for item in items])
 
     def compare_batch(self, items: Iterable[tuple[str, str, str]], batch_size: int = 32,
-                      both_orders: bool | None = None) -> list[float]:
+                      both_orders: bool | None = None, calibrated: bool | None = None) -> list[float]:
+        """Each item's specialist's P(a better). A bundle calibrated as a whole (``tinyrm calibrate`` on
+        the bundle) scales the specialists' raw P by its own temperature; otherwise each specialist applies
+        its own, if it has one. ``calibrated=False``: raw P throughout."""
         items = list(items)
+        wanted = wants_calibration(self, calibrated)
+        own = saved_temperature(self.config) is not None
         routes = self.route_batch(items)
         probs = [0.0] * len(items)
         for domain, specialist in self.specialists.items():
             idx = [i for i, r in enumerate(routes) if r == domain]
             if idx:
                 scores = specialist.compare_batch([items[i] for i in idx], batch_size=batch_size,
-                                                  both_orders=both_orders)
+                                                  both_orders=both_orders, calibrated=wanted and not own)
                 for i, p in zip(idx, scores):
                     probs[i] = p
-        return probs
+        return calibrate_output(self, probs, wanted)
 
-    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None) -> float:
-        return self.compare_batch([(prompt, a, b)], both_orders=both_orders)[0]
+    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None,
+                calibrated: bool | None = None) -> float:
+        return self.compare_batch([(prompt, a, b)], both_orders=both_orders, calibrated=calibrated)[0]
 
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "knockout", batch_size: int = 32):
         return rank(self, prompt, candidates, method=method, batch_size=batch_size)

@@ -9,9 +9,11 @@ from ..backbone import BackboneConfig, load_mlm, prepare_for_training
 from ..config import RewardConfig, check_read
 from ..data import load_pairs
 from ..defaults import resolve_defaults
+from ..inference.packed import packed_mlm_supported
 from ..model_card import add_eval
 from ..prompt import get_template
-from ..training.config import TrainConfig, TrainResult
+from ..training.config import TrainConfig, TrainResult, recorded_options
+from ..training.packing import packed_training
 from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from .data import ClozeCollator, ClozeDataset, load_training_pairs, pair_group_size
 from .dev_eval import DevEvalCallback
@@ -33,7 +35,7 @@ def build_model(config: TrainConfig) -> RewardModel:
         template=get_template(config.template).to_dict(), prefix=config.prefix,
         answer_tokens=list(config.answer_tokens), max_length=config.max_length, base_model=config.model,
         read=check_read(config.read),
-        extra={"train": {k: v for k, v in asdict(config).items() if k not in ("data",)}},
+        extra={"train": recorded_options(config)},  # not the runtime options (attention)
         domain_prefixes=dict(config.domain_prefixes) if config.domain_prefixes else None,
         truncation=config.truncation, diff_context=config.diff_context,  # rm.encoder tokenises the data too
     )
@@ -55,8 +57,9 @@ def train(config: TrainConfig) -> TrainResult:
         dataset = ClozeDataset(table, rm.encoder, config.order, config.seed, config.domain_prefixes)
     dataset.group_size = pair_group_size(dataset.group_size, config)
     dev = dev_callback(config, rm)
-    outcome = fit(rm.scorer(loss=config.loss), dataset, ClozeCollator(rm.tokenizer.pad_token_id or 0), config,
-                  args, callbacks=[dev] if dev else [])
+    packed = packed_training(config, args.device, packed_mlm_supported(rm.model), rm.name)
+    collator = ClozeCollator(rm.tokenizer.pad_token_id or 0, packed=packed)
+    outcome = fit(rm.scorer(loss=config.loss), dataset, collator, config, args, callbacks=[dev] if dev else [])
     result = make_result(config, outcome, 2 if config.order == "both" else 1, parameters,
                          truncated=dataset.truncated, skipped=table.skipped)
 

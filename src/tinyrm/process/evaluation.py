@@ -1,11 +1,15 @@
-"""Evaluating process and outcome models: step accuracy / AUROC, first-error step, solution verdicts."""
+"""Evaluating process and outcome models: step accuracy / AUROC, first-error step, solution verdicts, and the
+calibration of step and solution probabilities (``calibration`` in ``steps`` and ``solutions``:
+:mod:`tinyrm.evaluation.calibration`, each verdict counted once as (P(correct), correct or not))."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..evaluation.calibration import calibration
 from ..evaluation.results import write_results
+from ..temperature import model_temperature, use_calibration
 from .aggregate import aggregate as combine
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
@@ -24,7 +28,7 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
 
 
 def binary_metrics(scores: Sequence[float], positives: Sequence[bool], threshold: float = 0.5) -> dict:
-    """Accuracy, balanced accuracy and AUROC of P(correct) against labels."""
+    """Accuracy, balanced accuracy, AUROC and calibration of P(correct) against labels."""
     predicted = [s >= threshold for s in scores]
     hits_pos = sum(p and y for p, y in zip(predicted, positives))
     hits_neg = sum((not p) and (not y) for p, y in zip(predicted, positives))
@@ -34,7 +38,7 @@ def binary_metrics(scores: Sequence[float], positives: Sequence[bool], threshold
     return {"n": len(positives), "n_correct": n_pos, "n_incorrect": n_neg,
             "accuracy": (hits_pos + hits_neg) / len(positives) if positives else 0.0,
             "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
-            "auroc": auroc(scores, positives)}
+            "auroc": auroc(scores, positives), "calibration": calibration(scores, [bool(y) for y in positives])}
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ProcessEvalConfig:
     max_length: int | None = None
     skip_bad_rows: bool = False
     output: str | None = None
+    calibrated: bool = True  # False: the raw probabilities even where tinyrm.json holds a temperature
 
 
 def evaluate_steps(rm: ProcessRewardModel, rows: Sequence[ProcessRow], context: str | None = None,
@@ -89,11 +94,14 @@ def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggre
 
 def evaluate(config: ProcessEvalConfig) -> dict:
     rows = load_rows(config.data, skip_bad_rows=config.skip_bad_rows).rows
-    rm = ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length)
+    rm = use_calibration(ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length),
+                         config.calibrated)
     s = rm.spec
     context = resolve_context(s, config.context)
     results: dict = {"model": rm.name, "model_objective": s.objective, "evaluation": config.objective,
                      "context": context, "threshold": config.threshold, "rows": len(rows)}
+    if (temperature := model_temperature(rm, kind="step")) is not None:  # verdicts calibrated with it
+        results["temperature"] = temperature
     if config.objective == "process":
         results.update(evaluate_steps(rm, rows, context, config.threshold, config.batch_size))
     results.update(evaluate_solutions(rm, rows, config.aggregate, context, config.threshold, config.batch_size))
@@ -107,7 +115,9 @@ def results_table(results: dict):
     from rich.table import Table
 
     table = Table(title=f"tinyrm eval --objective {results['evaluation']}: {results['model']} "
-                        f"({results['model_objective']} model, context {results['context']})")
+                        f"({results['model_objective']} model, context {results['context']}"
+                        + (f", calibrated: temperature {results['temperature']:.4g})" if results.get("temperature")
+                           else ")"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
@@ -120,6 +130,7 @@ def results_table(results: dict):
         table.add_row("step accuracy", fmt(st["accuracy"]), f"{st['n']} ({st['n_incorrect']} incorrect)")
         table.add_row("step balanced accuracy", fmt(st["balanced_accuracy"]), str(st["n"]))
         table.add_row("step AUROC", fmt(st["auroc"]), str(st["n"]))
+        _calibration_rows(table, "step", st.get("calibration"), st["n"])
         table.add_row("first-error-step accuracy", fmt(results["first_error_accuracy"]), str(results["first_error_n"]))
         table.add_row("no-error accuracy (correct solutions)", fmt(results["no_error_accuracy"]),
                       str(results["no_error_n"]))
@@ -127,4 +138,11 @@ def results_table(results: dict):
     label = f"solution ({results['aggregate']})"
     table.add_row(f"{label} accuracy", fmt(so["accuracy"]), f"{so['n']} ({so['n_correct']} correct)")
     table.add_row(f"{label} AUROC", fmt(so["auroc"]), str(so["n"]))
+    _calibration_rows(table, label, so.get("calibration"), so["n"])
     return table
+
+
+def _calibration_rows(table, label: str, entry: dict | None, n: int) -> None:
+    for key, name in (("ece", "ECE"), ("brier", "Brier"), ("log_loss", "log loss")):
+        value = (entry or {}).get(key)
+        table.add_row(f"{label} {name}", "-" if value is None else f"{value:.4f}", str(n))

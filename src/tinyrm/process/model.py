@@ -58,22 +58,27 @@ class ProcessRewardModel(RewardModel):
         """Step template, encoder, answer ids, objective and context mode (rebuilt if the config changes)."""
         return process_spec(self)
 
+    # ``calibrated``: with a temperature from ``tinyrm calibrate``, every step probability (and so every
+    # aggregate) is sigmoid(logit(P) / T); False (or ``self.calibrated = False``) gives the raw P.
     def score_many(self, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
-                   batch_size: int = 32) -> list[list[float]]:
+                   batch_size: int = 32, calibrated: bool | None = None) -> list[list[float]]:
         """P(step correct) for every step of every (problem, steps), in one batched run."""
-        return score_many(self, items, context=context, batch_size=batch_size)
+        return score_many(self, items, context=context, batch_size=batch_size, calibrated=calibrated)
 
     def score_steps(self, problem: str, steps: StepsInput, context: str | None = None,
-                    batch_size: int = 32) -> list[float]:
+                    batch_size: int = 32, calibrated: bool | None = None) -> list[float]:
         """P(step correct) per step; ``context`` ``prefix`` or ``full`` (default: the model's)."""
-        return score_steps(self, problem, steps, context=context, batch_size=batch_size)
+        return score_steps(self, problem, steps, context=context, batch_size=batch_size, calibrated=calibrated)
 
     def score_solution(self, problem: str, steps: StepsInput, aggregate: str = "min",
-                       context: str | None = None, threshold: float = 0.5) -> float:
+                       context: str | None = None, threshold: float = 0.5, calibrated: bool | None = None) -> float:
         """One reward: step scores combined by ``tinyrm.process.aggregate.aggregate`` (an ORM's own verdict)."""
-        return score_solution(self, problem, steps, aggregate=aggregate, context=context, threshold=threshold)
+        return score_solution(self, problem, steps, aggregate=aggregate, context=context, threshold=threshold,
+                              calibrated=calibrated)
 
     def rerank(self, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
-               context: str | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
+               context: str | None = None, batch_size: int = 32,
+               calibrated: bool | None = None) -> list[tuple[int, float]]:
         """``[(index, score), ...]`` best first over candidate solutions (step lists or texts)."""
-        return rerank(self, problem, candidates, aggregate=aggregate, context=context, batch_size=batch_size)
+        return rerank(self, problem, candidates, aggregate=aggregate, context=context, batch_size=batch_size,
+                      calibrated=calibrated)

@@ -12,6 +12,7 @@ import torch
 from ..backbone import mask_logits, unwrap_peft
 from ..pairwise.model import RewardModel
 from ..prompt import resolve_answer_ids
+from ..temperature import calibrate_output
 from .aggregate import METHODS
 from .aggregate import aggregate as combine
 from .prompt import (
@@ -76,8 +77,11 @@ def resolve_context(s: ProcessSpec, context: str | None) -> str:
 
 
 @torch.inference_mode()
-def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int = 32) -> list[list[float]]:
-    """P(answer token 0, i.e. correct) at each read mask of each encoding; batched by length."""
+def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int = 32,
+             calibrated: bool | None = None) -> list[list[float]]:
+    """P(answer token 0, i.e. correct) at each read mask of each encoding; batched by length. A process or
+    outcome model calibrated by ``tinyrm calibrate`` gives sigmoid(logit(P) / T) (``tinyrm.temperature``);
+    ``calibrated=False`` (or ``rm.calibrated = False``) the raw P."""
     s = spec(rm)
     if getattr(rm.config, "read", "mask") == "cls" and any(len(e.mask_positions) > 1 for e in encodings):
         raise ValueError("this process model reads its verdict at [CLS], one per sequence: score it with "
@@ -94,7 +98,7 @@ def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int 
         logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
                              token_ids=s.answer_ids, token_type_ids=batch.get("token_type_ids"),
                              mask_rows=batch["mask_rows"])
-        probs = torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
+        probs = calibrate_output(rm, torch.softmax(logits.float(), dim=-1)[:, 0].tolist(), calibrated, kind="step")
         cursor = 0
         for i in idx:
             count = len(encodings[i].mask_positions)
@@ -104,7 +108,7 @@ def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int 
 
 
 def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
-               batch_size: int = 32) -> list[list[float]]:
+               batch_size: int = 32, calibrated: bool | None = None) -> list[list[float]]:
     """P(step correct) for every step of every (problem, steps) item, in one batched run.
 
     On an outcome model, step k's score is the ORM's verdict on the solution cut after step k.
@@ -123,48 +127,52 @@ def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context
         encodings += batch
         owners += [item] * len(batch)
     scores = [[0.0] * len(steps) for steps in solutions]
-    for enc, owner, probs in zip(encodings, owners, verdicts(rm, encodings, batch_size)):
+    for enc, owner, probs in zip(encodings, owners, verdicts(rm, encodings, batch_size, calibrated)):
         for step, p in zip(enc.targets, probs):
             scores[owner][step] = p
     return scores
 
 
-def outcome_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], batch_size: int = 32) -> list[float]:
+def outcome_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], batch_size: int = 32,
+                   calibrated: bool | None = None) -> list[float]:
     """An outcome model's P(solution correct) for each (problem, steps): one mask after the last step."""
     s = spec(rm)
     encodings = []
     for problem, steps in items:
         problem_ids, step_ids = s.encoder.tokenize(problem, _steps(steps) or [""])
         encodings.append(s.encoder.encode_step(problem_ids, step_ids, len(step_ids) - 1))
-    return [p[0] for p in verdicts(rm, encodings, batch_size)]
+    return [p[0] for p in verdicts(rm, encodings, batch_size, calibrated)]
 
 
 def solution_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], aggregate: str = "min",
-                    context: str | None = None, threshold: float = 0.5, batch_size: int = 32) -> list[float]:
+                    context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
+                    calibrated: bool | None = None) -> list[float]:
     """One score per solution: the ORM verdict for outcome models, aggregated step scores otherwise."""
     if aggregate not in METHODS:
         raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
     if spec(rm).objective == "outcome":
-        return outcome_scores(rm, items, batch_size=batch_size)
-    per_step = score_many(rm, items, context=context, batch_size=batch_size)
+        return outcome_scores(rm, items, batch_size=batch_size, calibrated=calibrated)
+    per_step = score_many(rm, items, context=context, batch_size=batch_size, calibrated=calibrated)
     return [combine(scores, aggregate, threshold=threshold) for scores in per_step]
 
 
 def score_steps(rm: RewardModel, problem: str, steps: StepsInput, context: str | None = None,
-                batch_size: int = 32) -> list[float]:
+                batch_size: int = 32, calibrated: bool | None = None) -> list[float]:
     """P(step correct) for each step (a string is split with :func:`tinyrm.process.steps.split`)."""
-    return score_many(rm, [(problem, steps)], context=context, batch_size=batch_size)[0]
+    return score_many(rm, [(problem, steps)], context=context, batch_size=batch_size, calibrated=calibrated)[0]
 
 
 def score_solution(rm: RewardModel, problem: str, steps: StepsInput, aggregate: str = "min",
-                   context: str | None = None, threshold: float = 0.5) -> float:
+                   context: str | None = None, threshold: float = 0.5, calibrated: bool | None = None) -> float:
     """One reward for a solution (see :func:`tinyrm.process.aggregate.aggregate`; ORMs ignore ``aggregate``)."""
-    return solution_scores(rm, [(problem, steps)], aggregate=aggregate, context=context, threshold=threshold)[0]
+    return solution_scores(rm, [(problem, steps)], aggregate=aggregate, context=context, threshold=threshold,
+                           calibrated=calibrated)[0]
 
 
 def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
-           context: str | None = None, threshold: float = 0.5, batch_size: int = 32) -> list[tuple[int, float]]:
+           context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
+           calibrated: bool | None = None) -> list[tuple[int, float]]:
     """``[(index, score), ...]`` best first (ties keep the input order)."""
     scores = solution_scores(rm, [(problem, c) for c in candidates], aggregate=aggregate, context=context,
-                             threshold=threshold, batch_size=batch_size)
+                             threshold=threshold, batch_size=batch_size, calibrated=calibrated)
     return sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))

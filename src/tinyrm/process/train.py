@@ -16,7 +16,8 @@ from ..config import RewardConfig
 from ..data import DataError
 from ..pairwise.model import ClozeScorer
 from ..prompt import DEFAULT_PREFIX
-from ..training.config import TrainConfig, TrainResult
+from ..training.config import TrainConfig, TrainResult, recorded_options
+from ..training.packing import padded_only
 from ..training.trainer import finish, fit, make_result, report_parameters
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
@@ -192,7 +193,7 @@ def build_model(config: TrainConfig) -> ProcessRewardModel:
         objective=config.objective, template=template.to_dict(), prefix=prefix, answer_tokens=list(answers),
         max_length=config.max_length, both_orders=False, base_model=config.model, read=process_read(config),
         extra={"process": {"context": context},
-               "train": {k: v for k, v in asdict(config).items() if k != "data"},
+               "train": recorded_options(config),
                "data": [str(d) for d in config.data]},  # the files, for the model card
     )
     return ProcessRewardModel(model, tokenizer, reward_config, device="cpu")
@@ -225,6 +226,7 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         logger.info("class weights: correct %.4f, incorrect %.4f (%s)", *weights, weighting)
         scorer = WeightedClozeScorer(rm.model, rm.answer_ids, weights, loss=config.loss, read=rm.config.read)
+    padded_only(config, f"the {config.objective} objective")
     outcome = fit(scorer, dataset, ProcessCollator(rm.tokenizer.pad_token_id or 0), config)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
 

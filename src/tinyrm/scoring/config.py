@@ -36,6 +36,7 @@ class ScoreConfig:
     device: str | None = None  # local engine: cpu | cuda[:N] (default: cuda when available)
     retries: int = DEFAULT_RETRIES  # times a chunk that raised (not a bad row) is scored again before the job stops
     progress: bool = True  # a progress bar on stderr (rows, rows/s)
+    calibrated: bool = True  # False: raw probabilities even where tinyrm.json holds a temperature (tinyrm calibrate)
 
 
 @dataclass

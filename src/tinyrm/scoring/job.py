@@ -46,6 +46,8 @@ def describe(config: ScoreConfig, plan: Plan, fmt: str) -> tuple[str, dict[str, 
         "min_prob": config.min_prob, "keep_best": config.keep_best, "method": config.method,
         "skip_bad_rows": config.skip_bad_rows, "precision": config.precision, "format": fmt,
     }
+    if not config.calibrated:  # raw probabilities change the output (a calibrated model's are in its files)
+        job["calibrated"] = False
     text = json.dumps(job, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32], job
 

@@ -26,8 +26,10 @@ def run_local(config: ScoreConfig, plan: Plan, store: PartStore, on_done: Callab
         return
     from ..auto import load
     from ..inference.packed import apply_attention
+    from ..temperature import use_calibration
 
     model = apply_attention(load(config.model, device=config.device, precision=config.precision), config.attention)
+    use_calibration(model, config.calibrated)
     wanted = {c for unit in units for c in unit.chunk_ids(plan.chunk_rows)} - done
     for unit in units:
         for chunk in read_unit(unit, plan.chunk_rows, config.skip_bad_rows, wanted):

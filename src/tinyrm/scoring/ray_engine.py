@@ -65,6 +65,7 @@ class ChunkScorer:
         self.chunk_rows = chunk_rows
         self.kill = kill
         self.model = apply_attention(load(self.config.model, precision=self.config.precision), self.config.attention)
+        self.model.calibrated = self.config.calibrated  # --no-calibration (tinyrm.temperature)
 
     def _maybe_die(self, chunk: int) -> None:
         if not self.kill:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
+from ..temperature import model_temperature
 from .batching import BatchedScorer, MicroBatcher, Unavailable
 from .docs_ui import install as install_docs_ui
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
@@ -83,6 +84,8 @@ class ServeConfig:
     replicas: int = 1  # Ray Serve replicas, one model each
     gpus_per_replica: float = 0  # Ray's num_gpus per replica (0: CPU replicas)
     ray_address: str | None = None  # an existing cluster (None: start a local Ray, or $RAY_ADDRESS)
+    # False (--no-calibration): the model's raw probabilities even where `tinyrm calibrate` saved a temperature.
+    calibrated: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_request_bytes", "max_candidates", "max_items", "max_documents",
@@ -155,6 +158,8 @@ def serves_steps(rm) -> bool:
 def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app around a loaded model (``RewardModel`` or anything with ``compare_batch``)."""
     config = config or ServeConfig()
+    if not config.calibrated:  # every endpoint then gives raw probabilities (tinyrm.temperature)
+        rm.calibrated = False
     batcher = MicroBatcher(rm, config.max_batch_size, config.max_wait_ms, config.forward_batch_size,
                            slice_pairs=config.slice_pairs, max_queued_pairs=config.max_queued_pairs,
                            timeout_s=config.request_timeout_s)
@@ -227,6 +232,8 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             "model": getattr(rm, "name", type(rm).__name__),
             "objective": getattr(getattr(rm, "config", None), "objective", None),
             "device": str(getattr(rm, "device", "cpu")),
+            # the temperature applied to what the service gives out (tinyrm calibrate); null: raw probabilities
+            "temperature": model_temperature(rm, kind="step" if steps_served else "pair"),
             "uptime_s": round(time.time() - started, 3),
             "busy": batcher.busy,
             "queued": batcher.queued,

@@ -13,9 +13,10 @@ the single process, merging across endpoints, rank and rerank included), not Ray
 replica therefore admits many requests at once (``MAX_ONGOING_REQUESTS``; Serve's default of 5 would
 hold the rest in the proxy, where the batcher can neither merge nor shed them).
 
-Ray is started here (a local instance, stopped on exit) unless ``ray_address`` (else ``$RAY_ADDRESS``)
-names a cluster. The command blocks until SIGTERM or SIGINT, then shuts Serve down (or, on a cluster
-where Serve was already running, deletes only this application) and Ray with it when it started Ray.
+Ray is started here (a new local instance, stopped on exit; not a ``ray start`` cluster already on the
+machine, which ``ray_address="auto"`` joins) unless ``ray_address`` (else ``$RAY_ADDRESS``) names a
+cluster. The command blocks until SIGTERM or SIGINT, then shuts Serve down (or, on a cluster where
+Serve was already running, deletes only this application) and Ray with it when it started Ray.
 """
 
 from __future__ import annotations
@@ -93,10 +94,9 @@ def build_app(serve: ModuleType, model: str, config: ServeConfig) -> Any:
 
 @dataclass
 class RayCluster:
-    """Where the app runs: whether this process started Ray and Serve (and so stops them)."""
+    """Where the app runs, and whether this process started Serve there (and so shuts it down)."""
 
     address: str
-    started_ray: bool
     started_serve: bool
 
 
@@ -104,11 +104,10 @@ def _connect(ray: ModuleType, serve: ModuleType, config: ServeConfig) -> RayClus
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
+    else:  # "local": a new Ray owned by this command, never one a `ray start` left on the machine (ask "auto")
+        ray.init(address="local", include_dashboard=False)
     status = serve.status()  # empty when no Serve instance runs on the cluster (a running one has proxies)
-    return RayCluster(ray.get_runtime_context().gcs_address, started_ray=not address,
-                      started_serve=not (status.proxies or status.applications))
+    return RayCluster(ray.get_runtime_context().gcs_address, started_serve=not (status.proxies or status.applications))
 
 
 def _check_resources(ray: ModuleType, config: ServeConfig) -> None:

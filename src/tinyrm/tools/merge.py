@@ -210,6 +210,7 @@ def average_checkpoints(config: AverageConfig) -> RewardModel:
     first = directories[0]
     reward_config = RewardConfig.load(first) if (first / CONFIG_FILE).is_file() else RewardConfig()
     reward_config.adapter = None
+    reward_config.calibration = None  # a temperature fitted to one checkpoint says nothing about the average
     reward_config.extra = {"averaged_from": [str(d) for d in directories], "weights": weights}
     rm = RewardModel(base, tokenizer, reward_config, device="cpu")
     rm.save_pretrained(config.output)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,39 @@ def gradient_accumulation(batch_size: int, micro_batch_size: int, world_size: in
     if steps * per_step != batch_size:
         logger.warning("effective batch %d is not a multiple of %d; using %d", batch_size, per_step, steps * per_step)
     return steps
+
+
+# The function telling whether an integration's package is installed, where its name is not is_<name>_available.
+_AVAILABLE = {"azure_ml": "is_azureml_available", "comet_ml": "is_comet_available", "flyte": "is_flytekit_available"}
+# What to install for the integrations tinyrm ships an extra for.
+_EXTRAS = {"tensorboard": "pip install 'tinyrm[tensorboard]'"}
+
+
+def report_to(value: str | Sequence[str] | None) -> str | list[str]:
+    """``TrainConfig.report_to`` checked for ``TrainingArguments.report_to``: "none", "all", or a list of the
+    integrations the installed transformers knows, each with its package installed (``UsageError`` otherwise,
+    before any data is read). Names may also come comma-separated."""
+    names = [value] if isinstance(value, str) or value is None else list(value)
+    names = [part.strip() for name in names for part in str(name or "none").split(",") if part.strip()]
+    if names in ([], ["none"]):
+        return "none"
+    if names == ["all"]:
+        return "all"
+    from transformers.integrations import integration_utils
+
+    known = list(integration_utils.INTEGRATION_TO_CALLBACK)
+    if "none" in names or "all" in names:
+        raise UsageError("--report-to: none and all stand alone")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"--report-to: unknown integration {', '.join(unknown)}; choose none, all, or from "
+                         f"{', '.join(known)}")
+    for name in names:
+        available = getattr(integration_utils, _AVAILABLE.get(name, f"is_{name}_available"), None)
+        if callable(available) and not available():
+            hint = _EXTRAS.get(name, f"install the {name} package")
+            raise UsageError(f"--report-to {name}: its package is not installed ({hint})")
+    return list(dict.fromkeys(names))
 
 
 def training_arguments(config: TrainConfig, output: Path, accumulation: int):
@@ -56,7 +91,7 @@ def training_arguments(config: TrainConfig, output: Path, accumulation: int):
         save_total_limit=2,
         seed=config.seed,
         data_seed=config.seed,
-        report_to="none",
+        report_to=report_to(config.report_to),
         remove_unused_columns=False,
         label_names=["labels"],
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",

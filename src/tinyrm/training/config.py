@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..prompt import DEFAULT_PREFIX
 from ..truncation import DEFAULT_DIFF_CONTEXT, DEFAULT_TRUNCATION
@@ -52,6 +52,9 @@ class TrainConfig:
     # Held-out pairs scored during training (cloze): every eval_steps optimizer steps (0 = at the end only).
     eval_data: list[str] | None = None
     eval_steps: int = 0
+    # Logging integrations of the HF Trainer (TrainingArguments.report_to): "none", "all", or names such as
+    # "tensorboard" (loss, learning rate, --eval-data accuracy as curves; tinyrm.training.arguments.report_to).
+    report_to: str | list[str] = "none"
     # Tokenised training data (Arrow, tinyrm.arrow): None = $TINYRM_DATASETS_CACHE or ~/.cache/tinyrm/datasets.
     cache_dir: str | None = None
     data_cache: bool = True  # False (--no-cache): tokenise into a temporary folder, removed after the run
@@ -66,6 +69,20 @@ class TrainConfig:
     # of the pairs (tinyrm.data.length_balanced_indices), and every micro-batch holds one of each.
     # On by default: measured better on dev/hhh and held-out splits, 3 seeds (docs/training.md, "Length bias").
     length_balance: bool = True
+    # How a batch reaches the model (tinyrm.training.packing): packed = one token stream with cumulative
+    # lengths, no padding (inference.packed, varlen attention); padded = right-padded rows; auto = packed on
+    # CUDA where torch's varlen_attn has a backward, padded elsewhere. A runtime choice, never saved.
+    attention: str = "auto"
+
+
+# Options of how a run executes, not of what it trains: left out of the record saved in tinyrm.json.
+RUNTIME_OPTIONS = frozenset({"attention", "report_to"})
+
+
+def recorded_options(config: TrainConfig) -> dict:
+    """``config`` as ``tinyrm.json`` records it (``extra.train``): every option but ``data`` (recorded on its
+    own) and the runtime ones (``RUNTIME_OPTIONS``)."""
+    return {k: v for k, v in asdict(config).items() if k != "data" and k not in RUNTIME_OPTIONS}
 
 
 @dataclass

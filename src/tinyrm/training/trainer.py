@@ -135,7 +135,9 @@ def _make_trainer_classes():
             self.path = path
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
+            # The --eval-data scores reach the Trainer's log (for --report-to) but are recorded here by
+            # their callback, as an "eval" record with every subset (pairwise/dev_eval.py).
+            if state.is_world_process_zero and logs and "eval_accuracy" not in logs:
                 record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
                 with self.path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -262,6 +264,10 @@ def fit(model: torch.nn.Module, dataset: Dataset, collator, config: TrainConfig,
     )
     for callback in (HFProgress, PrinterCallback):
         trainer.remove_callback(callback)
+    for callback in callbacks:  # callbacks that log through the Trainer (--report-to) get hold of it
+        attach = getattr(callback, "attach", None)
+        if callable(attach):
+            attach(trainer)
     start = time.perf_counter()
     state = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     seconds = time.perf_counter() - start

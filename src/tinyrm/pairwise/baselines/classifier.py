@@ -185,8 +185,15 @@ class SequenceClassifierScorer(nn.Module):
             raise TypeError(f"no packed forward for {type(unwrap_peft(self.backbone)).__name__}")
         return head(packed_hidden(self.backbone, packed), packed).squeeze(-1).float()
 
-    def forward(self, input_ids, attention_mask, response_mask=None, token_type_ids=None, labels=None) -> dict:
-        pairs = self.rewards(input_ids, attention_mask, response_mask, token_type_ids).view(-1, 2)
+    def forward(self, input_ids, attention_mask=None, response_mask=None, token_type_ids=None, labels=None,
+                position_ids=None, cu_seqlens=None, max_seqlen=None, seq_lengths=None) -> dict:
+        """Rows in (chosen, rejected) pairs; with ``cu_seqlens`` a packed batch (``PairCollator(packed=True)``)."""
+        if cu_seqlens is not None:
+            rewards = self.packed_rewards(Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen,
+                                                             seq_lengths, token_type_ids=token_type_ids))
+        else:
+            rewards = self.rewards(input_ids, attention_mask, response_mask, token_type_ids)
+        pairs = rewards.view(-1, 2)
         out = {"logits": pairs}
         if labels is not None:
             out["loss"] = -F.logsigmoid(pairs[:, 0] - pairs[:, 1]).mean()

@@ -13,6 +13,7 @@ from ...config import RewardConfig
 from ...inference.packed import check_attention, use_packed
 from ...inference.varlen import pack
 from ...model_card import SEQUENCE_CLASSIFICATION
+from ...temperature import calibrate_output
 from .classifier import SequenceClassifierScorer, load_saved_classifier, save_sequence_classifier
 from .encoding import ResponseEncoder, length_batches, pad_responses
 from .token import OBJECTIVES, BaselineScorer, load_head_format, save_head_format
@@ -36,6 +37,7 @@ class BaselineRewardModel:
         self.encoder = ResponseEncoder(tokenizer, config.max_length)
         self.name = config.base_model or "unknown"
         self._attention = "auto"
+        self.calibrated = True  # False: raw probabilities even with a saved temperature (tinyrm.temperature)
 
     @property
     def attention(self) -> str:
@@ -78,9 +80,10 @@ class BaselineRewardModel:
         return self.score_batch([(prompt, response)])[0]
 
     def compare_batch(self, items: Iterable[PairInput], batch_size: int | None = 32, both_orders: bool | None = None,
-                      max_batch_tokens: int | None = None) -> list[float]:
+                      max_batch_tokens: int | None = None, calibrated: bool | None = None) -> list[float]:
         """P(a better than b) = sigmoid(r(a) - r(b)); ``both_orders`` is accepted for interface
-        compatibility and changes nothing: each response is scored on its own."""
+        compatibility and changes nothing: each response is scored on its own. With a saved temperature T
+        (``tinyrm calibrate``): sigmoid(logit(P) / T), unless ``calibrated=False``."""
         items = list(items)
         unique: dict[tuple[str, str], int] = {}
         for prompt, a, b in items:
@@ -89,10 +92,11 @@ class BaselineRewardModel:
         scores = self.score_batch(list(unique), batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         diffs = torch.tensor([scores[unique[(p, a)]] - scores[unique[(p, b)]] for p, a, b in items],
                              dtype=torch.float64)
-        return torch.sigmoid(diffs).tolist()
+        return calibrate_output(self, torch.sigmoid(diffs).tolist(), calibrated)
 
-    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None) -> float:
-        return self.compare_batch([(prompt, a, b)])[0]
+    def compare(self, prompt: str, a: str, b: str, both_orders: bool | None = None,
+                calibrated: bool | None = None) -> float:
+        return self.compare_batch([(prompt, a, b)], calibrated=calibrated)[0]
 
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "knockout",
              batch_size: int = 32) -> list[tuple[int, float]]:

@@ -87,7 +87,13 @@ class BaselineScorer(nn.Module):
         token_logits = self.head(hidden).squeeze(-1).float()
         return packed.segment_sum(token_logits * mask) / packed.segment_sum(mask).clamp(min=1.0)
 
-    def forward(self, input_ids, attention_mask, response_mask, token_type_ids=None, labels=None) -> dict:
+    def forward(self, input_ids, attention_mask=None, response_mask=None, token_type_ids=None, labels=None,
+                position_ids=None, cu_seqlens=None, max_seqlen=None, seq_lengths=None) -> dict:
+        """Rows in (chosen, rejected) pairs; with ``cu_seqlens`` a packed batch (``PairCollator(packed=True)``)."""
+        if cu_seqlens is not None:
+            packed = Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen, seq_lengths,
+                                        token_type_ids=token_type_ids, response_mask=response_mask)
+            return self._packed_forward(packed, labels)
         out: dict[str, torch.Tensor] = {}
         if self.objective == "classifier":
             scores = self.rewards(input_ids, attention_mask, response_mask, token_type_ids)
@@ -106,6 +112,25 @@ class BaselineScorer(nn.Module):
                 targets[0::2] = 1.0
                 per_token = F.binary_cross_entropy_with_logits(token_logits, targets, reduction="none")
                 out["loss"] = ((per_token * mask).sum(1) / counts).mean()
+        out["logits"] = pairs
+        return out
+
+    def _packed_forward(self, packed: Packed, labels) -> dict:
+        """:meth:`forward` of a packed batch: the same scores and losses, summed per sequence, no padding."""
+        out: dict[str, torch.Tensor] = {}
+        if self.objective == "classifier":
+            pairs = self.packed_rewards(packed).view(-1, 2)
+            if labels is not None:
+                out["loss"] = -F.logsigmoid(pairs[:, 0] - pairs[:, 1]).mean()
+        else:
+            token_logits = self.head(packed_hidden(self.backbone, packed)).squeeze(-1).float()
+            mask = packed.response_mask.float()
+            counts = packed.segment_sum(mask).clamp(min=1.0)
+            pairs = (packed.segment_sum(token_logits * mask) / counts).view(-1, 2)
+            if labels is not None:  # sequences alternate chosen / rejected: tokens of even ones are labelled 1
+                targets = (packed.sequence_ids() % 2 == 0).float()
+                per_token = F.binary_cross_entropy_with_logits(token_logits, targets, reduction="none")
+                out["loss"] = (packed.segment_sum(per_token * mask) / counts).mean()
         out["logits"] = pairs
         return out
 

@@ -12,8 +12,10 @@ from ...arrow import PairTable, has_token_types, tokenizer_signature
 from ...backbone import BackboneConfig, load_mlm, prepare_for_training
 from ...config import RewardConfig
 from ...data import PreferencePair
+from ...inference.varlen import pack
 from ...model_card import SEQUENCE_CLASSIFICATION
-from ...training.config import TrainConfig, TrainResult
+from ...training.config import TrainConfig, TrainResult, recorded_options
+from ...training.packing import packed_training
 from ...training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from ..data import EncodedRows, load_training_pairs, pair_group_size
 from .classifier import (
@@ -80,11 +82,14 @@ class PairDataset(EncodedRows):
 
 @dataclass
 class PairCollator:
-    pad_id: int
+    """Right-padded rows, or with ``packed`` one packed batch (``Packed.inputs``); chosen, rejected, ..."""
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    pad_id: int
+    packed: bool = False
+
+    def __call__(self, features: list[dict]) -> dict:
         rows = [enc for f in features for enc in (f["chosen"], f["rejected"])]  # chosen, rejected, ...
-        batch = pad_responses(rows, self.pad_id)
+        batch = pack(rows).inputs() if self.packed else pad_responses(rows, self.pad_id)
         batch["labels"] = torch.zeros(len(features), dtype=torch.long)
         return batch
 
@@ -123,7 +128,7 @@ def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifi
         scorer = BaselineScorer(prepare_for_training(mlm, backbone_config), config.objective, config.pooling)
         freeze_unused(scorer)
         extra["format"] = LEGACY_FORMAT
-    extra["train"] = {k: v for k, v in asdict(config).items() if k != "data"}
+    extra["train"] = recorded_options(config)  # not the runtime options (attention)
     extra["data"] = [str(d) for d in config.data]
     reward_config = RewardConfig(
         objective=config.objective, max_length=config.max_length, base_model=config.model, both_orders=False,
@@ -147,7 +152,8 @@ def train(config: TrainConfig) -> TrainResult:
     with args.main_process_first(desc="tokenising"):
         dataset = PairDataset(table, ResponseEncoder(tokenizer, config.max_length))
     dataset.group_size = pair_group_size(dataset.group_size, config)
-    outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0), config, args)
+    packed = packed_training(config, args.device, scorer.packable, config.model)
+    outcome = fit(scorer, dataset, PairCollator(tokenizer.pad_token_id or 0, packed=packed), config, args)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=table.skipped)
 
     def save(module: BaselineScorer | SequenceClassifierScorer) -> None:

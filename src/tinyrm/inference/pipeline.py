@@ -1,0 +1,82 @@
+"""The host pipeline of ``compare_batch``: the host builds batches ahead so that the device never waits on it.
+
+On with ``InferenceConfig.overlap`` = ``on`` (``auto``: on a CUDA device) and more pairs than one chunk.
+The pairs are cut into chunks of ``chunk_pairs``, the same chunks as before, so the same batches and the
+same results, in input order. Worker threads (``host_workers``; auto: a quarter of the cores, at most 4,
+on a CUDA host, else 1) each take a chunk and do all of its host work: tokenise it ahead
+(``CachingClozeEncoder.prefetch``: batched calls in which the Rust tokenizer releases the GIL and uses its
+own threads), encode both orders, plan the batches and collate or pack each one
+(``batches.host_batches``), into page-locked memory on a CUDA host. The calling thread only copies each
+batch to the device without blocking, runs the forward pass, and reads the chunk's results back once
+(``InferenceEngine.run_batches``). Up to ``host_workers + 1`` chunks are built ahead of the one running.
+
+Adaptive order (``both_orders="auto"``) needs the first order's results to choose the second: its workers
+encode ahead, and the calling thread plans and runs each chunk as the serial path does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .adaptive import AutoOrder
+from .batches import host_batches, pair_units
+
+MAX_AUTO_WORKERS = 4
+
+
+def host_workers(configured: int, device: torch.device | str) -> int:
+    """Threads building chunks: ``configured``, or (0) a quarter of the CPU cores, at most 4, on CUDA; 1 else."""
+    if configured > 0:
+        return configured
+    if torch.device(device).type != "cuda":
+        return 1
+    return max(1, min(MAX_AUTO_WORKERS, (os.cpu_count() or 4) // 4))
+
+
+def run_pipeline(engine, items: Sequence, both, batch_size: int | None, max_batch_tokens: int | None,
+                 prefixes: Sequence | None = None) -> list[float]:
+    """P(a better than b) for ``items``, chunk by chunk, each chunk's host work done ahead in worker threads
+    (``engine``: an ``InferenceEngine``)."""
+    size = engine.config.chunk_pairs
+    starts = list(range(0, len(items), size))
+    max_rows, budget = engine._limits(batch_size, max_batch_tokens)
+    prepared = engine.prepared()  # on this thread: the private copy is built (or found) once, before the workers
+    packed = engine.uses_packed(prepared)
+    pin = engine.rm.device.type == "cuda"
+    adaptive = isinstance(both, AutoOrder)
+    # The tokenizer's truncation / padding state is settled here: worker calls then only read it.
+    engine.rm.tokenizer("a", "b", verbose=False)
+
+    def build(start: int):
+        chunk = items[start : start + size]
+        encodings = engine._encode_chunk(chunk, both, None if prefixes is None else prefixes[start : start + size])
+        if adaptive:
+            return len(chunk), encodings, None
+        units = pair_units(len(chunk), both)
+        return len(chunk), encodings, list(host_batches(encodings, units, engine.pad_id, packed, max_rows, budget, pin))
+
+    out: list[float] = []
+    workers = host_workers(engine.config.host_workers, engine.rm.device)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinyrm-host") as pool:
+        pending = deque(pool.submit(build, start) for start in starts[: workers + 1])
+        later = iter(starts[workers + 1 :])
+        try:
+            while pending:
+                n, encodings, batches = pending.popleft().result()
+                start = next(later, None)
+                if start is not None:
+                    pending.append(pool.submit(build, start))
+                if batches is None:
+                    out += engine._score_chunk(encodings, n, both, batch_size, max_batch_tokens)
+                else:
+                    probs = engine.run_batches(prepared, batches, len(encodings))
+                    out += engine.finish_chunk(probs, encodings, n, both, batch_size, max_batch_tokens)
+        finally:
+            for future in pending:  # an error: no more chunks built for nothing
+                future.cancel()
+    return out
