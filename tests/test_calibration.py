@@ -27,6 +27,16 @@ from tinyrm.temperature import scale
 from tinyrm.tools.synthetic import generate, write_jsonl
 
 SMALL_T = 1e-3
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+
+
+def run_benchmark(argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibration_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 # ------------------------------------------------------------------ the reference, from the text
@@ -276,6 +286,19 @@ def test_calibrate_in_place_and_its_errors(cloze_dir, data, tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
 
 
+def test_the_benchmark_reports_before_and_after_from_one_scoring_pass(cloze_dir, data, tmp_path):
+    out = tmp_path / "bench.json"
+    assert run_benchmark(["--model", str(cloze_dir), "--dev", str(data["dev"]), "--test", str(data["test"]),
+                          "--precision", "fp32", "--output", str(out)]) == 0
+    bench = json.loads(out.read_text())
+    before, after = bench["before"], bench["after"]
+    assert before["accuracy"] == after["accuracy"] and before["n"] == 24
+    rm = cpu(cloze_dir)
+    raw = rm.compare_batch(items_of(data["test"]))
+    assert before["log_loss"] == pytest.approx(pair_calibration(raw)["log_loss"], abs=1e-9)
+    assert after["ece"] == pytest.approx(pair_calibration(scale(raw, bench["temperature"]))["ece"], abs=1e-6)
+
+
 def test_no_temperature_and_a_temperature_of_one_change_nothing(cloze_dir, data, tmp_path):
     assert "calibration" not in json.loads((cloze_dir / "tinyrm.json").read_text())
     one = with_temperature(cloze_dir, tmp_path / "one", 1.0)
@@ -458,6 +481,16 @@ def test_process_models_calibrate_step_probabilities(tiny_bert, tmp_path, capsys
     points = [(p, int(label)) for r, s in zip(loaded, scored) for p, label in zip(s, r.labels) if label is not None]
     assert_block(results["steps"]["calibration"], reference_block(points, [p if o else 1 - p for p, o in points]))
     assert results["temperature"] == 0.5 and "calibration" in results["solutions"]
+    # benchmarks/calibration.py: fit on one file, measure on another, one scoring pass; decisions unchanged.
+    assert run_benchmark(["--model", str(out), "--dev", str(rows), "--test", str(rows), "--output",
+                          str(tmp_path / "bench.json")]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["temperature"] == report["temperature"] and bench["questions"] == 2
+    before, after = bench["before"], bench["after"]
+    assert before["steps"]["auroc"] == after["steps"]["auroc"]
+    assert before["first_error_accuracy"] == after["first_error_accuracy"]
+    assert before["solutions_min"]["auroc"] == after["solutions_min"]["auroc"]
+    assert after["steps"]["calibration"]["log_loss"] <= before["steps"]["calibration"]["log_loss"] + 1e-12
 
 
 def test_pairwise_temperature_is_not_used_for_zero_shot_steps(cal_dir):

@@ -327,3 +327,44 @@ def test_cli_attention_flag() -> None:
     assert train_config_from_args(args).attention == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--data", "x.jsonl", "--output", "o", "--attention", "flash"])
+
+
+# ----------------------------------------------------------------------------- on a GPU
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn runs on CUDA only")
+@pytest.mark.parametrize("mode", ["full", "dora"])
+def test_cuda_varlen_backward_matches_sdpa(backbones, monkeypatch, mode: str) -> None:
+    """On the device: the packed step through varlen_attn's forward and backward (global and windowed
+    layers, bf16 autocast) against the same packed step through the exact SDPA route, and the padded step."""
+    import tinyrm.inference.varlen as varlen
+
+    if not (varlen.flash_varlen_available("cuda") and varlen_backward_available()):
+        pytest.skip("this torch's varlen_attn has no backward: training runs padded under auto")
+    scorer, tokenizer = _cloze_scorer(backbones["modernbert"], mode)
+    scorer.cuda()
+    features = _cloze_features(tokenizer, _items(8))
+    collate = _cloze_collate(tokenizer)
+    routes: list[str] = []
+    chooser = varlen.attention_route
+
+    def spy(*args, **kwargs):
+        routes.append(chooser(*args, **kwargs))
+        return routes[-1]
+
+    def run(packed: bool, route: str | None = None):
+        monkeypatch.setattr(varlen, "attention_route", (lambda *a, **k: route) if route else spy)
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in collate(features, packed).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return _step(scorer, batch)
+
+    flash_loss, flash = run(True)
+    windowed = varlen.varlen_window_supported()
+    assert "flash" in routes and (windowed or "sdpa" in routes)  # local layers: sdpa where no window_size
+    sdpa_loss, sdpa = run(True, "sdpa")
+    padded_loss, _ = run(False)
+    assert flash_loss == pytest.approx(sdpa_loss, abs=2e-2) and flash_loss == pytest.approx(padded_loss, abs=2e-2)
+    for name, grad in sdpa.items():
+        if grad is None:
+            assert flash[name] is None, name
+            continue
+        error = (flash[name].float() - grad.float()).norm() / grad.float().norm().clamp(min=1e-6)
+        assert error < 5e-2, (name, float(error))
