@@ -20,19 +20,11 @@ from tinyrm.inference.engine import InferenceConfig
 from tinyrm.inference.packed import apply_attention, packed_family, packed_mask_logits, use_packed
 from tinyrm.inference.varlen import pack
 from tinyrm.pairwise.model import RewardModel
-from tinyrm.tools.synthetic import generate
+
+from .packed_helpers import baseline_scorer, mixed_items
 
 TOL = 1e-4
 WINDOW = 16  # local_attention of the windowed ModernBERT: |i - j| <= 8 in its local layers
-
-
-def _items(n: int = 14, seed: int = 5) -> list[tuple[str, str, str]]:
-    """Pairs from a few tokens to ~150: many times the local window, and very mixed."""
-    out = []
-    for k, pair in enumerate(generate(n, seed=seed)):
-        pad = " and more detail" * ((k * 3) % 11)
-        out.append((pair.prompt + pad, pair.chosen + pad[: 16 * (k % 4)], pair.rejected))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +97,7 @@ def test_plan_batches_by_real_tokens() -> None:
 @pytest.mark.parametrize("both_orders", [True, False])
 def test_packed_equals_padded(packable_model: str, both_orders: bool) -> None:
     rm = RewardModel.from_pretrained(packable_model, device="cpu", precision="fp32")
-    items = _items()
+    items = mixed_items(14)
     lengths = [len(rm.encode(*item).input_ids) for item in items]
     assert max(lengths) > 4 * WINDOW and min(lengths) < WINDOW * 3  # beyond the local window, and mixed
     padded, packed = _both_ways(rm, items, both_orders=both_orders, max_batch_tokens=1500)
@@ -116,7 +108,7 @@ def test_packed_equals_padded(packable_model: str, both_orders: bool) -> None:
 def test_packed_equals_padded_truncated(windowed_modernbert: str, truncation: str, read: str) -> None:
     rm = RewardModel.from_pretrained(windowed_modernbert, device="cpu", precision="fp32", max_length=72,
                                      truncation=truncation, read=read)
-    items = _items(10, seed=2)
+    items = mixed_items(10, seed=2)
     assert any(rm.encode(*item).truncated for item in items)
     padded, packed = _both_ways(rm, items, batch_size=6)
     assert packed == pytest.approx(padded, abs=TOL)
@@ -125,7 +117,7 @@ def test_packed_equals_padded_truncated(windowed_modernbert: str, truncation: st
 def test_packed_mask_logits_directly(windowed_modernbert: str) -> None:
     """Each sequence alone, unpadded, through the HF forward: the packed batch gives the same logits."""
     rm = RewardModel.from_pretrained(windowed_modernbert, device="cpu")
-    encodings = [rm.encode(*item) for item in _items(6)]
+    encodings = [rm.encode(*item) for item in mixed_items(6)]
     with torch.no_grad():
         packed = packed_mask_logits(rm.model, pack(encodings))
         for row, e in zip(packed, encodings):
@@ -148,7 +140,7 @@ def _dora_model(path: str) -> tuple[RewardModel, torch.nn.Module]:
 def test_dora_packed_equals_padded(packable_model: str) -> None:
     rm, _ = _dora_model(packable_model)
     rm.engine.config.precision = "fp32"
-    padded, packed = _both_ways(rm, _items(8))  # the engine's merged copy
+    padded, packed = _both_ways(rm, mixed_items(8))  # the engine's merged copy
     assert packed == pytest.approx(padded, abs=TOL)
 
 
@@ -159,7 +151,7 @@ def test_packed_forward_is_differentiable_under_peft(tiny_bert: str) -> None:
     for module in peft.modules():  # no dropout: the two forwards must see the same function
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    encodings = [rm.encode(*item) for item in _items(5)]
+    encodings = [rm.encode(*item) for item in mixed_items(5)]
     batch = collate(encodings, rm.tokenizer.pad_token_id or 0)
     answer = torch.tensor(rm.answer_ids)
     grads = []
@@ -179,33 +171,9 @@ def test_packed_forward_is_differentiable_under_peft(tiny_bert: str) -> None:
 
 # ----------------------------------------------------------------------------- baselines
 def _baseline(kind: str, objective: str, pooling: str, tokenizer_path: str):
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        BertForMaskedLM,
-        BertForSequenceClassification,
-        ModernBertConfig,
-        ModernBertForSequenceClassification,
-    )
-
-    from tinyrm.pairwise.baselines.classifier import SequenceClassifierScorer
     from tinyrm.pairwise.baselines.model import BaselineRewardModel
-    from tinyrm.pairwise.baselines.token import BaselineScorer
 
-    torch.manual_seed(4)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=2, pad_token_id=tokenizer.pad_token_id, num_labels=1)
-    if kind == "modernbert":
-        model = ModernBertForSequenceClassification(ModernBertConfig(
-            **common, local_attention=WINDOW, global_attn_every_n_layers=2, classifier_pooling=pooling,
-            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id))
-        scorer = SequenceClassifierScorer(model, pooling)
-    elif objective == "classifier" and pooling == "cls":
-        scorer = SequenceClassifierScorer(BertForSequenceClassification(BertConfig(**common)), pooling)
-    else:  # tinyrm's own head on a masked LM (mean pooling on BERT, the token objective)
-        scorer = BaselineScorer(BertForMaskedLM(BertConfig(**common)), objective, pooling)
+    scorer, tokenizer = baseline_scorer(tokenizer_path, kind, objective, pooling, window=WINDOW)
     config = RewardConfig(objective=objective, extra={"pooling": pooling})
     return BaselineRewardModel(scorer, tokenizer, config, device="cpu")
 
@@ -216,7 +184,7 @@ def _baseline(kind: str, objective: str, pooling: str, tokenizer_path: str):
 def test_baselines_packed_equal_padded(tiny_bert: str, kind: str, objective: str, pooling: str) -> None:
     rm = _baseline(kind, objective, pooling, tiny_bert)
     assert rm.model.packable
-    items = _items(8)
+    items = mixed_items(8)
     responses = [(p, r) for p, a, b in items for r in (a, b)]
     rm.attention = "padded"
     padded, padded_rewards = rm.compare_batch(items, batch_size=5), rm.score_batch(responses, batch_size=5)
@@ -319,7 +287,7 @@ def test_flash_route_wiring(windowed_modernbert: str, monkeypatch) -> None:
 
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: fake)
     rm = RewardModel.from_pretrained(windowed_modernbert, device="cpu")
-    packed = pack([rm.encode(*item) for item in _items(6)])
+    packed = pack([rm.encode(*item) for item in mixed_items(6)])
     with torch.no_grad():
         reference = packed_mask_logits(rm.model, packed)
         monkeypatch.setattr(varlen, "attention_route", lambda *a: "flash")

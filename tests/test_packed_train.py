@@ -26,17 +26,10 @@ from tinyrm.prompt import ClozeEncoder, get_template, resolve_answer_ids
 from tinyrm.tools.synthetic import generate, write_jsonl
 from tinyrm.train import TrainConfig, train
 
+from .packed_helpers import baseline_scorer, mixed_items
+
 WINDOW = 16  # the ModernBERT's local_attention: |i - j| <= 8 in its local layers
 GRAD_TOL = 1e-5
-
-
-def _items(n: int = 8, seed: int = 5) -> list[tuple[str, str, str]]:
-    """Pairs from ~20 tokens to ~150: many times the local window, and mixed."""
-    out = []
-    for k, pair in enumerate(generate(n, seed=seed)):
-        pad = " and more detail" * ((k * 3) % 11)
-        out.append((pair.prompt + pad, pair.chosen + pad[: 16 * (k % 4)], pair.rejected))
-    return out
 
 
 def _save(directory: Path, kind: str, seed: int = 1) -> str:
@@ -125,7 +118,7 @@ def _cloze_collate(tokenizer):
 @pytest.mark.parametrize("mode", ["full", "frozen", "dora"])
 def test_cloze_step_packed_equals_padded(backbones, kind: str, mode: str) -> None:
     scorer, tokenizer = _cloze_scorer(backbones[kind], mode)
-    features = _cloze_features(tokenizer, _items())
+    features = _cloze_features(tokenizer, mixed_items(8))
     lengths = [len(f["encoding"].input_ids) for f in features]
     assert max(lengths) > 6 * WINDOW and min(lengths) < 3 * WINDOW
     grads = _assert_same_step(scorer, _cloze_collate(tokenizer), features)
@@ -139,12 +132,12 @@ def test_cloze_step_packed_equals_padded(backbones, kind: str, mode: str) -> Non
 @pytest.mark.parametrize("read,loss", [("cls", "pair"), ("mask", "full-vocab")])
 def test_cloze_step_reads_and_losses(backbones, read: str, loss: str) -> None:
     scorer, tokenizer = _cloze_scorer(backbones["modernbert"], "full", read=read, loss=loss)
-    _assert_same_step(scorer, _cloze_collate(tokenizer), _cloze_features(tokenizer, _items(5, seed=7)))
+    _assert_same_step(scorer, _cloze_collate(tokenizer), _cloze_features(tokenizer, mixed_items(5, seed=7)))
 
 
 def test_packed_batch_layout(backbones) -> None:
     _, tokenizer = _cloze_scorer(backbones["bert"], "full")
-    features = _cloze_features(tokenizer, _items(3))
+    features = _cloze_features(tokenizer, mixed_items(3))
     batch = ClozeCollator(0, packed=True)(features)
     lengths = [len(f["encoding"].input_ids) for f in features]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
@@ -169,7 +162,7 @@ def test_gradient_checkpointing_runs_per_layer_packed(backbones) -> None:
             return _original(*args, **kwargs)
 
         layer._gradient_checkpointing_func = spy
-    features = _cloze_features(tokenizer, _items(4))
+    features = _cloze_features(tokenizer, mixed_items(4))
     _, packed = _step(scorer, _cloze_collate(tokenizer)(features, True))
     assert len(calls) == 3  # every layer of the packed forward went through it, as in the HF forward
     _assert_same_step(scorer, _cloze_collate(tokenizer), features)
@@ -178,7 +171,7 @@ def test_gradient_checkpointing_runs_per_layer_packed(backbones) -> None:
 def test_bf16_autocast_step(backbones) -> None:
     """Under bf16 autocast (the Trainer's bf16 path) the packed step runs and stays near the padded one."""
     scorer, tokenizer = _cloze_scorer(backbones["modernbert"], "dora")
-    features = _cloze_features(tokenizer, _items(4))
+    features = _cloze_features(tokenizer, mixed_items(4))
     collate = _cloze_collate(tokenizer)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         padded_loss, padded = _step(scorer, collate(features, False))
@@ -192,36 +185,7 @@ def test_bf16_autocast_step(backbones) -> None:
 
 # ----------------------------------------------------------------------------- baselines
 def _baseline_scorer(tokenizer_path: str, kind: str, objective: str, pooling: str):
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        BertForMaskedLM,
-        BertForSequenceClassification,
-        ModernBertConfig,
-        ModernBertForSequenceClassification,
-    )
-
-    from tinyrm.pairwise.baselines.classifier import SequenceClassifierScorer
-    from tinyrm.pairwise.baselines.token import BaselineScorer, freeze_unused
-
-    torch.manual_seed(4)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=2, pad_token_id=tokenizer.pad_token_id, num_labels=1)
-    frozen = BackboneConfig(freeze_layers=1)
-    if kind == "modernbert":
-        model = ModernBertForSequenceClassification(ModernBertConfig(
-            **common, local_attention=WINDOW, global_attn_every_n_layers=2, classifier_pooling=pooling,
-            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id))
-        scorer = SequenceClassifierScorer(prepare_for_training(model, frozen), pooling)
-    elif objective == "classifier":
-        scorer = SequenceClassifierScorer(prepare_for_training(BertForSequenceClassification(BertConfig(**common)),
-                                                               frozen), pooling)
-    else:
-        scorer = BaselineScorer(prepare_for_training(BertForMaskedLM(BertConfig(**common)), frozen), objective,
-                                pooling)
-        freeze_unused(scorer)
+    scorer, tokenizer = baseline_scorer(tokenizer_path, kind, objective, pooling, window=WINDOW, freeze_layers=1)
     _no_dropout(scorer)
     return scorer.train(), tokenizer
 
@@ -237,7 +201,7 @@ def test_baseline_step_packed_equals_padded(backbones, kind: str, objective: str
     assert scorer.packable
     encoder = ResponseEncoder(tokenizer, 512)
     features = [{"chosen": encoder.encode(p, a), "rejected": encoder.encode(p, b), "labels": 0}
-                for p, a, b in _items(6)]
+                for p, a, b in mixed_items(6)]
     _assert_same_step(scorer, lambda f, packed: PairCollator(tokenizer.pad_token_id or 0, packed=packed)(f),
                       features)
 
@@ -341,7 +305,7 @@ def test_cuda_varlen_backward_matches_sdpa(backbones, monkeypatch, mode: str) ->
         pytest.skip("this torch's varlen_attn has no backward: training runs padded under auto")
     scorer, tokenizer = _cloze_scorer(backbones["modernbert"], mode)
     scorer.cuda()
-    features = _cloze_features(tokenizer, _items(8))
+    features = _cloze_features(tokenizer, mixed_items(8))
     collate = _cloze_collate(tokenizer)
     routes: list[str] = []
     chooser = varlen.attention_route
