@@ -65,11 +65,11 @@ def test_sigterm_answers_accepted_requests_refuses_new_ones_and_exits(tiny_bert,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "TINYRM_TEST_BATCH_DELAY": str(DELAY)}
     log_path = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the test runs
-    # 32 pairs per request and per batch: each request is one batch, scored one after another.
+    # 32 pairs per request, per slice and per batch: each request is one batch, scored one after another.
     with log_path.open("w") as log_file:
         proc = subprocess.Popen([sys.executable, str(driver), "serve", "--model", tiny_bert, "--port", str(port),
-                                 "--max-batch-size", "32", "--max-wait-ms", "1", "--threads", "1",
-                                 "--graceful-timeout", str(GRACE), "--log-level", "info"],
+                                 "--max-batch-size", "32", "--slice-pairs", "32", "--max-wait-ms", "1",
+                                 "--threads", "1", "--graceful-timeout", str(GRACE), "--log-level", "info"],
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT)
     answers: list[httpx.Response | Exception | None] = [None] * 8
     try:

@@ -67,11 +67,13 @@ class ServeConfig:
     max_items: int = 4096  # /v1/compare_batch items limit (422 beyond)
     max_documents: int = 32  # /v1/rerank, /v2/rerank documents limit (422 beyond): n(n - 1) sequences each
     # Each scoring request's deadline (a client may ask for less: X-Request-Timeout); past it, 503 + Retry-After
-    # and its remaining slices are dropped. 300 s: the 4,096-item maximum at the measured CPU rates
-    # (docs/ranking-and-serving.md, "Under load").
-    request_timeout_s: float = 300.0
+    # and its remaining slices are dropped. Sized with max_queued_pairs from measured rates: all the work the
+    # server accepts (6,144 pairs) takes ~460 s at the 13.4 pairs/s of the default model on 2 CPU cores (one
+    # torch thread), ~25 s at a GPU's 250 (docs/ranking-and-serving.md, "Under load").
+    request_timeout_s: float = 600.0
     # Pairs accepted and not yet answered (in flight or waiting); a request that would pass it gets 503 at once.
-    max_queued_pairs: int = 8192
+    # A maximum request (max_items) plus 2,048 pairs of everyone else's.
+    max_queued_pairs: int = 6144
     slice_pairs: int = 16  # pairs of one request per slice: a forward call takes slices round-robin
     forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
     threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
