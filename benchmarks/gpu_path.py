@@ -351,13 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{info['device']}: matmul peak bf16 {peak['bf16'] / 1e12:.1f} TFLOP/s, fp32 {peak['fp32'] / 1e12:.1f} "
               f"TFLOP/s", file=sys.stderr)
         tokenizer = speedlib.synthetic_tokenizer()
-        torch.set_grad_enabled(False)
-        scoring_section(run, args, peak, tokenizer)
-        torch.set_grad_enabled(True)
+        # Grad mode per section as a context, so main() called in-process (tests) leaves it as it was.
+        with torch.no_grad():
+            scoring_section(run, args, peak, tokenizer)
         if args.training:
-            training_section(run, args, peak, tokenizer)
-        torch.set_grad_enabled(False)
-        sweep_section(run, args, peak, tokenizer)
+            with torch.enable_grad():
+                training_section(run, args, peak, tokenizer)
+        with torch.no_grad():
+            sweep_section(run, args, peak, tokenizer)
     except Exception as error:  # noqa: BLE001 - outside a section: still recorded, still a failure
         run.error("gpu_path", error)
     run.save()

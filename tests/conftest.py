@@ -77,3 +77,15 @@ def require_shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_is_left_as_found():
+    """A test that leaves autograd off (``torch.set_grad_enabled(False)`` in code it calls in-process) would break
+    every training test after it, far from the cause: fail the culprit instead, and restore the mode."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd disabled (torch.set_grad_enabled(False) without restoring it)")
