@@ -103,7 +103,9 @@ def test_a_small_request_waits_for_two_calls_not_for_a_maximum_size_one(stepped)
     with serving_app(app) as (url, _):
         large = raw_post(port_of(url), "/v1/compare_batch", {"items": pairs("large", config.max_items)})
         wait_for(lambda: len(stepped.calls) == 1, "the large request never reached the model")
-        assert stepped.calls[0] == [f"large answer {i}" for i in range(64)]  # one call: 64 of its 4096 pairs
+        # One call: 64 of its 4096 pairs, the longest first (slices are cut from the pairs sorted by length).
+        longest = sorted(range(config.max_items), key=lambda i: -len(f"large question {i}?large answer {i}no idea"))
+        assert stepped.calls[0] == [f"large answer {i}" for i in longest[:64]]
         answer: dict = {}
         small = threading.Thread(target=lambda: answer.update(r=httpx.post(
             f"{url}/v1/compare", json={"prompt": "2+2?", "a": "4", "b": "5"}, timeout=60)))

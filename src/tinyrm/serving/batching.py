@@ -5,7 +5,8 @@ Every request is cut into slices of at most ``slice_pairs`` pairs. A forward cal
 request in turn (round-robin; the requests served move to the back of the line), so small concurrent
 requests still share forward calls and a 1-pair request that arrives while a 4,096-pair request is
 being scored waits for at most the call in flight plus its own, not for the whole large request.
-Results come back in each request's own order. A call waits up to ``max_wait_ms`` after the oldest
+Results come back in each request's own order (a request's slices are cut from its pairs sorted by length, so
+each call pads little, as one call over the whole request would). A call waits up to ``max_wait_ms`` after the oldest
 request arrived for company, unless a full call's worth of pairs is already waiting.
 
 A request is refused (``Unavailable``, the app's 503 with ``Retry-After``) at once when accepting it
@@ -50,11 +51,18 @@ class _Request:
     future: asyncio.Future
     arrived: float
     results: list[float] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)  # the items in the order their slices are cut
     next: int = 0  # pairs handed to the model so far
     scored: int = 0  # pairs answered so far
 
     def __post_init__(self) -> None:
         self.results = [0.0] * len(self.items)
+        # Slices of similar lengths: the engine length-sorts only within a call, so slicing a large request in
+        # input order would pad each call's passes to mixed lengths (answers go back to input order).
+        self.order = sorted(range(len(self.items)), key=lambda i: -sum(len(t) for t in self.items[i]))
+
+    def pairs(self, start: int, stop: int) -> list[tuple[str, str, str]]:
+        return [self.items[i] for i in self.order[start:stop]]
 
     @property
     def alive(self) -> bool:
@@ -279,7 +287,7 @@ class MicroBatcher:
         return sum(e.waiting for e in self._pending if e.both_orders == key and e.alive)
 
     async def _score(self, call: list[_Slice]) -> None:
-        items = [item for s in call for item in s.request.items[s.start : s.stop]]
+        items = [item for s in call for item in s.request.pairs(s.start, s.stop)]
         both = call[0].request.both_orders
         rows = self.forward_batch_size
         started = time.perf_counter()
@@ -303,7 +311,8 @@ class MicroBatcher:
         start = 0
         for s in call:
             entry, n = s.request, s.stop - s.start
-            entry.results[s.start : s.stop] = [float(p) for p in probs[start : start + n]]
+            for i, p in zip(entry.order[s.start : s.stop], probs[start : start + n]):
+                entry.results[i] = float(p)
             entry.scored += n
             start += n
         for entry in requests.values():
