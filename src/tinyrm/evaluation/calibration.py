@@ -39,6 +39,11 @@ T_MIN, T_MAX = 0.01, 100.0
 _GRID = 10
 
 
+def _mean_log_loss(p_true: np.ndarray) -> float:
+    """Mean -ln P(what happened), P clipped to [1e-7, 1 - 1e-7]."""
+    return float(np.mean(-np.log(np.clip(p_true, EPS, 1.0 - EPS))))
+
+
 def _block(predicted: np.ndarray, outcomes: np.ndarray, p_true: np.ndarray) -> dict:
     """The entry from each point's predicted probability, outcome (0 / 1) and the probability it gave to
     what happened (brier and log loss read ``p_true``; the bins read ``predicted`` and ``outcomes``)."""
@@ -59,7 +64,7 @@ def _block(predicted: np.ndarray, outcomes: np.ndarray, p_true: np.ndarray) -> d
     if not total:
         return {"ece": None, "brier": None, "log_loss": None, "bins": bins}
     return {"ece": float(ece), "brier": float(np.mean((1.0 - p_true) ** 2)),
-            "log_loss": float(np.mean(-np.log(np.clip(p_true, EPS, 1.0 - EPS)))), "bins": bins}
+            "log_loss": _mean_log_loss(p_true), "bins": bins}
 
 
 def calibration(probs: Sequence[float], outcomes: Sequence[bool | int]) -> dict:
@@ -88,7 +93,7 @@ def log_loss(probs: Sequence[float], outcomes: Sequence[bool | int] | None = Non
         p = np.where(np.asarray(outcomes, dtype=np.float64).reshape(-1) > 0, p, 1.0 - p)
     if not len(p):
         raise ValueError("no probability to score")
-    return float(np.mean(-np.log(np.clip(p, EPS, 1.0 - EPS))))
+    return _mean_log_loss(p)
 
 
 def fit_temperature(probs: Sequence[float], outcomes: Sequence[bool | int] | None = None) -> tuple[float, float, float]:

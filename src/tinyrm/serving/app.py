@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
 from ..temperature import model_temperature
-from .batching import BatchedScorer, MicroBatcher, Unavailable
+from .batching import BatchedScorer, MicroBatcher
 from .docs_ui import install as install_docs_ui
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
 from .metrics import metrics_text
@@ -217,11 +216,9 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             return await until_disconnected(coro, request, on_disconnect)
         except ValueError as error:  # bad input that only the model can see (e.g. an unknown aggregate)
             raise ApiError(422, str(error)) from error
-        except Unavailable as error:
-            retry = max(1, math.ceil(error.retry_after or batcher.retry_after()))
+        except RuntimeError as error:  # Unavailable (shed, past the deadline, stopping) or another model refusal
+            retry = getattr(error, "retry_after", None) or batcher.retry_after()
             raise ApiError(503, str(error), headers={"Retry-After": str(retry)}) from error
-        except RuntimeError as error:
-            raise ApiError(503, str(error), headers={"Retry-After": str(batcher.retry_after())}) from error
 
     def timeout_of(header: float | None) -> float:
         """This request's deadline: the server's, or less if the client asked (never more)."""

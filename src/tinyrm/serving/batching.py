@@ -38,10 +38,9 @@ logger = logging.getLogger(__name__)
 class Unavailable(RuntimeError):
     """The server cannot answer this request now: a 503, with ``retry_after`` seconds for the client."""
 
-    def __init__(self, message: str, retry_after: float | None = None, reason: str = "unavailable") -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -142,7 +141,7 @@ class MicroBatcher:
                 pass
         for entry in [*running, *self._pending]:
             if entry.alive:
-                entry.future.set_exception(Unavailable("server is shutting down", reason="closing"))
+                entry.future.set_exception(Unavailable("server is shutting down"))
         self._pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -177,13 +176,13 @@ class MicroBatcher:
             return []
         assert self.loop is not None and self._wakeup is not None, "batcher not started"
         if self.closing:
-            raise Unavailable("server is shutting down", reason="closing")
+            raise Unavailable("server is shutting down")
         limit = self.max_queued_pairs
         if limit is not None and self.outstanding_pairs + len(items) > limit:
             self.stats.shed += 1
             retry = self.retry_after()
             raise Unavailable(f"server overloaded: {self.outstanding_pairs} pairs accepted and not yet answered; "
-                              f"{len(items)} more would pass the limit of {limit} (retry in {retry} s)", retry, "shed")
+                              f"{len(items)} more would pass the limit of {limit} (retry in {retry} s)", retry)
         if both_orders is None:
             both_orders = self.default_both_orders
         entry = _Request(list(items), both_orders, self.loop.create_future(), self.loop.time())
@@ -197,11 +196,8 @@ class MicroBatcher:
             if entry.future.done():
                 result = entry.future.result()  # it finished (or failed) as the deadline passed
             else:
-                self.stats.timed_out += 1
-                self._drop(entry, Unavailable(
-                    f"request timed out after {timeout:g} s with {len(entry.items) - entry.scored} of "
-                    f"{len(entry.items)} pairs unanswered; its remaining work was dropped", self.retry_after(),
-                    "timeout"))
+                self._drop(entry, self.timed_out(
+                    timeout, f"with {len(entry.items) - entry.scored} of {len(entry.items)} pairs unanswered"))
                 raise entry.future.exception() from None
         except asyncio.CancelledError:  # the client went away (the app cancels its request)
             if entry.alive:
@@ -211,6 +207,12 @@ class MicroBatcher:
             raise
         self.stats.observe_latency(self.loop.time() - entry.arrived)
         return result
+
+    def timed_out(self, timeout_s: float, detail: str = "") -> Unavailable:
+        """The error of a request past its deadline (counted in ``stats.timed_out``)."""
+        self.stats.timed_out += 1
+        return Unavailable(f"request timed out after {timeout_s:g} s{' ' + detail if detail else ''}; its remaining "
+                           "work was dropped", self.retry_after())
 
     def _drop(self, entry: _Request, error: Exception) -> None:
         if entry.alive:
@@ -347,9 +349,7 @@ class BatchedScorer:
             raise asyncio.CancelledError("the client went away")
         left = self.deadline - time.monotonic()
         if left <= 0:
-            self.batcher.stats.timed_out += 1
-            raise Unavailable(f"request timed out after {self.timeout_s:g} s; its remaining work was dropped",
-                              self.batcher.retry_after(), "timeout")
+            raise self.batcher.timed_out(self.timeout_s)
         self._current = asyncio.run_coroutine_threadsafe(
             self.batcher.submit(list(items), both_orders, timeout_s=left), self.batcher.loop)
         try:
