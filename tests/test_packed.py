@@ -126,6 +126,26 @@ def test_packed_mask_logits_directly(windowed_modernbert: str) -> None:
             assert row.tolist() == pytest.approx(alone[0].tolist(), abs=1e-5)
 
 
+def test_equal_lengths_take_the_view_route(windowed_modernbert: str, monkeypatch) -> None:
+    """A batch whose sequences all have one length (long inputs cut to max_length) needs no gather: the sdpa
+    route views the stream as the block, and gives the logits of each sequence run alone."""
+    from tinyrm.inference import varlen
+
+    rm = RewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=96)
+    words = " ".join(f"w{i}" for i in range(200))
+    encodings = [rm.encode(words + str(k), "a " * (30 + k), "b " * 40) for k in range(3)]
+    assert {len(e.input_ids) for e in encodings} == {96} and 96 > 4 * WINDOW
+    gathered = []
+    original = varlen.Packed.padded_maps
+    monkeypatch.setattr(varlen.Packed, "padded_maps", lambda self: gathered.append(1) or original(self))
+    with torch.no_grad():
+        viewed = packed_mask_logits(rm.model, pack(encodings))
+        alone = [mask_logits(rm.model, torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids)),
+                             torch.tensor([e.mask_position]))[0] for e in encodings]
+    assert not gathered
+    assert viewed.flatten().tolist() == pytest.approx(torch.stack(alone).flatten().tolist(), abs=1e-5)
+
+
 def _dora_model(path: str) -> tuple[RewardModel, torch.nn.Module]:
     tokenizer, mlm = load_mlm(path)
     peft = apply_dora(mlm, BackboneConfig(dora_rank=4, freeze_layers=1))

@@ -3,20 +3,16 @@
 Chunks built ahead in worker threads (tokenised, planned, collated or packed) and run on the calling thread:
 the same P(a better), in input order, as the serial path over the same chunks, at chunk boundaries, in both
 orders and one, padded and packed, with per-row prefixes and adaptive order; within float noise of scoring
-everything as one chunk. Also the batched whole-pair prefetch (``CachingClozeEncoder``) against encoding
-one pair at a time.
+everything as one chunk. (The batched prefetch against encoding one pair at a time: test_host_tokens.py.)
 """
 
 from __future__ import annotations
-
-from dataclasses import astuple
 
 import pytest
 
 from tinyrm.inference.batches import collate, host_batches, pair_units
 from tinyrm.inference.pipeline import host_workers
 from tinyrm.pairwise.model import RewardModel
-from tinyrm.prompt import ClozeEncoder, get_template
 from tinyrm.tools.synthetic import generate
 
 CHUNK = 5
@@ -131,32 +127,6 @@ def test_host_workers(monkeypatch) -> None:
 
     with pytest.raises(ValueError, match="host_workers"):
         InferenceConfig(host_workers=-1)
-
-
-def test_prefetch_whole_pairs_match_one_at_a_time(tiny_bert: str) -> None:
-    from tinyrm.inference.tokens import CachingClozeEncoder
-
-    tokenizer = _model(tiny_bert).tokenizer
-    cached = CachingClozeEncoder(tokenizer, get_template("flan"), max_length=64)
-    plain = ClozeEncoder(tokenizer, get_template("flan"), max_length=64)
-    items = _items(12, seed=6) + [("a [MASK] prompt", "yes [MASK]", "no")]
-    calls = []
-    tokenizer_call = type(tokenizer).__call__
-
-    def spy(self, *args, **kwargs):
-        calls.append(args)
-        return tokenizer_call(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(type(tokenizer), "__call__", spy)
-        cached.prefetch(items, both=True)
-        assert len(calls) == 2  # the texts, then the whole pairs: two batched calls
-        ahead = [cached.encode(p, x, y) for p, a, b in items for x, y in ((a, b), (b, a))]
-    expected = [plain.encode(p, x, y) for p, a, b in items for x, y in ((a, b), (b, a))]
-    assert [astuple(e) for e in ahead] == [astuple(e) for e in expected]
-    assert any(e.truncated for e in ahead) and any(not e.truncated for e in ahead)
-    assert not cached._joint  # every whole pair tokenised ahead was taken by its encode
-    assert len(calls) < 2 + len(ahead)  # most encodes read their whole pair from the prefetch
 
 
 def test_host_batches_are_the_serial_batches(tiny_bert: str) -> None:
