@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# TOKENIZERS_PARALLELISM is left as the caller has it (unset: the Rust tokenizer's own threads, as users get).
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("tinyrm") is None:  # the repository copy on the device, not installed
     sys.path.insert(0, str(ROOT / "src"))
@@ -56,7 +56,7 @@ REFERENCE = ("hf-padded", "tinyrm-padded")  # timed on --ref-pairs: the baseline
 SMOKE = dict(shapes=["smoke"], points=["64", "16-64"], pairs_n=12, ref_pairs=6, warmup_pairs=4, sweep_shape="smoke",
              sweep_point="16-64", sweep_pairs=8, sweep_tokens=[256, 1024], sweep_min_s=5.0, train_shape="smoke",
              train_length=64, train_pairs_per_step=2, train_warmup=1, train_steps=2, dora_rank=8, freeze_layers=1,
-             reserve_s=10.0, train_min_s=5.0, train_precision="auto")
+             reserve_s=10.0, train_min_s=5.0, train_precision="auto", host_workers=[0, 2])
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -117,10 +117,19 @@ def measure(run: speedlib.BudgetRun, args, what: str, method: str, rm, hf_model,
 def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str, mlm, rm, hf_model, tokens: int,
                 methods, pairs, lengths: speedlib.EncodedLengths):
     """Rows (dicts) of ``methods`` at one point, yielded as each is measured."""
-    for method in methods:
+    from tinyrm.inference.pipeline import host_workers
+
+    runs = [(m, w) for m in methods for w in (args.host_workers if m == "host-only" else [None])]
+    for method, workers in runs:
         what = f"scoring {shape} {spec} {method} ({tokens} tokens/pass)"
-        result = measure(run, args, what, method, rm, hf_model, pairs,
-                         args.ref_pairs if method in REFERENCE else args.pairs_n)
+        if workers is not None:  # the host pipeline (on, as on a GPU, also on the CPU), with its threads (0: auto)
+            rm.engine.config.host_workers, rm.engine.config.overlap = workers, "on"
+            what += f" host_workers={workers or 'auto'}"
+        try:
+            result = measure(run, args, what, method, rm, hf_model, pairs,
+                             args.ref_pairs if method in REFERENCE else args.pairs_n)
+        finally:
+            rm.engine.config.host_workers, rm.engine.config.overlap = 0, "auto"
         if result is None:
             continue
         timing, n, capped = result
@@ -132,7 +141,9 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
                "pairs_per_s": n / timing.seconds, "tokens_per_s": sum(seen) / timing.seconds,
                "gflop_per_s": flops / timing.seconds / 1e9,
                "mfu_bf16": None if method == "host-only" else flops / timing.seconds / peak["bf16"],
-               "peak_mib": timing.peak_mib}
+               "peak_mib": timing.peak_mib,
+               "host_workers": host_workers(rm.engine.config.host_workers if workers is None else workers,
+                                            rm.device) if method != "hf-padded" else None}
         print(f"  {what}: {n} pairs, {row['pairs_per_s']:.1f} pairs/s"
               + (f", MFU {row['mfu_bf16']:.1%}" if row["mfu_bf16"] is not None else ""), file=sys.stderr)
         yield row
@@ -288,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-pairs", type=int, default=512, help="untimed warm-up (and rate estimate) before each")
     p.add_argument("--point-s", type=float, default=30.0, help="cut a measurement to ~this many seconds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--host-workers", nargs="+", type=int, default=[0, 8],
+                   help="host-only rows, one per value: the pipeline's worker threads (0 = the engine's auto)")
     p.add_argument("--hf-batch", type=int, default=32, help="sequences per forward pass of the plain loop")
     p.add_argument("--max-batch-tokens", default="auto",
                    help="tinyrm's token budget per pass: auto (from the free GPU memory) or N")
@@ -379,12 +392,13 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
                ("tokens_per_sequence", "tokens/seq", ".0f"), ("max_batch_tokens", "tokens/pass", "d"),
                ("pairs_per_s", "pairs/s", ".1f"), ("tokens_per_s", "tokens/s", ".0f"),
                ("speedup_vs_hf", "x hf-padded", ".2f"), ("host_vs_packed", "host / packed", ".2f"),
-               ("mfu_bf16", "MFU bf16", ".1%"), ("peak_mib", "peak MiB", ".0f")]
+               ("host_workers", "host threads", "d"), ("mfu_bf16", "MFU bf16", ".1%"), ("peak_mib", "peak MiB", ".0f")]
     print(speedlib.markdown_table(doc["scoring"], scoring))
     for row in doc["scoring"]:
         if row.get("host_vs_packed") is not None:
             verdict = "met" if row["host_vs_packed"] >= 3 else "NOT met"
-            print(f"host-only {row['shape']} {row['point']}: {row['host_vs_packed']:.2f}x the packed rate "
+            print(f"host-only {row['shape']} {row['point']} ({row['host_workers']} threads): "
+                  f"{row['host_vs_packed']:.2f}x the packed rate "
                   f"(target >= 3x: {verdict})")
     if doc["training"]:
         print()
@@ -396,7 +410,7 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
     if doc["sweep"]:
         print()
         print(speedlib.markdown_table(doc["sweep"], [*scoring[:4], *scoring[5:7], ("vs_auto_budget", "x auto budget",
-                                                                                   ".2f"), *scoring[10:]]))
+                                                                                   ".2f"), *scoring[11:]]))
     for item in doc["notes"] + doc["skipped"] + [{k: e[k] for k in ("what", "error")} for e in doc["errors"]]:
         print(f"note: {item}")
     print(f"elapsed {time.monotonic() - run.start:.0f}s; wrote {output}")

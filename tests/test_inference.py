@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from tinyrm.backbone import encoder_of
 from tinyrm.inference.engine import CachingClozeEncoder, InferenceConfig, plan_batches
 from tinyrm.inference.precision import cpu_bf16_native, resolve_dtype
 from tinyrm.pairwise.model import RewardModel
@@ -24,13 +23,25 @@ def _items(n: int, seed: int = 3) -> list[tuple[str, str, str]]:
     return out
 
 
-def _record_batches(rm: RewardModel) -> tuple[list[torch.Tensor], object]:
-    """Capture the input_ids of every forward pass of the model the engine actually runs."""
-    seen: list[torch.Tensor] = []
-    prepared = rm.engine.prepared()
-    handle = encoder_of(prepared.model).register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
-    return seen, handle
+def _record_batches(rm: RewardModel) -> list[tuple[list[tuple[int, ...]], int]]:
+    """Capture every forward pass the engine runs: (its rows as token ids, its cost: rows x width padded, real
+    tokens packed). Undo with ``del rm.engine.run_batches``."""
+    seen: list[tuple[list[tuple[int, ...]], int]] = []
+    original = rm.engine.run_batches
+
+    def spy(prepared, batches, n):
+        batches = list(batches)
+        for batch in batches:
+            if batch.packed is not None:
+                cu, ids = batch.packed.cu_seqlens.tolist(), batch.packed.input_ids.tolist()
+                seen.append(([tuple(ids[a:b]) for a, b in zip(cu, cu[1:])], cu[-1]))
+            else:
+                ids, mask = batch.padded["input_ids"], batch.padded["attention_mask"].bool()
+                seen.append(([tuple(row[keep].tolist()) for row, keep in zip(ids, mask)], ids.numel()))
+        return original(prepared, batches, n)
+
+    rm.engine.run_batches = spy
+    return seen
 
 
 def test_plan_batches_budget_rows_and_coverage() -> None:
@@ -53,37 +64,40 @@ def test_plan_batches_no_limits_is_one_batch() -> None:
     assert plan_batches([3, 1, 2]) == [[0, 2, 1]]
 
 
-def test_order_restored_and_budget_respected(tiny_model: str) -> None:
+@pytest.mark.parametrize("attention", ["padded", "packed"])
+def test_order_restored_and_budget_respected(tiny_model: str, attention: str) -> None:
     rm = RewardModel.from_pretrained(tiny_model, device="cpu")
     rm.engine.config.precision = "fp32"
+    rm.engine.config.attention = attention
     items = _items(20)
     one_by_one = [rm.compare(*item) for item in items]
-    seen, handle = _record_batches(rm)
+    seen = _record_batches(rm)
     try:
         batched = rm.compare_batch(items, batch_size=None, max_batch_tokens=600)
     finally:
-        handle.remove()
+        del rm.engine.run_batches
     assert batched == pytest.approx(one_by_one, abs=1e-5)
     assert len(seen) > 1
-    for ids in seen:
-        rows, width = ids.shape
-        assert rows * width <= 600 or rows == 2  # a lone pair (2 rows) may exceed it
+    for rows, cost in seen:  # padded: rows x width; packed: real tokens
+        assert cost <= 600 or len(rows) == 2  # a lone pair (2 rows) may exceed it
 
 
-def test_both_orders_share_a_batch(tiny_bert: str) -> None:
+@pytest.mark.parametrize("attention", ["padded", "packed"])
+def test_both_orders_share_a_batch(tiny_bert: str, attention: str) -> None:
     rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    rm.engine.config.attention = attention
     items = _items(12)
-    seen, handle = _record_batches(rm)
+    seen = _record_batches(rm)
     try:
         rm.compare_batch(items, batch_size=4, max_batch_tokens=10_000)
     finally:
-        handle.remove()
-    batches = [{tuple(row[row != rm.tokenizer.pad_token_id].tolist()) for row in ids} for ids in seen]
+        del rm.engine.run_batches
+    batches = [set(rows) for rows, _ in seen]
     for prompt, a, b in items:
         forward = tuple(rm.encode(prompt, a, b).input_ids)
         swapped = tuple(rm.encode(prompt, b, a).input_ids)
         assert any(forward in batch and swapped in batch for batch in batches)
-    assert max(ids.shape[0] for ids in seen) <= 4
+    assert max(len(rows) for rows, _ in seen) <= 4
 
 
 def test_single_order_and_choice_probs_order(tiny_modernbert: str) -> None:

@@ -217,11 +217,16 @@ def test_baselines_packed_equal_padded(tiny_bert: str, kind: str, objective: str
 
 
 # ----------------------------------------------------------------------------- selection
-def test_attention_validates_and_auto_is_padded_on_cpu(tiny_bert: str) -> None:
+def test_attention_validates_and_auto_is_packed_on_cpu(tiny_bert: str) -> None:
     with pytest.raises(ValueError, match="attention"):
         InferenceConfig(attention="flash")
     rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
-    assert rm.engine.config.attention == "auto" and not rm.engine.uses_packed()  # no varlen_attn on CPU
+    assert rm.engine.config.attention == "auto" and rm.engine.uses_packed()  # measured faster on the CPU
+    assert not use_packed("auto", "cpu", True, training=True)  # training: only where varlen_attn trains
+    assert not use_packed("auto", "meta", True)  # neither varlen_attn nor a measurement there
+    rm.engine.config.attention = "padded"
+    assert not rm.engine.uses_packed()
+    rm.engine.config.attention = "auto"
     assert "attention" not in json.dumps(rm.config.to_dict() if hasattr(rm.config, "to_dict") else vars(rm.config))
     with pytest.raises(ValueError, match="attention"):
         apply_attention(rm, "flash")
@@ -238,7 +243,7 @@ def test_unsupported_architecture_scores_padded(caplog) -> None:
     with caplog.at_level("WARNING"):
         assert not use_packed("packed", "cpu", supported=False, name="albert-test")
     assert "padded" in caplog.text
-    assert not use_packed("auto", "cpu", supported=True) and use_packed("packed", "cpu", supported=True)
+    assert not use_packed("auto", "cpu", supported=False) and use_packed("packed", "cpu", supported=True)
 
 
 def _record_attention(monkeypatch) -> list[str]:
@@ -319,3 +324,11 @@ def test_flash_route_wiring(windowed_modernbert: str, monkeypatch) -> None:
     monkeypatch.undo()
     q = torch.zeros(4, 2, 8)
     assert varlen.attention_route(q, None, 0.0) == "sdpa" == varlen.attention_route(q.bfloat16(), 8, 0.0)
+
+
+def test_auto_keeps_int8_padded(tiny_bert: str) -> None:
+    """int8 was validated padded: its dynamic activation scales are taken over the batch tensor."""
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu", precision="int8")
+    assert not rm.engine.uses_packed()
+    rm.engine.config.attention = "packed"
+    assert rm.engine.uses_packed()

@@ -5,7 +5,7 @@
 # Exits with gpu_path's status: non-zero when one of its sections failed (the JSON says which).
 #   run(command="bash .devcarry/run.sh", carry=[".devcarry"], timeout_s=560)
 set -u -o pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1  # TOKENIZERS_PARALLELISM unset: the host rows measure what users get
 START=$(date +%s)
 # datasets (+ dill, multiprocess): tinyrm's training reads Arrow tables; the image lacks it.
 [ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devcarry/whl/*.whl || exit 3

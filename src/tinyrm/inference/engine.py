@@ -13,8 +13,9 @@ effect on CPU (see ``benchmarks/inference.py``):
   swapped order), batch-tokenised up front with the whole-pair encodings, and on GPU built ahead by the
   host pipeline (``inference.pipeline``: worker threads tokenise, plan, collate or pack into pinned
   memory; the main thread only copies, runs and reads back once per chunk);
-* with ``attention`` packed (auto: where ``varlen_attn`` runs, i.e. CUDA), no padding at all: the
-  batch's sequences in one token stream (``inference.packed``), batches planned by real tokens.
+* with ``attention`` packed (auto: on CUDA where ``varlen_attn`` runs, and on the CPU except int8), no
+  padding at all: the batch's sequences in one token stream (``inference.packed``), batches planned by
+  real tokens.
 
 Which dtype ``precision`` means on a device is ``inference.precision``; int8 (CPU, opt-in) is
 ``inference.quantize``.
@@ -65,7 +66,7 @@ class InferenceConfig:
     recheck_margin: float = 0.01
     int8_scheme: str = "dynamic"  # precision int8: dynamic (torch.ao) | per-token (inference.quantize)
     # auto | packed | padded: packed = no padding, varlen attention (inference.packed); auto = packed where
-    # torch's varlen_attn runs (CUDA), padded elsewhere (the CPU measurement: docs/inference.md).
+    # torch's varlen_attn runs (CUDA) and on the CPU except int8, padded elsewhere (docs/inference.md).
     attention: str = "auto"
 
     def __post_init__(self) -> None:
@@ -167,6 +168,8 @@ class InferenceEngine:
     def uses_packed(self, prepared: _Prepared | None = None) -> bool:
         """Whether scoring runs packed now (``config.attention`` resolved for this device and model)."""
         prepared = prepared or self.prepared()
+        if self.config.attention == "auto" and prepared.dtype == INT8_DTYPE:
+            return False  # int8 was measured and validated padded (its dynamic activation scales see the batch)
         return use_packed(self.config.attention, self.rm.device, prepared.packed is not None,
                           getattr(self.rm, "name", "model"))
 

@@ -11,9 +11,9 @@ sequence), BERT / RoBERTa / XLM-R (absolute positions; RoBERTa's offset by ``pad
 DistilBERT. Anything else (or a transformers layout these forwards do not recognise) is not
 packable: :func:`packed_family` says None and the engine scores it padded.
 
-Selection (``InferenceConfig.attention``): ``ATTENTIONS`` = auto | packed | padded; ``auto`` is packed
-where ``varlen_attn`` runs (CUDA, torch >= 2.10), padded elsewhere (docs/inference.md has the CPU
-measurement behind that).
+Selection (``InferenceConfig.attention``): ``ATTENTIONS`` = auto | packed | padded; ``auto`` scores packed
+where ``varlen_attn`` runs (CUDA, torch >= 2.10) and on the CPU, padded elsewhere, and trains packed on CUDA
+only (docs/inference.md has the CPU measurement behind that).
 """
 
 from __future__ import annotations
@@ -203,8 +203,10 @@ def check_attention(attention: str) -> str:
 def use_packed(attention: str, device: torch.device | str, supported: bool, name: str = "model",
                training: bool = False) -> bool:
     """Whether to score (``training``: train) packed: ``packed`` wherever the backbone is supported (else
-    padded, with a warning once), ``auto`` only where ``varlen_attn`` runs (CUDA; for training, where it also
-    has a backward: :func:`~tinyrm.inference.varlen.varlen_backward_available`), ``padded`` never."""
+    padded, with a warning once), ``padded`` never, ``auto`` where it was measured to win: scoring on CUDA
+    where ``varlen_attn`` runs and on the CPU (its exact SDPA route: faster at mixed lengths, even at one
+    length; docs/inference.md), training only on CUDA where ``varlen_attn`` also has a backward
+    (:func:`~tinyrm.inference.varlen.varlen_backward_available`)."""
     check_attention(attention)
     if attention == "padded":
         return False
@@ -216,7 +218,9 @@ def use_packed(attention: str, device: torch.device | str, supported: bool, name
         return False
     if attention == "packed":
         return supported
-    return supported and flash_varlen_available(device) and (not training or varlen_backward_available())
+    if training:
+        return supported and flash_varlen_available(device) and varlen_backward_available()
+    return supported and (torch.device(device).type == "cpu" or flash_varlen_available(device))
 
 
 def apply_attention(model, attention: str | None):
