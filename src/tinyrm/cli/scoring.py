@@ -19,7 +19,8 @@ from ..inference.precision import PRECISIONS
 
 def add_attention_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default=None, choices=list(ATTENTIONS),
-                   help="auto (default): packed where torch's varlen_attn runs (CUDA), else padded; packed: no "
+                   help="auto (default): packed on CUDA where torch's varlen_attn runs and on the CPU (not int8), "
+                        "else padded; packed: no "
                         "padding, the batch as one token stream (ModernBERT, BERT family); padded: right-padded "
                         "batches (docs/inference.md)")
 
