@@ -100,14 +100,15 @@ class Packed:
         return out.index_add(0, self.sequence_ids(), values)
 
     def padded_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(gather [B, L] into the stream, T where padded; scatter [T] into B x L; valid [B, L])."""
+        """(gather [B, L] into the stream; scatter [T] into B x L; valid [B, L]). A padded slot gathers the
+        stream's last token: a real value, which the key-padding mask hides and whose query row is dropped."""
         if "pad" not in self._maps:
             total, width = int(self.input_ids.shape[0]), self.max_seqlen
             flat = self.sequence_ids() * width + self.position_ids
             gather = torch.full((self.batch_size * width,), total, dtype=torch.long, device=flat.device)
             gather[flat] = torch.arange(total, device=flat.device)
             gather = gather.view(self.batch_size, width)
-            self._maps["pad"] = (gather, flat, gather != total)
+            self._maps["pad"] = (gather.clamp(max=total - 1), flat, gather != total)
         return self._maps["pad"]
 
     def attention_mask(self, window: int | None) -> torch.Tensor | None:
@@ -236,10 +237,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
                                              dropout_p=dropout_p, scale=scale)
         return out.transpose(1, 2).reshape(q.shape)
     gather, scatter, _ = packed.padded_maps()
-    zero = q.new_zeros((1, *q.shape[1:]))
 
-    def padded(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [B, H, L, D]; padding rows are zeros
-        return torch.cat([x, zero])[gather].transpose(1, 2)
+    def padded(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [B, H, L, D]: one copy, no zero row appended
+        return x[gather].transpose(1, 2)
 
     out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, dropout_p=dropout_p,
                                          scale=scale)
