@@ -108,3 +108,18 @@ def test_default_batch_tokens_on_cuda_follows_free_memory(tiny_modernbert):
     assert default_batch_tokens("cuda", rm.model, free_bytes=10**15) == MAX_BATCH_TOKENS
     # Longer sequences hold more attention scores per token: a smaller budget from the same memory.
     assert default_batch_tokens("cuda", rm.model, max_length=8192, free_bytes=4 * per_token * 100_000) < mid
+
+
+def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
+    """One host-only row per --host-workers value, each saying its thread count; the engine's settings are
+    put back for the next method."""
+    speedlib = sys.modules["speedlib"]
+    monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
+    out = tmp_path / "gpu_path.json"
+    args = ["--smoke", "--no-training", "--sweep-tokens", "--points", "16-64", "--methods", "host-only",
+            "tinyrm-packed", "--host-workers", "1", "3", "--output", str(out)]
+    assert gpu_path.main(args) == 0
+    rows = json.loads(out.read_text())["scoring"]
+    assert [(r["method"], r["host_workers"]) for r in rows] == [("host-only", 1), ("host-only", 3),
+                                                                 ("tinyrm-packed", 1)]
+    assert all(r["host_vs_packed"] for r in rows[:2])
