@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device session: gpu_path.py (issue 26: hf-padded / tinyrm-padded / tinyrm-packed / host-only scoring
+# One device session: the CUDA-only packed tests, then gpu_path.py (issue 26: hf-padded / tinyrm-padded / tinyrm-packed / host-only scoring
 # at 512 and 64-512 tokens, base and large; DoRA training; the token-budget sweep), then, only when
 # OBJECTIVES names some, a full-data paradigms.py per objective (measured twice already: docs/speed.md).
 # Exits with gpu_path's status: non-zero when one of its sections failed (the JSON says which).
@@ -12,9 +12,16 @@ START=$(date +%s)
 export PYTHONPATH=/tmp/site:$PWD/.devcarry/gt:$PWD/src:$PWD/benchmarks
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
 python3 -c "import torch, transformers, peft, datasets, pyarrow, accelerate, tokenizers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__, 'tokenizers', tokenizers.__version__)" | tee $OUT/versions.txt
-# gpu_path: ~330-400 s at today's speeds (budget 400 s, of which 80 s kept for training; a measurement is
+# First the correctness gate the CPU cannot run: varlen_attn's forward and backward (global and windowed
+# layers) against the exact SDPA route and the padded step (random weights cannot show a wrong window in
+# gpu_path's numbers). Skipped where the image has no pytest.
+if [ -z "${SKIP_PYTEST:-}" ] && python3 -c "import pytest" 2>/dev/null; then
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_packed_train.py -k cuda 2>&1 | tail -20 | tee $OUT/pytest_cuda.log
+  echo "pytest cuda exit ${PIPESTATUS[0]} at +$(( $(date +%s) - START )) s"
+fi
+# gpu_path: ~300-380 s at today's speeds (budget 380 s, of which 80 s kept for training; a measurement is
 # cut to ~--point-s 30 s); the timeout is the budget plus one measurement's overrun.
-timeout ${GPU_PATH_S:-460} python3 benchmarks/gpu_path.py ${GPU_EXTRA:-} --budget-s ${GPU_BUDGET_S:-400} \
+timeout ${GPU_PATH_S:-440} python3 benchmarks/gpu_path.py ${GPU_EXTRA:-} --budget-s ${GPU_BUDGET_S:-380} \
     --reserve-s ${GPU_RESERVE_S:-80} --train-min-s 35 2>&1 | tr '\r' '\n' | grep --line-buffered -Ev '[0-9.]+ ?(it|step|examples)/s[],]' | tee $OUT/gpu_path.log
 status=${PIPESTATUS[0]}
 echo "gpu_path exit $status at +$(( $(date +%s) - START )) s"
