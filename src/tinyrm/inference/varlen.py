@@ -8,9 +8,9 @@ layer and MLP computes real tokens only. Attention must still keep each sequence
   2.10, CUDA only, bf16/fp16), with ``window_size`` for a sliding window where the installed torch has it;
 * ``sdpa``: every other case (CPU, fp32, attention dropout, a window the installed ``varlen_attn``
   lacks). The queries, keys and values are gathered into a ``[B, H, L, D]`` block padded to the
-  longest sequence, one SDPA call runs over it with a key-padding (and window) mask, and the real
-  rows are gathered back. Exact: padding is confined to the attention scores, whose padded rows are
-  dropped. The linear layers around it still see no padding.
+  longest sequence (a view of the stream when all have one length), one SDPA call runs over it with a
+  key-padding (and window) mask, and the real rows are gathered back. Exact: padding is confined to
+  the attention scores, whose padded rows are dropped. The linear layers around it see no padding.
 
 Everything here is differentiable, so a packed training step reuses it (``tinyrm.training.packing``;
 ``varlen_attn``'s backward where :func:`varlen_backward_available`, SDPA's elsewhere).
@@ -112,7 +112,8 @@ class Packed:
         return self._maps["pad"]
 
     def attention_mask(self, window: int | None) -> torch.Tensor | None:
-        """The sdpa route's boolean mask ``[B, 1, L, L]`` (or ``[B, 1, 1, L]``; None: nothing to mask)."""
+        """The sdpa route's boolean mask ``[B, 1, L, L]`` (``[B, 1, 1, L]`` without a window, ``[1, 1, L, L]``
+        with one and no padding; None: nothing to mask)."""
         key = ("mask", window)
         if key not in self._maps:
             width = self.max_seqlen
