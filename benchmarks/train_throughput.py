@@ -17,6 +17,8 @@ objectives see ``--pairs-per-step`` pairs, i.e. twice as many sequences of <= 25
     python benchmarks/train_throughput.py                               # cloze/classifier x freeze 0/3
     python benchmarks/train_throughput.py --objectives cloze --freeze 0 3 5 --steps 12
     python benchmarks/train_throughput.py --steps 1 --warmup-steps 1 --pairs-per-step 2  # smoke run
+    python benchmarks/train_throughput.py --objectives cloze --freeze 0 --attention padded packed \
+        --lengths natural --max-length 512   # packed vs padded on the train pairs as they are
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def long_pairs(tokenizer, n: int, max_length: int, seed: int = 0) -> tuple[list,
     return pairs, "synthetic demo pairs with filler context"
 
 
+def natural_pairs(n: int, seed: int = 0) -> tuple[list, str]:
+    """``n`` PreferencePairs from ``../shared/data/train`` as they are (mixed lengths: what packing is for), a
+    domain-stratified seeded sample; else the synthetic demo pairs."""
+    from tinyrm.data import load_pairs, stratified_sample
+
+    files = sorted((speedlib.DATA / "train").glob("*.jsonl"))
+    if files:
+        pool = load_pairs([str(f) for f in files], skip_bad_rows=True).pairs
+        return stratified_sample(pool, n, seed), f"{speedlib.DATA / 'train'} (as they are)"
+    from tinyrm.tools.synthetic import generate
+
+    return generate(n, seed=seed), "synthetic demo pairs"
+
+
 def steady_rate(metrics: Path, warmup: int, pairs_per_step: float) -> tuple[float | None, float | None]:
     """(pairs/s, seconds per step) over the steps after ``warmup``, from metrics.jsonl timestamps."""
     times: dict[int, float] = {}
@@ -92,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=2, help="steps run but not timed")
     p.add_argument("--steps", type=int, default=8, help="timed steps")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--attention", nargs="+", default=["padded"], choices=["padded", "packed"],
+                   help="TrainConfig.attention per row (packed: one token stream per micro-batch)")
+    p.add_argument("--lengths", default="fill", choices=["fill", "natural"],
+                   help="fill: pairs over --max-length (every example fills it); natural: train pairs as they are")
+    p.add_argument("--group-by-length", action="store_true", help="the Trainer's length grouping (default off)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--note", default="")
     p.add_argument("--output", default="runs/bench/train_throughput.json")
@@ -104,37 +125,43 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer, _ = load_mlm(args.model)
     total_steps = args.warmup_steps + args.steps
-    pairs, source = long_pairs(tokenizer, total_steps * args.pairs_per_step, args.max_length)
+    n = total_steps * args.pairs_per_step
+    pairs, source = (long_pairs(tokenizer, n, args.max_length) if args.lengths == "fill" else natural_pairs(n))
     info = speedlib.machine_info()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyrm-train-bench-") as tmp:
         data = write_jsonl(pairs, Path(tmp) / "train.jsonl")
-        for objective in args.objectives:
-            for freeze in args.freeze:
-                out = Path(tmp) / f"{objective}-freeze{freeze}"
-                micro = args.pairs_per_step * (2 if objective == "cloze" else 1)  # examples per step
-                config = TrainConfig(
-                    model=args.model, data=[str(data)], output=str(out), objective=objective,
-                    max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
-                    save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
-                    precision=args.precision,
-                    group_by_length=False)
-                result = train(config)
-                pairs_per_step = result.pairs / max(result.steps, 1)
-                rate, per_step = steady_rate(out / "metrics.jsonl", args.warmup_steps, pairs_per_step)
-                row = {"objective": objective, "freeze_layers": freeze, "dora_rank": args.dora_rank,
-                       "pairs_per_s": rate, "seconds_per_step": per_step, "pairs_per_step": pairs_per_step,
-                       "run_pairs_per_s": result.pairs_per_second, "run_seconds": result.seconds,
-                       "steps": result.steps, "trainable_parameters": result.trainable_parameters,
-                       "total_parameters": result.total_parameters, "truncated_examples": result.truncated_examples}
-                rows.append(row)
-                shown = f"{rate:.2f}" if rate else "n/a"
-                print(f"  {objective} freeze {freeze}: {shown} pairs/s steady, {result.pairs_per_second:.2f} over "
-                      f"the run", file=sys.stderr)
-    base = {r["objective"]: r["pairs_per_s"] for r in rows if r["freeze_layers"] == min(args.freeze)}
+        for objective, freeze, attention in ((o, f, a) for o in args.objectives for f in args.freeze
+                                             for a in args.attention):
+            out = Path(tmp) / f"{objective}-freeze{freeze}-{attention}"
+            micro = args.pairs_per_step * (2 if objective == "cloze" else 1)  # examples per step
+            config = TrainConfig(
+                model=args.model, data=[str(data)], output=str(out), objective=objective,
+                max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
+                save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
+                precision=args.precision, attention=attention,
+                group_by_length=args.group_by_length)
+            result = train(config)
+            pairs_per_step = result.pairs / max(result.steps, 1)
+            rate, per_step = steady_rate(out / "metrics.jsonl", args.warmup_steps, pairs_per_step)
+            row = {"objective": objective, "freeze_layers": freeze, "attention": attention,
+                   "dora_rank": args.dora_rank,
+                   "pairs_per_s": rate, "seconds_per_step": per_step, "pairs_per_step": pairs_per_step,
+                   "run_pairs_per_s": result.pairs_per_second, "run_seconds": result.seconds,
+                   "steps": result.steps, "trainable_parameters": result.trainable_parameters,
+                   "total_parameters": result.total_parameters, "truncated_examples": result.truncated_examples}
+            rows.append(row)
+            shown = f"{rate:.2f}" if rate else "n/a"
+            print(f"  {objective} freeze {freeze} {attention}: {shown} pairs/s steady, "
+                  f"{result.pairs_per_second:.2f} over the run", file=sys.stderr)
+    base = {(r["objective"], r["attention"]): r["pairs_per_s"] for r in rows if r["freeze_layers"] == min(args.freeze)}
+    padded = {(r["objective"], r["freeze_layers"]): r["pairs_per_s"] for r in rows if r["attention"] == "padded"}
     for row in rows:
-        ref = base.get(row["objective"])
+        ref = base.get((row["objective"], row["attention"]))
         row["speedup_vs_unfrozen"] = row["pairs_per_s"] / ref if ref and row["pairs_per_s"] else None
+        ref = padded.get((row["objective"], row["freeze_layers"]))
+        row["packed_vs_padded"] = (row["pairs_per_s"] / ref if row["attention"] == "packed" and ref
+                                   and row["pairs_per_s"] else None)
     document = {"benchmark": "train_throughput", "model": args.model, "data": source, "machine": info,
                 "note": args.note, "config": vars(args), "rows": rows, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     speedlib.write_json(args.output, document)
@@ -142,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} timed steps after {args.warmup_steps}; {source}; load average {os.getloadavg()[0]:.1f} at "
           f"the end\n")
     print(speedlib.markdown_table(rows, [
-        ("objective", "objective", ""), ("freeze_layers", "frozen layers", "d"),
+        ("objective", "objective", ""), ("freeze_layers", "frozen layers", "d"), ("attention", "attention", ""),
         ("pairs_per_s", "pairs/s (steady)", ".2f"), ("speedup_vs_unfrozen", f"x freeze {min(args.freeze)}", ".2f"),
+        ("packed_vs_padded", "x padded", ".2f"),
         ("seconds_per_step", "s/step", ".2f"), ("pairs_per_step", "pairs/step", ".0f"),
         ("run_pairs_per_s", "pairs/s (whole run)", ".2f"), ("trainable_parameters", "trainable params", ",d")]))
     if args.output:
