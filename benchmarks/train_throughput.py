@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
                 save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
                 precision=args.precision, attention=attention,
-                group_by_length=args.group_by_length)
+                group_by_length=args.group_by_length,
+                length_balance=False)  # a throughput run: every pair, whichever response is longer
             result = train(config)
             pairs_per_step = result.pairs / max(result.steps, 1)
             rate, per_step = steady_rate(out / "metrics.jsonl", args.warmup_steps, pairs_per_step)
