@@ -142,8 +142,7 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
                "gflop_per_s": flops / timing.seconds / 1e9,
                "mfu_bf16": None if method == "host-only" else flops / timing.seconds / peak["bf16"],
                "peak_mib": timing.peak_mib,
-               "host_workers": host_workers(rm.engine.config.host_workers if workers is None else workers,
-                                            rm.device) if method != "hf-padded" else None}
+               "host_workers": host_workers(workers or 0, rm.device) if method != "hf-padded" else None}
         print(f"  {what}: {n} pairs, {row['pairs_per_s']:.1f} pairs/s"
               + (f", MFU {row['mfu_bf16']:.1%}" if row["mfu_bf16"] is not None else ""), file=sys.stderr)
         yield row

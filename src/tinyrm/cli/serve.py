@@ -63,12 +63,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from ..auto import load
     from ..inference.packed import apply_attention
     from ..pairwise.rank import rank_candidates
+    from ..temperature import use_calibration
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     rows, skipped = read_rank_rows(args.input, args.skip_bad_rows)
-    rm = apply_attention(load(args.model), args.attention)
-    rm.calibrated = getattr(args, "calibrated", True)  # --no-calibration: raw P into the tournaments
+    rm = use_calibration(apply_attention(load(args.model), args.attention),  # --no-calibration: raw P
+                         getattr(args, "calibrated", True))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     comparisons = 0

@@ -59,6 +59,12 @@ def pair_units(n: int, both) -> list[list[int]]:
     return [[i, n + i] for i in range(n)] if both else [[i] for i in range(n)]
 
 
+def pair_scores(probs: Sequence[float], n: int, both) -> list[float]:
+    """P(a better) of ``n`` pairs from P(choice 0) of their encodings laid out as :func:`pair_units` has them:
+    with ``both``, the mean of the given order and 1 - the swapped one (where choice 0 is b)."""
+    return [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)] if both else list(probs)
+
+
 def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the batch's longest row (each field filled into one preallocated array: building nested
     Python lists and converting them cost the host ~4x more per token)."""

@@ -37,7 +37,7 @@ from torch import nn
 from ..backbone import mask_logits, unwrap_peft
 from ..prompt import Encoded
 from .adaptive import AutoOrder, OrderStats
-from .batches import HostBatch, host_batches, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
+from .batches import HostBatch, host_batches, pair_scores, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
 from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
 from .pipeline import run_pipeline
 from .precision import PRECISIONS, resolve_dtype
@@ -249,8 +249,7 @@ class InferenceEngine:
     def finish_chunk(self, probs: list[float], encodings: list[Encoded], n: int, both: bool, batch_size,
                      budget) -> list[float]:
         """P(a better) of a chunk's ``n`` pairs from P(choice 0) of its encodings, near-ties rechecked."""
-        # In the swapped order choice 0 is b, so P(a better) there is 1 - P(choice 0).
-        scores = probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
+        scores = pair_scores(probs, n, both)
         self.recheck_ties(scores, encodings, [bool(both)] * n, batch_size, budget)
         return scores
 
@@ -274,7 +273,7 @@ class InferenceEngine:
 
     def _score_chunk_fp32(self, encodings: list[Encoded], n: int, both: bool, batch_size, budget) -> list[float]:
         probs = self.run_units(encodings, pair_units(n, both), batch_size, budget, dtype=torch.float32)
-        return probs if not both else [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)]
+        return pair_scores(probs, n, both)
 
     def overlap_enabled(self, n_items: int) -> bool:
         """Whether ``compare_batch`` runs the host pipeline: on (auto: on GPU) and more than one chunk."""

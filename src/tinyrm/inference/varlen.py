@@ -49,6 +49,11 @@ class Packed:
         return len(self.lengths)
 
     @property
+    def equal_lengths(self) -> bool:
+        """Every sequence has the longest one's length: the ``[B, L]`` block is a view of the stream."""
+        return min(self.lengths) == self.max_seqlen
+
+    @property
     def starts(self) -> torch.Tensor:
         """[B] long: each sequence's first token ([CLS]) in the flat stream."""
         return self.cu_seqlens[:-1].long()
@@ -117,7 +122,7 @@ class Packed:
         key = ("mask", window)
         if key not in self._maps:
             width = self.max_seqlen
-            full = min(self.lengths) == width  # no padding in the block: only the window masks
+            full = self.equal_lengths  # no padding in the block: only the window masks
             banded = window is not None and width - 1 > window
             valid = None if full else self.padded_maps()[2]
             if not banded:
@@ -232,7 +237,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
         cu, longest = packed.cu_seqlens, packed.max_seqlen
         return _varlen_attn()(q, k, v, cu, cu, longest, longest, **extra)
     mask = packed.attention_mask(window)
-    if min(packed.lengths) == packed.max_seqlen:  # equal lengths: the block is a view, nothing to gather
+    if packed.equal_lengths:  # the block is a view, nothing to gather
         shape = (packed.batch_size, packed.max_seqlen, *q.shape[1:])
         out = F.scaled_dot_product_attention(*(x.view(shape).transpose(1, 2) for x in (q, k, v)), attn_mask=mask,
                                              dropout_p=dropout_p, scale=scale)

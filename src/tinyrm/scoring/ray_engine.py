@@ -60,12 +60,13 @@ class ChunkScorer:
     def __init__(self, config: dict[str, Any], chunk_rows: int, kill: str | None = None) -> None:
         from ..auto import load
         from ..inference.packed import apply_attention
+        from ..temperature import use_calibration
 
         self.config = ScoreConfig(**config)
         self.chunk_rows = chunk_rows
         self.kill = kill
         self.model = apply_attention(load(self.config.model, precision=self.config.precision), self.config.attention)
-        self.model.calibrated = self.config.calibrated  # --no-calibration (tinyrm.temperature)
+        use_calibration(self.model, self.config.calibrated)  # --no-calibration (tinyrm.temperature)
 
     def _maybe_die(self, chunk: int) -> None:
         if not self.kill:

@@ -18,6 +18,7 @@ import torch
 from ..backbone import mask_logits, unwrap_peft
 from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
+from ..inference.batches import pair_scores
 from ..pairwise.data import pad_batch
 from ..pairwise.model import RewardModel
 
@@ -79,8 +80,7 @@ def direct_scores(rm: RewardModel, items: Sequence[tuple[str, str, str]], batch_
                              token_ids=answer_ids, token_type_ids=batch.get("token_type_ids"))
         for i, p in zip(idx, torch.softmax(logits.float(), dim=-1)[:, 0].tolist()):
             probs[i] = p
-    n = len(items)
-    return [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)] if both_orders else probs
+    return pair_scores(probs, len(items), both_orders)
 
 
 def _timed_scores(rm, items: list[tuple[str, str, str]], batch_size: int, repeats: int) -> tuple[list[float], float]:

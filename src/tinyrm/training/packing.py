@@ -9,7 +9,7 @@
   ``window_size``). Loss and gradients equal the padded step's (``tests/test_packed_train.py``).
 * ``padded``: right-padded rows through the transformers forward (the step as it always was).
 * ``auto``: packed on CUDA where ``varlen_attn`` exists and has a backward, padded elsewhere (on the CPU
-  the packed route still pads inside attention, and scoring measured no gain there: docs/inference.md).
+  packed training measured even with padded: docs/training.md; scoring, which gained, is packed there).
 
 Full fine-tuning, DoRA (adapters stay injected: the packed forward calls the model's own modules), frozen
 lower layers, the backbone's gradient checkpointing (run per layer as transformers would), bf16 autocast
