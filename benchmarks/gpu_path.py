@@ -9,12 +9,14 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    entry (``512``: every sequence ~512 tokens; ``64-512``: lengths uniform in [64, 512]), both orders:
    ``hf-padded`` (plain loop: bf16, SDPA, input order, ``--hf-batch`` rows, full logits),
    ``tinyrm-padded`` / ``tinyrm-packed`` (``compare_batch`` with ``engine.config.attention`` padded /
-   packed, ``--max-batch-tokens`` per pass: ``auto`` = ``tinyrm.inference.budget.default_batch_tokens``)
-   and ``host-only`` (the packed pipeline with the forward replaced by a no-op,
-   ``speedlib.forward_removed``; issue 26 wants it >= 3x the packed rate). Each is warmed up (4 pairs,
-   then ``--warmup-pairs`` for a rate estimate), then timed on ``--pairs`` (``--ref-pairs`` for the two
-   padded methods), cut to ~``--point-s`` seconds at the warm-up rate (``capped``). pairs/s, tokens/s,
-   MFU from useful FLOPs (speedlib.forward_flops), peak GPU memory.
+   packed, ``--max-batch-tokens`` per pass: ``auto`` = ``tinyrm.inference.budget.default_batch_tokens``),
+   ``tinyrm-packed-compiled`` (packed with ``engine.config.compile``: the layers' regions through
+   ``torch.compile``; ``x packed``) and ``host-only`` (the packed pipeline with the forward replaced by a
+   no-op, ``speedlib.forward_removed``; issue 26 wants it >= 3x the faster packed rate). Each is warmed up
+   (4 pairs; the compiled one also 64 more, so its dynamic-shape graph is built; ``warmup_s``), then
+   ``--warmup-pairs`` for a rate estimate, then timed on ``--pairs`` (``--ref-pairs`` for the two padded
+   methods), cut to ~``--point-s`` seconds at the warm-up rate (``capped``). pairs/s, tokens/s, MFU from
+   useful FLOPs (speedlib.forward_flops), peak GPU memory.
 3. Training (``tinyrm.train``): large shape, DoRA r128, 12 frozen layers, bf16, ``--train-length`` 512,
    per ``--train-attention`` (padded; packed only where TrainConfig has ``attention``): steady pairs/s
    after ``--train-warmup`` steps and an approximate MFU. The synthetic pairs alternate which response
@@ -50,8 +52,11 @@ if importlib.util.find_spec("tinyrm") is None:  # the repository copy on the dev
 import speedlib  # noqa: E402
 import torch  # noqa: E402
 
-METHODS = ("hf-padded", "tinyrm-padded", "tinyrm-packed", "host-only")
-ATTENTION = {"tinyrm-padded": "padded", "tinyrm-packed": "packed", "host-only": "packed"}
+METHODS = ("hf-padded", "tinyrm-padded", "tinyrm-packed", "tinyrm-packed-compiled", "host-only")
+ATTENTION = {"tinyrm-padded": "padded", "tinyrm-packed": "packed", "tinyrm-packed-compiled": "packed",
+             "host-only": "packed"}
+COMPILED = ("tinyrm-packed-compiled",)
+PACKED = ("tinyrm-packed", *COMPILED)  # the GPU rates the host-only row is held against (the faster one)
 REFERENCE = ("hf-padded", "tinyrm-padded")  # timed on --ref-pairs: the baselines, slow at 512 tokens
 SMOKE = dict(shapes=["smoke"], points=["64", "16-64"], pairs_n=12, ref_pairs=6, warmup_pairs=4, sweep_shape="smoke",
              sweep_point="16-64", sweep_pairs=8, sweep_tokens=[256, 1024], sweep_min_s=5.0, train_shape="smoke",
@@ -84,13 +89,15 @@ def build_scorer(shape: str, tokenizer, max_length: int, budget: str, plain: boo
 
 
 def measure(run: speedlib.BudgetRun, args, what: str, method: str, rm, hf_model, pairs, target: int) -> tuple | None:
-    """Warm up, then time ``method`` on up to ``target`` pairs: (Timing, pairs timed, capped), or None."""
+    """Warm up, then time ``method`` on up to ``target`` pairs: (Timing, pairs timed, capped, seconds of the
+    first warm-up calls: the bf16 copy, a compile), or None."""
     if run.left() < args.reserve_s:
         run.skip(what, "time budget")
         return None
     try:
         if method != "hf-padded":
             rm.engine.config.attention = ATTENTION[method]
+            rm.engine.config.compile = method in COMPILED
             if ATTENTION[method] == "packed" and not rm.engine.uses_packed():
                 raise RuntimeError("the packed forward does not run for this model here (it would score padded)")
 
@@ -103,11 +110,15 @@ def measure(run: speedlib.BudgetRun, args, what: str, method: str, rm, hf_model,
                     return rm.compare_batch(items)
             return rm.compare_batch(items)
 
+        start = time.perf_counter()
         fn(pairs[:4])  # warm-up: the bf16 copy, kernel selection
+        if method in COMPILED:  # a second size: the dynamic-shape graphs, compiled once, outside the estimate
+            fn(pairs[4:68])
+        first_s = time.perf_counter() - start
         warm = speedlib.timed(fn, pairs[: args.warmup_pairs])  # more warm-up (allocator), and the rate estimate
         rate = min(args.warmup_pairs, len(pairs)) / max(warm.seconds, 1e-9)
         n = min(target, len(pairs), max(args.warmup_pairs, int(rate * args.point_s)))
-        return speedlib.timed(fn, pairs[:n]), n, n < target
+        return speedlib.timed(fn, pairs[:n]), n, n < target, first_s
     except Exception as error:  # noqa: BLE001 - e.g. out of memory: record, go on
         run.error(what, error)
         speedlib.free_memory()
@@ -129,10 +140,10 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
             result = measure(run, args, what, method, rm, hf_model, pairs,
                              args.ref_pairs if method in REFERENCE else args.pairs_n)
         finally:
-            rm.engine.config.host_workers, rm.engine.config.overlap = 0, "auto"
+            rm.engine.config.host_workers, rm.engine.config.overlap, rm.engine.config.compile = 0, "auto", False
         if result is None:
             continue
-        timing, n, capped = result
+        timing, n, capped, first_s = result
         seen = lengths.first(rm, n)
         flops = speedlib.forward_flops(mlm, seen)
         row = {"shape": shape, "point": spec, "method": method, "attention": ATTENTION.get(method, "sdpa"),
@@ -141,7 +152,7 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
                "pairs_per_s": n / timing.seconds, "tokens_per_s": sum(seen) / timing.seconds,
                "gflop_per_s": flops / timing.seconds / 1e9,
                "mfu_bf16": None if method == "host-only" else flops / timing.seconds / peak["bf16"],
-               "peak_mib": timing.peak_mib,
+               "peak_mib": timing.peak_mib, "warmup_s": first_s,
                "host_workers": host_workers(workers or 0, rm.device) if method != "hf-padded" else None}
         print(f"  {what}: {n} pairs, {row['pairs_per_s']:.1f} pairs/s"
               + (f", MFU {row['mfu_bf16']:.1%}" if row["mfu_bf16"] is not None else ""), file=sys.stderr)
@@ -177,11 +188,13 @@ def scoring_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> Non
 
 
 def _ratios(rows: list[dict], sweep: list[dict]) -> None:
-    """x hf-padded on every row; on host-only rows host / tinyrm-packed pairs/s (issue 26: >= 3);
-    on sweep rows x the auto budget's tinyrm-packed row of the same shape and point."""
-    def rate(row: dict, method: str) -> float | None:
-        found = [r for r in rows if (r["shape"], r["point"], r["method"]) == (row["shape"], row["point"], method)]
-        return found[0]["pairs_per_s"] if found else None
+    """x hf-padded on every row; x tinyrm-packed on compiled rows; on host-only rows host / the faster packed
+    method's pairs/s (issue 26: >= 3); on sweep rows x the auto budget's tinyrm-packed row of the same shape
+    and point."""
+    def rate(row: dict, *methods: str) -> float | None:
+        found = [r["pairs_per_s"] for r in rows
+                 if (r["shape"], r["point"]) == (row["shape"], row["point"]) and r["method"] in methods]
+        return max(found) if found else None
 
     for kind, group in (("scoring", rows), ("sweep", sweep)):
         for row in group:
@@ -189,8 +202,11 @@ def _ratios(rows: list[dict], sweep: list[dict]) -> None:
             row["speedup_vs_hf"] = row["pairs_per_s"] / hf if hf and row["method"] != "host-only" else None
             if kind == "sweep":
                 row["vs_auto_budget"] = row["pairs_per_s"] / packed if packed else None
+            elif row["method"] in COMPILED:
+                row["speedup_vs_packed"] = row["pairs_per_s"] / packed if packed else None
             elif row["method"] == "host-only":
-                row["host_vs_packed"] = row["pairs_per_s"] / packed if packed else None
+                fastest = rate(row, *PACKED)
+                row["host_vs_packed"] = row["pairs_per_s"] / fastest if fastest else None
 
 
 def sweep_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> None:
@@ -294,7 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--points", nargs="+", default=["512", "64-512"], help="L (every sequence ~L tokens) or LO-HI")
     p.add_argument("--pairs", dest="pairs_n", type=int, default=20000,
                    help="pairs timed per point (tinyrm-packed, host-only)")
-    p.add_argument("--ref-pairs", type=int, default=2048, help="pairs timed per point for hf-padded and tinyrm-padded")
+    p.add_argument("--ref-pairs", type=int, default=1024, help="pairs timed per point for hf-padded and tinyrm-padded")
     p.add_argument("--warmup-pairs", type=int, default=512, help="untimed warm-up (and rate estimate) before each")
     p.add_argument("--point-s", type=float, default=30.0, help="cut a measurement to ~this many seconds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -391,7 +407,8 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
                ("tokens_per_sequence", "tokens/seq", ".0f"), ("max_batch_tokens", "tokens/pass", "d"),
                ("pairs_per_s", "pairs/s", ".1f"), ("tokens_per_s", "tokens/s", ".0f"),
                ("speedup_vs_hf", "x hf-padded", ".2f"), ("host_vs_packed", "host / packed", ".2f"),
-               ("host_workers", "host threads", "d"), ("mfu_bf16", "MFU bf16", ".1%"), ("peak_mib", "peak MiB", ".0f")]
+               ("host_workers", "host threads", "d"), ("mfu_bf16", "MFU bf16", ".1%"), ("peak_mib", "peak MiB", ".0f"),
+               ("speedup_vs_packed", "x packed", ".2f"), ("warmup_s", "warm-up s", ".1f")]
     print(speedlib.markdown_table(doc["scoring"], scoring))
     for row in doc["scoring"]:
         if row.get("host_vs_packed") is not None:
@@ -409,7 +426,7 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
     if doc["sweep"]:
         print()
         print(speedlib.markdown_table(doc["sweep"], [*scoring[:4], *scoring[5:7], ("vs_auto_budget", "x auto budget",
-                                                                                   ".2f"), *scoring[11:]]))
+                                                                                   ".2f"), *scoring[11:13]]))
     for item in doc["notes"] + doc["skipped"] + [{k: e[k] for k in ("what", "error")} for e in doc["errors"]]:
         print(f"note: {item}")
     print(f"elapsed {time.monotonic() - run.start:.0f}s; wrote {output}")

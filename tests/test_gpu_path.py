@@ -123,3 +123,17 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
     assert [(r["method"], r["host_workers"]) for r in rows] == [("host-only", 1), ("host-only", 3),
                                                                  ("tinyrm-packed", 1)]
     assert all(r["host_vs_packed"] for r in rows[:2])
+
+
+def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):
+    """The compiled row reads x tinyrm-packed; the host-only row is held against the faster of the two packed
+    methods (the GPU rate it has to keep up with), at its own shape and point only."""
+    def row(method, rate, point="512"):
+        return {"shape": "base", "point": point, "method": method, "pairs_per_s": rate}
+
+    rows = [row("hf-padded", 100.0), row("tinyrm-packed", 400.0), row("tinyrm-packed-compiled", 600.0),
+            row("host-only", 1800.0), row("tinyrm-packed", 50.0, point="64-512")]
+    gpu_path._ratios(rows, [])
+    assert rows[2]["speedup_vs_packed"] == pytest.approx(1.5) and rows[2]["speedup_vs_hf"] == pytest.approx(6.0)
+    assert rows[3]["host_vs_packed"] == pytest.approx(3.0) and rows[3]["speedup_vs_hf"] is None
+    assert "speedup_vs_packed" not in rows[1]

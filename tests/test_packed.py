@@ -216,6 +216,29 @@ def test_baselines_packed_equal_padded(tiny_bert: str, kind: str, objective: str
     assert len(set(padded_rewards)) > 1
 
 
+def test_compiled_packed_equals_eager(packable_model: str) -> None:
+    """``compile=True``: the layers' regions through torch.compile give the eager packed P (fp32), and
+    every layer and batch size shares the region graphs: a static and a dynamic graph per region and layer
+    kind (ModernBERT's first layer has no attention norm), and none for new sizes once dynamic (a graph per
+    layer or per batch would recompile for minutes on a 28-layer model)."""
+    from torch._dynamo.utils import counters
+
+    rm = RewardModel.from_pretrained(packable_model, device="cpu", precision="fp32")
+    rm.engine.config.attention = "packed"
+    items = mixed_items(12)
+    eager = rm.compare_batch(items, max_batch_tokens=1500)
+    rm.engine.config.compile = True
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = rm.compare_batch(items, max_batch_tokens=1500)  # several batches of different token counts
+    assert rm.engine.uses_packed()
+    made = counters["stats"]["unique_graphs"] - graphs
+    assert 2 <= made <= 6
+    assert compiled == pytest.approx(eager, abs=1e-5)
+    again = rm.compare_batch(items[:5], max_batch_tokens=700)
+    assert counters["stats"]["unique_graphs"] - graphs == made  # no recompiles for new sizes
+    assert again == pytest.approx(eager[:5], abs=1e-5)
+
+
 # ----------------------------------------------------------------------------- selection
 def test_attention_validates_and_auto_is_packed_on_cpu(tiny_bert: str) -> None:
     with pytest.raises(ValueError, match="attention"):

@@ -54,7 +54,9 @@ class InferenceConfig:
 
     max_batch_tokens: int = 16384  # tokens per forward pass: padded (rows x width), or real ones when packed
     precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32; int8 (CPU): inference.quantize
-    compile: bool = False  # torch.compile the forward (measured: see docs/inference.md)
+    # torch.compile: the packed forward's layer regions (inference.packed), the padded forward whole; off by
+    # default: a one-time compile per model shape and dtype (docs/inference.md has the CPU figures)
+    compile: bool = False
     overlap: str = "auto"  # the host pipeline (inference.pipeline): chunks built ahead in threads; auto = on GPU
     chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
     host_workers: int = 0  # pipeline threads building chunks ahead; 0 = auto (CUDA: cores / 4, at most 4; else 1)
@@ -151,11 +153,14 @@ class InferenceEngine:
                                    token_ids=answer_ids, token_type_ids=token_type_ids)
 
             packed = None
+            # compile: the packed forward's layer regions (inference.packed; not over int8's quantised linears)
+            regions = self.config.compile and dtype != INT8_DTYPE
             if packed_mlm_supported(run):
                 def packed(batch):  # the same logits from a packed batch (inference.packed)
-                    return packed_mask_logits(run, batch, answer_ids, batch.starts if read_cls else batch.mask_index)
+                    return packed_mask_logits(run, batch, answer_ids, batch.starts if read_cls else batch.mask_index,
+                                              compiled=regions)
 
-            if self.config.compile:  # the padded forward only: packed shapes change with every batch
+            if self.config.compile:  # the padded forward: the whole model, dynamic in batch and width
                 forward = torch.compile(forward, dynamic=True)
             self._slots[dtype] = _Prepared(key, run, forward, dtype, packed)
             return self._slots[dtype]

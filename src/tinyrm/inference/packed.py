@@ -11,6 +11,13 @@ sequence), BERT / RoBERTa / XLM-R (absolute positions; RoBERTa's offset by ``pad
 DistilBERT. Anything else (or a transformers layout these forwards do not recognise) is not
 packable: :func:`packed_family` says None and the engine scores it padded.
 
+``compiled=True`` (``InferenceConfig.compile``, scoring only) runs each layer's work before and after the
+attention core through ``torch.compile`` (regional compilation): one graph per region and family, shared by
+every layer (same structure, parameters as inputs) and dynamic in the token count after the first
+recompile, so packed batches of any size reuse it. The attention core stays eager (its route is chosen in
+Python per batch). What it fuses: the rotary embedding (computed in fp32: about ten memory passes over q
+and k in eager), the norms, the GLU/GELU and the residual adds.
+
 Selection (``InferenceConfig.attention``): ``ATTENTIONS`` = auto | packed | padded; ``auto`` scores packed
 where ``varlen_attn`` runs (CUDA, torch >= 2.10) and on the CPU, padded elsewhere, and trains packed on CUDA
 only (docs/inference.md has the CPU measurement behind that).
@@ -96,7 +103,21 @@ def _checkpointed(layer: nn.Module, step, hidden: torch.Tensor) -> torch.Tensor:
     return step(hidden)
 
 
-def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+def _modernbert_pre(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    attn = layer.attn
+    qkv = attn.Wqkv(layer.attn_norm(hidden)).view(hidden.shape[0], 3, -1, attn.head_dim)
+    q, k, v = qkv.unbind(1)
+    return (*_rotary(q, k, cos, sin), v)
+
+
+def _modernbert_post(layer: nn.Module, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    hidden = hidden + layer.attn.out_drop(layer.attn.Wo(out.reshape(hidden.shape[0], -1)))
+    return hidden + layer.mlp(layer.mlp_norm(hidden))
+
+
+def _modernbert(encoder: nn.Module, packed: Packed, compiled: bool = False) -> torch.Tensor:
+    pre, post = _regions("modernbert", compiled)
     hidden = encoder.embeddings(input_ids=packed.input_ids[None])[0]
     positions = packed.position_ids[None]
     rope = {}
@@ -104,18 +125,14 @@ def _modernbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
         cos, sin = encoder.rotary_emb(hidden[None], positions, kind)
         rope[kind] = cos[0], sin[0]
     half_window = encoder.config.sliding_window  # local_attention // 2 on each side (|i - j| <= it)
-    tokens = hidden.shape[0]
 
     def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         attn = layer.attn
-        qkv = attn.Wqkv(layer.attn_norm(hidden)).view(tokens, 3, -1, attn.head_dim)
-        q, k, v = qkv.unbind(1)
-        q, k = _rotary(q, k, *rope[layer.attention_type])
+        q, k, v = pre(layer, hidden, *rope[layer.attention_type])
         local = layer.attention_type == "sliding_attention"
         out = varlen_attention(q, k, v, packed, scale=attn.head_dim ** -0.5, window=half_window if local else None,
                                dropout_p=_dropout_p(attn, attn.attention_dropout))
-        hidden = hidden + attn.out_drop(attn.Wo(out.reshape(tokens, -1)))
-        return hidden + layer.mlp(layer.mlp_norm(hidden))
+        return post(layer, hidden, out)
 
     for layer in encoder.layers:
         hidden = _checkpointed(layer, partial(block, layer), hidden)
@@ -130,59 +147,94 @@ def _position_offset(embeddings: nn.Module) -> int:
     return 0
 
 
-def _bert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+def _bert_pre(layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    sa = layer.attention.self
+    return tuple(_heads(proj(hidden), sa.attention_head_size) for proj in (sa.query, sa.key, sa.value))
+
+
+def _bert_post(layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    attended = layer.attention.output(context.reshape(hidden.shape[0], -1), hidden)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def _bert(encoder: nn.Module, packed: Packed, compiled: bool = False) -> torch.Tensor:
+    pre, post = _regions("bert", compiled)
     embeddings = encoder.embeddings
     positions = packed.position_ids + _position_offset(embeddings)
     kwargs = {"input_ids": packed.input_ids[None], "position_ids": positions[None]}
     if packed.token_type_ids is not None:
         kwargs["token_type_ids"] = packed.token_type_ids[None]
     hidden = embeddings(**kwargs)[0]
-    tokens = hidden.shape[0]
 
     def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         sa = layer.attention.self
-        size = sa.attention_head_size
-        q, k, v = (_heads(proj(hidden), size) for proj in (sa.query, sa.key, sa.value))
-        context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
-        attended = layer.attention.output(context.reshape(tokens, -1), hidden)
-        return layer.output(layer.intermediate(attended), attended)
+        q, k, v = pre(layer, hidden)
+        context = varlen_attention(q, k, v, packed, scale=sa.attention_head_size ** -0.5,
+                                   dropout_p=_dropout_p(sa, sa.dropout.p))
+        return post(layer, hidden, context)
 
     for layer in encoder.encoder.layer:
         hidden = _checkpointed(layer, partial(block, layer), hidden)
     return hidden
 
 
-def _distilbert(encoder: nn.Module, packed: Packed) -> torch.Tensor:
+def _distilbert_pre(layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    sa = layer.attention
+    return tuple(_heads(proj(hidden), sa.attention_head_size) for proj in (sa.q_lin, sa.k_lin, sa.v_lin))
+
+
+def _distilbert_post(layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    attended = layer.sa_layer_norm(layer.attention.out_lin(context.reshape(hidden.shape[0], -1)) + hidden)
+    return layer.output_layer_norm(layer.ffn(attended) + attended)
+
+
+def _distilbert(encoder: nn.Module, packed: Packed, compiled: bool = False) -> torch.Tensor:
+    pre, post = _regions("distilbert", compiled)
     hidden = encoder.embeddings(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None])[0]
-    tokens = hidden.shape[0]
 
     def block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         sa = layer.attention
-        size = sa.attention_head_size
-        q, k, v = (_heads(proj(hidden), size) for proj in (sa.q_lin, sa.k_lin, sa.v_lin))
-        context = varlen_attention(q, k, v, packed, scale=size ** -0.5, dropout_p=_dropout_p(sa, sa.dropout.p))
-        attended = layer.sa_layer_norm(sa.out_lin(context.reshape(tokens, -1)) + hidden)
-        return layer.output_layer_norm(layer.ffn(attended) + attended)
+        q, k, v = pre(layer, hidden)
+        context = varlen_attention(q, k, v, packed, scale=sa.attention_head_size ** -0.5,
+                                   dropout_p=_dropout_p(sa, sa.dropout.p))
+        return post(layer, hidden, context)
 
     for layer in encoder.transformer.layer:
         hidden = _checkpointed(layer, partial(block, layer), hidden)
     return hidden
 
 
+_REGIONS = {"modernbert": (_modernbert_pre, _modernbert_post), "bert": (_bert_pre, _bert_post),
+            "distilbert": (_distilbert_pre, _distilbert_post)}
+_compiled_regions: dict[str, tuple] = {}
+
+
+def _regions(family: str, compiled: bool) -> tuple:
+    """The family's (pre-attention, post-attention) layer functions; with ``compiled``, their
+    ``torch.compile`` wrappers, made once per process (dynamo caches graphs per wrapper, keyed by guards on
+    the inputs' shapes and dtypes, so every layer and every model of one shape shares them)."""
+    if not compiled:
+        return _REGIONS[family]
+    if family not in _compiled_regions:
+        _compiled_regions[family] = tuple(torch.compile(fn) for fn in _REGIONS[family])
+    return _compiled_regions[family]
+
+
 _FORWARDS = {"modernbert": _modernbert, "bert": _bert, "distilbert": _distilbert}
 
 
-def packed_hidden(model: nn.Module, packed: Packed) -> torch.Tensor:
+def packed_hidden(model: nn.Module, packed: Packed, compiled: bool = False) -> torch.Tensor:
     """The encoder's last hidden states ``[T, hidden]`` of a packed batch (``model``: a masked LM or a
-    sequence classifier of a known family, peft-wrapped or not). Differentiable."""
+    sequence classifier of a known family, peft-wrapped or not). Differentiable; ``compiled``: the layers'
+    regions through ``torch.compile`` (module docstring)."""
     family = packed_family(model)
     if family is None:
         raise TypeError(f"no packed forward for {type(unwrap_peft(model)).__name__}; score it padded")
-    return _FORWARDS[family](encoder_of(unwrap_peft(model)), packed)
+    return _FORWARDS[family](encoder_of(unwrap_peft(model)), packed, compiled)
 
 
 def packed_mask_logits(mlm: nn.Module, packed: Packed, token_ids: torch.Tensor | None = None,
-                       positions: torch.Tensor | None = None) -> torch.Tensor:
+                       positions: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     """``backbone.mask_logits`` for a packed batch: the MLM head's logits ``[M, len(token_ids)]`` (or
     ``[M, V]``) at ``positions`` of the flat stream (default: each sequence's mask, ``packed.mask_index``;
     ``packed.starts`` reads [CLS])."""
@@ -190,7 +242,7 @@ def packed_mask_logits(mlm: nn.Module, packed: Packed, token_ids: torch.Tensor |
     if positions is None:
         raise ValueError("packed_mask_logits: the batch has no mask positions; pass positions")
     base = unwrap_peft(mlm)
-    return head_logits(base, packed_hidden(base, packed)[positions], token_ids)
+    return head_logits(base, packed_hidden(base, packed, compiled)[positions], token_ids)
 
 
 # ----------------------------------------------------------------------------- selection
