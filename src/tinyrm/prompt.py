@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 # The budget split and keep_end / keep_ends live with the rest of the truncation rules (and stay
 # importable from here); the difference-aware mode is tinyrm.truncation's plan_responses.
+from .piecewise import PiecewiseRule, piecewise_rule
 from .truncation import (  # noqa: F401
     DEFAULT_DIFF_CONTEXT,
     DEFAULT_TRUNCATION,
@@ -177,6 +178,9 @@ class ClozeEncoder:
     truncation: str = DEFAULT_TRUNCATION
     diff_context: int = DEFAULT_DIFF_CONTEXT
     _layout: tuple = field(init=False, repr=False)
+    # Set when this tokenizer and template provably give a fitting pair's whole-pair ids from its pieces
+    # (tinyrm.piecewise): then the whole pair is not tokenised again.
+    _piecewise: PiecewiseRule | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         check_truncation(self.truncation, self.diff_context)
@@ -193,6 +197,7 @@ class ClozeEncoder:
         types = probe.get("token_type_ids")
         self._layout = (ids[: where[0]], ids[where[0] + 1 : where[1]], ids[where[1] + 1 :])
         self._types = None if types is None else (list(types), where)
+        self._piecewise = piecewise_rule(tok, self.template.first, self.template.second)
         self.marker_ids = self._ids(self.elision_marker)
         self.prefix_ids = self._ids(self.prefix)
         self._literal_cache: dict[str, list[int]] = {}
@@ -235,7 +240,8 @@ class ClozeEncoder:
 
         Pieces tokenized apart can differ where the template glues text to a slot without a space
         (the published TinyRM format writes ``B + "Answer: "``); untruncated inputs therefore use the
-        joint tokenization, exactly what those checkpoints were trained on.
+        joint tokenization, exactly what those checkpoints were trained on, except where
+        ``tinyrm.piecewise`` proves the pieces give the same ids (``encode`` then skips this call).
         """
         ids, types = self._tokenize_joint(*self._joint_texts(values))  # over-long: rejected just below
         if ids.count(self.mask_id) != 1 or len(ids) > self.max_length:
@@ -277,8 +283,8 @@ class ClozeEncoder:
         responses = {k: ids for seg in segments for k, ids in seg if k in ("a", "b")}
         plan = plan_responses(responses.get("a", []), responses.get("b", []), lengths.get("prompt", 0), avail,
                               self.marker_ids, self.truncation, self.diff_context)
-        if not plan.truncated:
-            joint = self._encode_joint(values)
+        if not plan.truncated and (self._piecewise is None or not self._piecewise.clean(values)):
+            joint = self._encode_joint(values)  # else the pieces below are exactly the whole pair's ids
             if joint is not None:
                 return joint
         budgets = dict(zip(("prompt", "a", "b"), plan.budgets))
@@ -293,15 +299,17 @@ class ClozeEncoder:
                     piece = keep_ends(views[kind], budgets[kind], self.marker_ids)
                 ids.extend(piece)
             seg_ids.append(ids)
-        start, middle, end = self._layout
-        input_ids = start + seg_ids[0] + middle + seg_ids[1] + end
-        token_type_ids = None
-        if self._types is not None:
-            types, where = self._types
-            first_type, second_type = types[where[0]], types[where[1]]
-            token_type_ids = (
-                types[: where[0]] + [first_type] * len(seg_ids[0]) + types[where[0] + 1 : where[1]]
-                + [second_type] * len(seg_ids[1]) + types[where[1] + 1 :]
-            )
+        input_ids, token_type_ids = self._laid_out(*seg_ids)
         mask_position = input_ids.index(self.mask_id)
         return Encoded(input_ids, token_type_ids, mask_position, plan.truncated, plan.diff_kept)
+
+    def _laid_out(self, first: list[int], second: list[int]) -> tuple[list[int], list[int] | None]:
+        """(input_ids, token_type_ids or None) of two segments' ids inside the tokenizer's special tokens."""
+        start, middle, end = self._layout
+        input_ids = start + first + middle + second + end
+        if self._types is None:
+            return input_ids, None
+        types, where = self._types
+        first_type, second_type = types[where[0]], types[where[1]]
+        return input_ids, (types[: where[0]] + [first_type] * len(first) + types[where[0] + 1 : where[1]]
+                           + [second_type] * len(second) + types[where[1] + 1 :])

@@ -1,19 +1,21 @@
 """Tokenisation for scoring: :class:`CachingClozeEncoder`, the engine's ``ClozeEncoder``.
 
 Each distinct text is tokenised once (prompts repeat across pairs, and both orders reuse every text), and
-``prefetch`` tokenises a chunk ahead in two batched tokenizer calls: the texts, then the whole-pair encodings
-of every pair that fits ``max_length``, from which it builds those pairs' finished ``Encoded`` rows (what
-``encode`` would return; ``encode`` then only looks them up). The batched calls go straight to the Rust
-tokenizer (:func:`batch_ids`) where that is exactly what transformers' call would do: it releases the GIL
-and spreads a batch over its own threads, and skipping transformers' per-row conversion (offsets, attention
-masks, a dict per row) was 13% of the host's time at 512 tokens. Thread-safe for the host pipeline's workers
-(``inference.pipeline``): the caches are plain dicts (single operations under the GIL), and a miss only
-means encoding that pair again, with the same ids.
+``prefetch`` tokenises a chunk ahead in batched tokenizer calls: the texts, then the whole-pair encodings of
+every pair that fits ``max_length`` (only where ``tinyrm.piecewise`` cannot prove that its pieces laid end to
+end are those ids; that call was two thirds of the tokenizer's work), from which it builds those pairs'
+finished ``Encoded`` rows (what ``encode`` would return; ``encode`` then only looks them up). The batched
+calls go straight to the Rust tokenizer (:func:`batch_ids`) where that is exactly what transformers' call
+would do: it releases the GIL and spreads a batch over its own threads, and skipping transformers' per-row
+conversion (offsets, attention masks, a dict per row) was 13% of the host's time at 512 tokens. Thread-safe
+for the host pipeline's workers (``inference.pipeline``): the caches are plain dicts (single operations under
+the GIL), and a miss only means encoding that pair again, with the same ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 from ..prompt import ClozeEncoder, Encoded
 
@@ -93,10 +95,11 @@ class CachingClozeEncoder(ClozeEncoder):
 
     def prefetch(self, items: Iterable[PairInput], prefixes: Sequence[str | None] | None = None,
                  both: bool = False) -> None:
-        """Tokenise ahead in two batched tokenizer calls: the uncached texts of ``items``, then the whole pairs
-        of the rows that fit ``max_length``, in the given order and, with ``both``, the swapped one; each such
-        row's ``Encoded`` is built here, exactly what ``encode`` returns for it (the same ids as tokenising one
-        at a time).
+        """Tokenise ahead in at most two batched tokenizer calls: the uncached texts of ``items``, then the
+        whole pairs of the rows that fit ``max_length`` (in the given order and, with ``both``, the swapped one)
+        and are not proven equal to their pieces (``tinyrm.piecewise``: those are laid out from the pieces);
+        each such row's ``Encoded`` is built here, exactly what ``encode`` returns for it (the same ids as
+        tokenising one at a time).
 
         ``prefixes``: each item's instruction (None: ``self.prefix``), as later given to ``encode``.
         """
@@ -108,26 +111,38 @@ class CachingClozeEncoder(ClozeEncoder):
             orders.append({"instruction": instruction, "prompt": prompt, "a": a, "b": b})
             if both:
                 orders.append({"instruction": instruction, "prompt": prompt, "a": b, "b": a})
-        pieces = [[text for parts in (self.template.first, self.template.second)
-                   for kind, text in self._pieces(parts, values) if kind != "mask"] for values in orders]
-        todo = dict.fromkeys(text for row in pieces for text in row if text not in self._cache)
+        segments = [[self._pieces(parts, values) for parts in (self.template.first, self.template.second)]
+                    for values in orders]
+        # This chunk's ids by text, kept here: the shared cache may be cleared while it fills.
+        known = {text: self._cache.get(text) for segs in segments for seg in segs for kind, text in seg
+                 if kind != "mask"}
+        todo = [text for text, ids in known.items() if ids is None]
         if todo:  # literals too: they vary with carried spaces
-            texts = list(todo)
-            for text, ids in zip(texts, batch_ids(self.tokenizer, texts, False, False)[0]):
+            for text, ids in zip(todo, batch_ids(self.tokenizer, todo, False, False)[0]):
+                known[text] = ids
                 self._store(text, ids)
+        if len(self._ready) + len(orders) > self.cache_size:
+            self._ready.clear()
         # A row whose pieces fit takes encode's whole-pair branch (the pieces' ids, the user text's mask tokens
-        # not yet removed, are at least as long as what encode counts), so its Encoded can be built here.
+        # not yet removed, are at least as long as what encode counts), so its Encoded can be built here: from
+        # the pieces where tinyrm.piecewise proves them equal to the whole pair, else from the whole pair.
         fixed = 1 + sum(len(x) for x in self._layout)  # the mask and the special tokens around the segments
-        joint = {(v["instruction"], v["prompt"], v["a"], v["b"]): self._joint_texts(v)
-                 for v, row in zip(orders, pieces)
-                 if fixed + sum(len(self._cache.get(text, ())) for text in row) <= self.max_length}
-        if not joint:  # every pair is cut to fit: encode builds those from the pieces
+        rule, mask = self._piecewise, self.mask_id
+        joint = {}
+        for values, segs in zip(orders, segments):
+            if fixed + sum(len(known[text]) for seg in segs for kind, text in seg if kind != "mask") > self.max_length:
+                continue  # cut to fit: encode builds it from the pieces
+            key = (values["instruction"], values["prompt"], values["a"], values["b"])
+            if rule is not None and rule.clean(values):
+                ids, types = self._laid_out(*(list(chain.from_iterable(
+                    [mask] if kind == "mask" else known[text] for kind, text in seg)) for seg in segs))
+                self._ready[key] = Encoded(ids, types, ids.index(mask), False)
+            else:
+                joint[key] = self._joint_texts(values)
+        if not joint:
             return
         keys = list(joint)
         ids, types = batch_ids(self.tokenizer, list(joint.values()), True, self._types is not None)
-        if len(self._ready) + len(keys) > self.cache_size:
-            self._ready.clear()
-        mask = self.mask_id
         for i, key in enumerate(keys):
             row = ids[i]
             # encode's own test of the whole pair (prompt.ClozeEncoder._encode_joint); a row failing it is left
