@@ -66,7 +66,8 @@ def test_rules(tokenizers) -> None:
     assert piecewise_rule(wordpiece, tinyrm.first, tinyrm.second) is None  # "{instruction}" + "Question: "
     assert piecewise_rule(_bpe(lstrip=False), flan.first, flan.second) is None  # "choice " + [MASK]
     assert piecewise_rule(_bpe(prefix_space=True), flan.first, flan.second) is None
-    glued_mask = PromptTemplate("glued", ("{prompt}", " Choice 0: ", "{a}"), ("Choice 1: ", "{b}", " choice:", "{mask}"))
+    glued_mask = PromptTemplate("glued", ("{prompt}", " Choice 0: ", "{a}"),
+                                ("Choice 1: ", "{b}", " choice:", "{mask}"))
     assert piecewise_rule(_bpe(lstrip=False), glued_mask.first, glued_mask.second) is not None
     metaspace = _bpe()
     metaspace.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
