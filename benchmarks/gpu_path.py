@@ -21,6 +21,8 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    per ``--train-attention`` (padded; packed only where TrainConfig has ``attention``): steady pairs/s
    after ``--train-warmup`` steps and an approximate MFU. The synthetic pairs alternate which response
    is longer, so the recipe's default ``--length-balance`` keeps every pair.
+   After a ``--profile-shapes`` shape's rows: ``torch.profiler`` over one packed batch, eager and compiled
+   (``profile[]``: the top ops and kernels by device time).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
 
@@ -61,7 +63,8 @@ REFERENCE = ("hf-padded", "tinyrm-padded")  # timed on --ref-pairs: the baseline
 SMOKE = dict(shapes=["smoke"], points=["64", "16-64"], pairs_n=12, ref_pairs=6, warmup_pairs=4, sweep_shape="smoke",
              sweep_point="16-64", sweep_pairs=8, sweep_tokens=[256, 1024], sweep_min_s=5.0, train_shape="smoke",
              train_length=64, train_pairs_per_step=2, train_warmup=1, train_steps=2, dora_rank=8, freeze_layers=1,
-             reserve_s=10.0, train_min_s=5.0, train_precision="auto", host_workers=[0, 2])
+             reserve_s=10.0, train_min_s=5.0, train_precision="auto", host_workers=[0, 2], profile_shapes=["smoke"],
+             profile_pairs=4, profile_passes=1, profile_top=5)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -183,6 +186,8 @@ def scoring_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> Non
                 run.document["scoring"].append(row)
                 _ratios(run.document["scoring"], run.document["sweep"])
                 run.save()
+        if shape in args.profile_shapes:
+            profile_packed(run, args, shape, args.points[0], rm, pairs[args.points[0]])
         del rm, mlm, hf_model
         speedlib.free_memory()
 
@@ -207,6 +212,48 @@ def _ratios(rows: list[dict], sweep: list[dict]) -> None:
             elif row["method"] == "host-only":
                 fastest = rate(row, *PACKED)
                 row["host_vs_packed"] = row["pairs_per_s"] / fastest if fastest else None
+
+
+def profile_packed(run: speedlib.BudgetRun, args, shape: str, spec: str, rm, pairs) -> None:
+    """Where a packed forward's time goes, eager and compiled: ``torch.profiler`` over ``--profile-passes``
+    passes of one packed batch (``--profile-pairs`` pairs, both orders), the ``--profile-top`` ops and kernels
+    by self device time (CPU time off CUDA), so a run that misses a target also says what to fuse next."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tinyrm.inference.varlen import pack
+
+    what = f"profile {shape} {spec}"
+    if run.left() < args.reserve_s + 15:
+        run.skip(what, "time budget")
+        return
+    cuda = rm.device.type == "cuda"
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    try:
+        chosen = pairs[: args.profile_pairs]
+        batch = pack([rm.encode(p, a, b) for p, a, b in chosen] + [rm.encode(p, b, a) for p, a, b in chosen], rm.device)
+        for compiled in (False, True):
+            rm.engine.config.attention, rm.engine.config.compile = "packed", compiled
+            forward = rm.engine.prepared().packed
+            forward(batch)  # warm-up (a compile, if no earlier row made the graphs)
+            speedlib.sync()
+            with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+                for _ in range(args.profile_passes):
+                    forward(batch)
+                speedlib.sync()
+            events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+            total = sum(getattr(e, key) for e in events) or 1.0
+            run.document.setdefault("profile", []).append({
+                "shape": shape, "point": spec, "compiled": compiled, "sequences": batch.batch_size,
+                "tokens": int(batch.cu_seqlens[-1]), "clock": "device" if cuda else "cpu",
+                "ms_per_pass": total / 1e3 / args.profile_passes,
+                "top": [{"name": e.key, "calls": e.count // args.profile_passes,
+                         "ms_per_pass": getattr(e, key) / 1e3 / args.profile_passes, "share": getattr(e, key) / total}
+                        for e in events[: args.profile_top]]})
+            run.save()
+    except Exception as error:  # noqa: BLE001 - record, go on
+        run.error(what, error)
+    finally:
+        rm.engine.config.compile = False
 
 
 def sweep_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> None:
@@ -319,6 +366,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hf-batch", type=int, default=32, help="sequences per forward pass of the plain loop")
     p.add_argument("--max-batch-tokens", default="auto",
                    help="tinyrm's token budget per pass: auto (from the free GPU memory) or N")
+    p.add_argument("--profile-shapes", nargs="*", default=["base"], choices=list(speedlib.SHAPES),
+                   help="shapes whose packed forward is profiled after their scoring rows (none: no profile)")
+    p.add_argument("--profile-pairs", type=int, default=64, help="pairs (both orders) in the profiled batch")
+    p.add_argument("--profile-passes", type=int, default=3)
+    p.add_argument("--profile-top", type=int, default=15, help="ops and kernels kept per profile")
     p.add_argument("--sweep-tokens", nargs="*", type=int, default=[16384, 65536], help="fixed budgets to compare")
     p.add_argument("--sweep-shape", default="base", choices=list(speedlib.SHAPES))
     p.add_argument("--sweep-point", default="64-512")
@@ -423,6 +475,12 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
             ("freeze_layers", "frozen", "d"), ("length", "L", "d"), ("pairs_per_step", "pairs/step", ".0f"),
             ("pairs_per_s", "pairs/s", ".1f"), ("seconds_per_step", "s/step", ".3f"),
             ("approx_mfu_bf16", "approx MFU bf16", ".1%"), ("trainable_parameters", "trainable", ",d")]))
+    for prof in doc.get("profile", []):
+        print(f"\nprofile {prof['shape']} {prof['point']} {'compiled' if prof['compiled'] else 'eager'}: "
+              f"{prof['sequences']} sequences, {prof['tokens']} tokens, {prof['ms_per_pass']:.1f} ms per pass "
+              f"({prof['clock']} time)")
+        print(speedlib.markdown_table(prof["top"], [("name", "op / kernel", ""), ("calls", "calls", "d"),
+                                                    ("ms_per_pass", "ms / pass", ".2f"), ("share", "share", ".1%")]))
     if doc["sweep"]:
         print()
         print(speedlib.markdown_table(doc["sweep"], [*scoring[:4], *scoring[5:7], ("vs_auto_budget", "x auto budget",

@@ -119,10 +119,14 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
     args = ["--smoke", "--no-training", "--sweep-tokens", "--points", "16-64", "--methods", "host-only",
             "tinyrm-packed", "--host-workers", "1", "3", "--output", str(out)]
     assert gpu_path.main(args) == 0
-    rows = json.loads(out.read_text())["scoring"]
+    document = json.loads(out.read_text())
+    rows = document["scoring"]
     assert [(r["method"], r["host_workers"]) for r in rows] == [("host-only", 1), ("host-only", 3),
                                                                  ("tinyrm-packed", 1)]
     assert all(r["host_vs_packed"] for r in rows[:2])
+    # the smoke shape's packed forward profiled, eager then compiled, its top ops timed
+    assert [p["compiled"] for p in document["profile"]] == [False, True]
+    assert all(p["top"] and p["top"][0]["ms_per_pass"] > 0 and p["tokens"] > 0 for p in document["profile"])
 
 
 def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):
