@@ -93,8 +93,29 @@ def test_host_only_removes_the_forward_and_nothing_else(gpu_path, tiny_modernber
 
 def test_default_batch_tokens_is_todays_value_off_cuda(tiny_modernbert):
     rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
-    assert default_batch_tokens("cpu", rm.model) == CPU_BATCH_TOKENS == InferenceConfig().max_batch_tokens
+    assert default_batch_tokens("cpu", rm.model) == CPU_BATCH_TOKENS == 16384
     assert default_batch_tokens(torch.device("cpu")) == CPU_BATCH_TOKENS
+    # the engine's default budget is "auto": the same 16,384 on the CPU; a number or None (rows only) as given
+    assert InferenceConfig().max_batch_tokens == "auto" and rm.engine._limits(None, None) == (None, CPU_BATCH_TOKENS)
+    rm.engine.config.max_batch_tokens = None
+    assert rm.engine._limits(8, None) == (8, None) and rm.engine._limits(None, 300) == (None, 300)
+    for bad in ("big", 0):
+        with pytest.raises(ValueError, match="max_batch_tokens"):
+            InferenceConfig(max_batch_tokens=bad)
+
+
+def test_auto_budget_on_cuda_reaches_the_batches(tiny_modernbert, monkeypatch):
+    """On CUDA, "auto" asks default_batch_tokens on every call (no GPU needed: the device and the function
+    are stood in for), and a budget given to the call still wins."""
+    from tinyrm.inference import engine as engine_module
+
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    asked = []
+    monkeypatch.setattr(engine_module, "default_batch_tokens",
+                        lambda device, model, max_length: asked.append((str(device), max_length)) or 4096)
+    monkeypatch.setattr(rm, "device", torch.device("cuda"))
+    assert rm.engine._limits(None, None) == (None, 4096) and rm.engine._limits(None, 100) == (None, 100)
+    assert asked == [("cuda", rm.config.max_length)]
 
 
 def test_default_batch_tokens_on_cuda_follows_free_memory(tiny_modernbert):

@@ -49,7 +49,7 @@ class PiecewiseRule:
     def clean(self, values: dict[str, str]) -> bool:
         """Whether this pair's pieces give its whole-pair ids (``values``: the template's slot values)."""
         mask = self.mask_token
-        if any(mask in text for text in values.values()):
+        if any(text and mask in text for text in values.values()):
             return False  # removed from the whole text, from a piece's ids: they differ
         for slot in self.end_slots:
             text = values.get(slot, "")

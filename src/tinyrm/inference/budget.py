@@ -1,11 +1,10 @@
 """A token budget per forward pass sized to the device: :func:`default_batch_tokens`.
 
-``InferenceConfig.max_batch_tokens`` is a fixed 16,384 tokens, which suits a CPU (where a larger pass
-gains nothing: the matmuls already run at the peak) but leaves a GPU's matmul units idle between small
-passes (docs/speed.md, the GPU path). This sizes the budget from the memory free on a CUDA device and
-keeps today's value everywhere else. Nothing calls it by default: a caller opts in with
-``rm.engine.config.max_batch_tokens = default_batch_tokens(rm.device, rm.model)``
-(``benchmarks/gpu_path.py`` does, and sweeps fixed values against it).
+A fixed 16,384 tokens per pass suits a CPU (where a larger pass gains nothing: the matmuls already run at
+the peak) but leaves a GPU's matmul units idle between small passes (docs/speed.md, the GPU path). This
+sizes the budget from the memory a CUDA device has free for this process and keeps 16,384 everywhere else.
+``InferenceConfig.max_batch_tokens = "auto"`` (the default) calls it on every scoring call;
+``benchmarks/gpu_path.py`` sweeps fixed values against it.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from torch import nn
 
 from ..backbone import unwrap_peft
 
-CPU_BATCH_TOKENS = 16384  # InferenceConfig.max_batch_tokens' default: the budget off CUDA
+CPU_BATCH_TOKENS = 16384  # the budget off CUDA (InferenceConfig.max_batch_tokens' fixed default before "auto")
 MAX_BATCH_TOKENS = 262144  # past this a pass is long enough to hide launches; more only costs memory
 _ROUND = 4096
 
@@ -37,9 +36,10 @@ def default_batch_tokens(device: torch.device | str, model: nn.Module | None = N
                          fraction: float = 0.25, cap: int = MAX_BATCH_TOKENS, free_bytes: int | None = None) -> int:
     """Tokens per forward pass for scoring on ``device``.
 
-    Off CUDA: ``CPU_BATCH_TOKENS`` (today's default). On CUDA: the tokens whose activations
-    (:func:`activation_bytes_per_token`) fill ``fraction`` of the free memory (``torch.cuda.mem_get_info``,
-    or ``free_bytes``), rounded down to a multiple of 4,096, at least ``CPU_BATCH_TOKENS`` and at most ``cap``.
+    Off CUDA: ``CPU_BATCH_TOKENS``. On CUDA: the tokens whose activations (:func:`activation_bytes_per_token`)
+    fill ``fraction`` of the memory free to this process (``torch.cuda.mem_get_info``'s free memory plus what
+    this process's caching allocator holds unused, so the budget does not shrink as the cache grows; or
+    ``free_bytes``), rounded down to a multiple of 4,096, at least ``CPU_BATCH_TOKENS`` and at most ``cap``.
     A quarter, not all: the caching allocator fragments, and the budget counts padded rows on the padded path.
     """
     device = torch.device(device)
@@ -47,6 +47,7 @@ def default_batch_tokens(device: torch.device | str, model: nn.Module | None = N
         return CPU_BATCH_TOKENS
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
+        free_bytes += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     tokens = int(free_bytes * fraction) // activation_bytes_per_token(model, max_length)
     tokens = tokens // _ROUND * _ROUND
     return max(CPU_BATCH_TOKENS, min(cap, tokens))

@@ -38,6 +38,7 @@ from ..backbone import mask_logits, unwrap_peft
 from ..prompt import Encoded
 from .adaptive import AutoOrder, OrderStats
 from .batches import HostBatch, host_batches, pair_scores, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
+from .budget import default_batch_tokens
 from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
 from .pipeline import run_pipeline
 from .precision import PRECISIONS, resolve_dtype
@@ -52,7 +53,10 @@ __all__ = ["CachingClozeEncoder", "InferenceConfig", "InferenceEngine", "PairInp
 class InferenceConfig:
     """Knobs of the scoring path; ``rm.engine.config`` holds the live one."""
 
-    max_batch_tokens: int = 16384  # tokens per forward pass: padded (rows x width), or real ones when packed
+    # Tokens per forward pass: padded (rows x width), or real ones when packed. auto = sized to the device
+    # (inference.budget.default_batch_tokens: 16,384 off CUDA; on CUDA from the memory free to this process,
+    # 16,384 to 262,144); None = no token limit (rows only).
+    max_batch_tokens: int | str | None = "auto"
     precision: str = "auto"  # auto = bf16 where the device has native bf16, else fp32; int8 (CPU): inference.quantize
     # torch.compile: the packed forward's layer regions (inference.packed), the padded forward whole; off by
     # default: a one-time compile per model shape and dtype (docs/inference.md has the CPU figures)
@@ -78,8 +82,9 @@ class InferenceConfig:
         check_scheme(self.int8_scheme)
         if self.overlap not in ("auto", "on", "off"):
             raise ValueError(f"overlap must be auto, on or off, got {self.overlap!r}")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+        tokens = self.max_batch_tokens
+        if tokens != "auto" and tokens is not None and (isinstance(tokens, str) or tokens < 1):
+            raise ValueError(f"max_batch_tokens must be 'auto', None or >= 1, got {tokens!r}")
         if self.host_workers < 0 or self.chunk_pairs < 1:
             raise ValueError(f"host_workers must be >= 0 and chunk_pairs >= 1, got {self.host_workers}, "
                              f"{self.chunk_pairs}")
@@ -181,6 +186,9 @@ class InferenceEngine:
     # -- scoring
     def _limits(self, batch_size: int | None, max_batch_tokens: int | None) -> tuple[int | None, int | None]:
         budget = self.config.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+        if budget == "auto":  # per call: the memory free to this process changes (a policy model beside it)
+            budget = default_batch_tokens(getattr(self.rm, "device", "cpu"), getattr(self.rm, "model", None),
+                                          max_length=getattr(getattr(self.rm, "config", None), "max_length", 512))
         if budget is not None and budget < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {budget}")
         if batch_size is not None and batch_size < 1:
