@@ -113,3 +113,22 @@ def test_prefetched_rows_are_encode_rows(tokenizers, name: str, rows, max_length
     for prompt, a, b in rows:
         for x, y in ((a, b), (b, a)):
             assert ahead.encode(prompt, x, y) == whole.encode(prompt, x, y)
+
+
+@pytest.mark.parametrize("name", ["wordpiece", "byte-level"])
+def test_real_pairs_give_the_whole_pair(tokenizers, name: str) -> None:
+    """The shared dev pairs (code, markdown, multi-turn transcripts), both orders, as the engine encodes them:
+    through the pieces equal to through the whole pair. Skipped without ../shared/data."""
+    import json
+
+    from .conftest import require_shared_data
+
+    rows = [json.loads(line) for line in (require_shared_data() / "dev" / "hhh.jsonl").read_text().splitlines()]
+    pieces, whole = _encoders(tokenizers[name], max_length=512)
+    ahead = CachingClozeEncoder(tokenizers[name], get_template("flan"), max_length=512)
+    items = [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    ahead.prefetch(items, both=True)
+    for prompt, a, b in items:
+        for x, y in ((a, b), (b, a)):
+            expected = whole.encode(prompt, x, y)
+            assert pieces.encode(prompt, x, y) == expected and ahead.encode(prompt, x, y) == expected
