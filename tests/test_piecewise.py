@@ -132,3 +132,18 @@ def test_real_pairs_give_the_whole_pair(tokenizers, name: str) -> None:
         for x, y in ((a, b), (b, a)):
             expected = whole.encode(prompt, x, y)
             assert pieces.encode(prompt, x, y) == expected and ahead.encode(prompt, x, y) == expected
+
+
+def test_trailing_whitespace_is_cut_not_fatal(tokenizers) -> None:
+    """A response ending in thousands of spaces (four rows of the shared chat-arena file): on byte level its
+    whitespace rides on the template's literal after it, which is never cut; the pair is encoded with that
+    whitespace cut (marked truncated) instead of failing, and a pair whose template alone is too long still
+    fails."""
+    encoder = ClozeEncoder(tokenizers["byte-level"], get_template("flan"), max_length=128)
+    padded = encoder.encode("What now?", "Sure, here it is." + " " * 3000, "No.\n\n" + "\n" * 2000)
+    plain = encoder.encode("What now?", "Sure, here it is.", "No.")
+    assert padded.truncated and not plain.truncated
+    assert padded.input_ids == plain.input_ids and len(padded.input_ids) <= 128
+    assert padded.input_ids.count(encoder.mask_id) == 1
+    with pytest.raises(ValueError, match="max_length=8 is too small"):
+        ClozeEncoder(tokenizers["byte-level"], get_template("flan"), max_length=8).encode("p", "a ", "b")

@@ -275,6 +275,12 @@ class ClozeEncoder:
         fixed = sum(len(x) for x in self._layout) + sum(
             len(ids) for seg in segments for k, ids in seg if k not in ("prompt", "a", "b"))
         avail = self.max_length - fixed
+        if avail < 0 and any(text != text.rstrip() for text in (prompt, a, b)):
+            # A text's trailing whitespace rides on the template's literal after it (_pieces), which is never
+            # cut; byte-level tokenizers make tokens of it (a response ending in 8,448 spaces, in the shared
+            # data). Cut that whitespace, as truncation cuts text, rather than fail the pair.
+            cut = self.encode(prompt.rstrip(), a.rstrip(), b.rstrip(), prefix)
+            return Encoded(cut.input_ids, cut.token_type_ids, cut.mask_position, True, cut.diff_kept)
         if avail < 0:
             raise ValueError(
                 f"max_length={self.max_length} is too small: the template, instruction and answer "
