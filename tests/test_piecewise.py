@@ -75,6 +75,9 @@ def test_rules(tokenizers) -> None:
     nfc = AutoTokenizer.from_pretrained(default_model_path())
     nfc.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Strip()])
     assert piecewise_rule(nfc, flan.first, flan.second) is None  # Strip is not per character
+    spaced = AutoTokenizer.from_pretrained(default_model_path())
+    spaced.add_tokens(["new york"])  # an added token with a space could match across a junction
+    assert piecewise_rule(spaced, flan.first, flan.second) is None
     rule = piecewise_rule(byte_level, flan.first, flan.second)
     values = {"instruction": "Pick.", "prompt": "p", "a": "x", "b": "y "}
     assert rule.clean(values) and not rule.clean({**values, "a": "x\n"}) and not rule.clean({**values, "a": ""})

@@ -20,8 +20,8 @@ is dropped by ``_pieces``) needs a mask that strips whitespace on its left (Mode
 after the mask may have its whitespace stripped by the mask, and a slot ending a segment must not end in
 whitespace (trailing whitespace becomes tokens in the whole): that, and user text spelling the mask token
 (removed from the whole text, from the ids of a piece), are checked per pair (:meth:`PiecewiseRule.clean`).
-Anything else (other normalisers or pre-tokenizers, a slow tokenizer, added tokens that strip whitespace or
-match single words, BPE dropout) keeps the whole-pair call.
+Anything else (other normalisers or pre-tokenizers, a slow tokenizer, added tokens that strip whitespace,
+match single words or contain whitespace, BPE dropout) keeps the whole-pair call.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def piecewise_rule(tokenizer, first: Sequence[str], second: Sequence[str]) -> Pi
         return None
     mask_spec = None
     for added in spec.get("added_tokens") or []:
-        if added.get("single_word"):
-            return None
+        if added.get("single_word") or any(c.isspace() for c in added.get("content", "")):
+            return None  # matched by word, or across a junction's whitespace: only in the whole text
         if added.get("content") == mask:
             mask_spec = added
         elif kind == "byte_level" and (added.get("lstrip") or added.get("rstrip")):
