@@ -96,7 +96,8 @@ def build_scorer(shape: str, tokenizer, max_length: int, budget: str, plain: boo
 
 def measure(run: speedlib.BudgetRun, args, what: str, method: str, rm, hf_model, pairs, target: int) -> tuple | None:
     """Warm up, then time ``method`` on up to ``target`` pairs: (Timing, pairs timed, capped, seconds of the
-    first warm-up calls: the bf16 copy, a compile), or None."""
+    first warm-up calls: the bf16 copy, a compile; graphs compiled during the timing: 0 unless a new batch
+    shape recompiled), or None."""
     if run.left() < args.reserve_s:
         run.skip(what, "time budget")
         return None
@@ -124,11 +125,20 @@ def measure(run: speedlib.BudgetRun, args, what: str, method: str, rm, hf_model,
         warm = speedlib.timed(fn, pairs[: args.warmup_pairs])  # more warm-up (allocator), and the rate estimate
         rate = min(args.warmup_pairs, len(pairs)) / max(warm.seconds, 1e-9)
         n = min(target, len(pairs), max(args.warmup_pairs, int(rate * args.point_s)))
-        return speedlib.timed(fn, pairs[:n]), n, n < target, first_s
+        graphs = _graphs()
+        timing = speedlib.timed(fn, pairs[:n])
+        return timing, n, n < target, first_s, _graphs() - graphs
     except Exception as error:  # noqa: BLE001 - e.g. out of memory: record, go on
         run.error(what, error)
         speedlib.free_memory()
         return None
+
+
+def _graphs() -> int:
+    """torch.compile's graphs made so far in this process (dynamo's counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str, mlm, rm, hf_model, tokens: int,
@@ -149,7 +159,7 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
             rm.engine.config.host_workers, rm.engine.config.overlap, rm.engine.config.compile = 0, "auto", False
         if result is None:
             continue
-        timing, n, capped, first_s = result
+        timing, n, capped, first_s, recompiled = result
         seen = lengths.first(rm, n)
         flops = speedlib.forward_flops(mlm, seen)
         row = {"shape": shape, "point": spec, "method": method, "attention": ATTENTION.get(method, "sdpa"),
@@ -158,7 +168,7 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
                "pairs_per_s": n / timing.seconds, "tokens_per_s": sum(seen) / timing.seconds,
                "gflop_per_s": flops / timing.seconds / 1e9,
                "mfu_bf16": None if method == "host-only" else flops / timing.seconds / peak["bf16"],
-               "peak_mib": timing.peak_mib, "warmup_s": first_s,
+               "peak_mib": timing.peak_mib, "warmup_s": first_s, "graphs_compiled_timed": recompiled,
                "host_workers": host_workers(workers or 0, rm.device) if method != "hf-padded" else None}
         print(f"  {what}: {n} pairs, {row['pairs_per_s']:.1f} pairs/s"
               + (f", MFU {row['mfu_bf16']:.1%}" if row["mfu_bf16"] is not None else ""), file=sys.stderr)
@@ -466,6 +476,9 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
                ("speedup_vs_packed", "x packed", ".2f"), ("warmup_s", "warm-up s", ".1f")]
     print(speedlib.markdown_table(doc["scoring"], scoring))
     for row in doc["scoring"]:
+        if row.get("graphs_compiled_timed"):
+            print(f"{row['method']} {row['shape']} {row['point']}: {row['graphs_compiled_timed']} graph(s) compiled "
+                  "during the timing (a new batch shape recompiled; its rate includes that)")
         if row.get("host_vs_packed") is not None:
             verdict = "met" if row["host_vs_packed"] >= 3 else "NOT met"
             print(f"host-only {row['shape']} {row['point']} ({row['host_workers']} threads): "

@@ -138,13 +138,15 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
     monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
     out = tmp_path / "gpu_path.json"
     args = ["--smoke", "--no-training", "--sweep-tokens", "--points", "16-64", "--methods", "host-only",
-            "tinyrm-packed", "--host-workers", "1", "3", "--output", str(out)]
+            "tinyrm-packed", "tinyrm-packed-compiled", "--host-workers", "1", "3", "--output", str(out)]
     assert gpu_path.main(args) == 0
     document = json.loads(out.read_text())
     rows = document["scoring"]
     assert [(r["method"], r["host_workers"]) for r in rows] == [("host-only", 1), ("host-only", 3),
-                                                                 ("tinyrm-packed", 1)]
+                                                                 ("tinyrm-packed", 1), ("tinyrm-packed-compiled", 1)]
     assert all(r["host_vs_packed"] for r in rows[:2])
+    # compiled at two sizes before the timing: no graph compiled inside it
+    assert rows[3]["speedup_vs_packed"] > 0 and rows[3]["graphs_compiled_timed"] == 0
     # the smoke shape's packed forward profiled, eager then compiled, its top ops timed
     assert [p["compiled"] for p in document["profile"]] == [False, True]
     assert all(p["top"] and p["top"][0]["ms_per_pass"] > 0 and p["tokens"] > 0 for p in document["profile"])
