@@ -126,16 +126,16 @@ class CachingClozeEncoder(ClozeEncoder):
         # A row whose pieces fit takes encode's whole-pair branch (the pieces' ids, the user text's mask tokens
         # not yet removed, are at least as long as what encode counts), so its Encoded can be built here: from
         # the pieces where tinyrm.piecewise proves them equal to the whole pair, else from the whole pair.
-        fixed = 1 + sum(len(x) for x in self._layout)  # the mask and the special tokens around the segments
-        rule, mask = self._piecewise, self.mask_id
+        fixed = sum(len(x) for x in self._layout)  # the special tokens around the segments
+        rule, mask, masked = self._piecewise, self.mask_id, [self.mask_id]
         joint = {}
         for values, segs in zip(orders, segments):
-            if fixed + sum(len(known[text]) for seg in segs for kind, text in seg if kind != "mask") > self.max_length:
+            parts = [[masked if kind == "mask" else known[text] for kind, text in seg] for seg in segs]
+            if fixed + sum(map(len, parts[0])) + sum(map(len, parts[1])) > self.max_length:
                 continue  # cut to fit: encode builds it from the pieces
             key = (values["instruction"], values["prompt"], values["a"], values["b"])
             if rule is not None and rule.clean(values):
-                ids, types = self._laid_out(*(list(chain.from_iterable(
-                    [mask] if kind == "mask" else known[text] for kind, text in seg)) for seg in segs))
+                ids, types = self._laid_out(*(list(chain.from_iterable(part)) for part in parts))
                 self._ready[key] = Encoded(ids, types, ids.index(mask), False)
             else:
                 joint[key] = self._joint_texts(values)
