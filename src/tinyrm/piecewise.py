@@ -65,22 +65,23 @@ def piecewise_rule(tokenizer, first: Sequence[str], second: Sequence[str]) -> Pi
     mask = getattr(tokenizer, "mask_token", None)
     if backend is None or mask is None:
         return None
-    try:
-        spec = json.loads(backend.to_str())
-    except (AttributeError, ValueError):
+    try:  # the components' own definitions (not backend.to_str(), which serialises the whole vocabulary)
+        normalizer, pre_tokenizer = (_definition(part) for part in (backend.normalizer, backend.pre_tokenizer))
+        model = backend.model
+        added_tokens = list(backend.get_added_tokens_decoder().values())
+    except (AttributeError, TypeError, ValueError):
         return None
-    kind = _pre_tokenizer_kind(spec.get("pre_tokenizer"))
-    model = spec.get("model") or {}
-    if (kind is None or not _local_normalizer(spec.get("normalizer")) or model.get("type") not in MODELS
-            or model.get("dropout")):
+    kind = _pre_tokenizer_kind(pre_tokenizer)
+    if (kind is None or not _local_normalizer(normalizer) or type(model).__name__ not in MODELS
+            or getattr(model, "dropout", None)):
         return None
     mask_spec = None
-    for added in spec.get("added_tokens") or []:
-        if added.get("single_word") or any(c.isspace() for c in added.get("content", "")):
+    for added in added_tokens:
+        if added.single_word or any(c.isspace() for c in added.content):
             return None  # matched by word, or across a junction's whitespace: only in the whole text
-        if added.get("content") == mask:
+        if added.content == mask:
             mask_spec = added
-        elif kind == "byte_level" and (added.get("lstrip") or added.get("rstrip")):
+        elif kind == "byte_level" and (added.lstrip or added.rstrip):
             return None  # in user text it would take whitespace that the pieces keep
     if mask_spec is None:
         return None
@@ -97,9 +98,9 @@ def piecewise_rule(tokenizer, first: Sequence[str], second: Sequence[str]) -> Pi
             at = parts.index("{mask}")
             before = parts[at - 1] if at else None
             glued = before is not None and _literal(before) and not before[-1:].isspace()
-            if before is not None and not glued and not mask_spec.get("lstrip"):
+            if before is not None and not glued and not mask_spec.lstrip:
                 return None  # whitespace before the mask: tokens in the whole, dropped by _pieces
-            if at + 1 < len(parts) and mask_spec.get("rstrip"):
+            if at + 1 < len(parts) and mask_spec.rstrip:
                 return None  # the mask would take the whitespace the next piece keeps
             if at == len(parts) - 1:
                 continue
@@ -110,6 +111,11 @@ def piecewise_rule(tokenizer, first: Sequence[str], second: Sequence[str]) -> Pi
         else:
             end_slots.append(last[1:-1])
     return PiecewiseRule(mask, tuple(end_slots))
+
+
+def _definition(component) -> dict | None:
+    """A tokenizer component's definition (its tokenizer.json entry), or None where it has none."""
+    return None if component is None else json.loads(component.__getstate__())
 
 
 def _literal(part: str) -> bool:
