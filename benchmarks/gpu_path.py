@@ -12,7 +12,9 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    packed, ``--max-batch-tokens`` per pass: ``auto`` = ``tinyrm.inference.budget.default_batch_tokens``),
    ``tinyrm-packed-compiled`` (packed with ``engine.config.compile``: the layers' regions through
    ``torch.compile``; ``x packed``) and ``host-only`` (the packed pipeline with the forward replaced by a
-   no-op, ``speedlib.forward_removed``; issue 26 wants it >= 3x the faster packed rate). Each is warmed up
+   no-op, ``speedlib.forward_removed``; issue 26 wants it >= 3x the faster packed rate; after a point's first
+   host-only row, ``host_split``: the same work serially, split into the Rust tokenizer's time and Python's
+   under the GIL, whose inverse bounds the host whatever its threads). Each is warmed up
    (4 pairs; the compiled one also 64 more, so its dynamic-shape graph is built; ``warmup_s``), then
    ``--warmup-pairs`` for a rate estimate, then timed on ``--pairs`` (``--ref-pairs`` for the two padded
    methods), cut to ~``--point-s`` seconds at the warm-up rate (``capped``). pairs/s, tokens/s, MFU from
@@ -62,6 +64,7 @@ ATTENTION = {"tinyrm-padded": "padded", "tinyrm-packed": "packed", "tinyrm-packe
              "host-only": "packed"}
 COMPILED = ("tinyrm-packed-compiled",)
 PACKED = ("tinyrm-packed", *COMPILED)  # the GPU rates the host-only row is held against (the faster one)
+SPLIT_PAIRS = 4096  # pairs of the serial host split after a point's first host-only row
 REFERENCE = ("hf-padded", "tinyrm-padded")  # timed on --ref-pairs: the baselines, slow at 512 tokens
 SMOKE = dict(shapes=["smoke"], points=["64", "16-64"], pairs_n=12, ref_pairs=6, warmup_pairs=4, sweep_shape="smoke",
              sweep_point="16-64", sweep_pairs=8, sweep_tokens=[256, 1024], sweep_min_s=5.0, train_shape="smoke",
@@ -172,7 +175,18 @@ def score_point(run: speedlib.BudgetRun, args, peak: dict, shape: str, spec: str
                "host_workers": host_workers(workers or 0, rm.device) if method != "hf-padded" else None}
         print(f"  {what}: {n} pairs, {row['pairs_per_s']:.1f} pairs/s"
               + (f", MFU {row['mfu_bf16']:.1%}" if row["mfu_bf16"] is not None else ""), file=sys.stderr)
+        if method == "host-only" and workers == args.host_workers[0]:
+            row["host_split"] = _host_split(run, what, rm, pairs[: min(n, SPLIT_PAIRS)])
         yield row
+
+
+def _host_split(run: speedlib.BudgetRun, what: str, rm, pairs) -> dict | None:
+    """``speedlib.host_split`` (where the host's time goes: the tokenizer, or Python under the GIL), or None."""
+    try:
+        return speedlib.host_split(rm, pairs)
+    except Exception as error:  # noqa: BLE001 - record, go on
+        run.error(f"{what} host split", error)
+        return None
 
 
 def scoring_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> None:
@@ -484,6 +498,12 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
             print(f"host-only {row['shape']} {row['point']} ({row['host_workers']} threads): "
                   f"{row['host_vs_packed']:.2f}x the packed rate "
                   f"(target >= 3x: {verdict})")
+        split = row.get("host_split")
+        if split:
+            ceiling = split["gil_ceiling_pairs_per_s"]
+            print(f"host split {row['shape']} {row['point']} (serial, {split['pairs']} pairs): tokenizer "
+                  f"{split['tokenizer_us']:.1f} us/pair, Python {split['python_us']:.1f} us/pair under the GIL"
+                  + (f" (no thread count passes {ceiling:,.0f} pairs/s)" if ceiling else ""))
     if doc["training"]:
         print()
         print(speedlib.markdown_table(doc["training"], [

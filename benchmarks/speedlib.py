@@ -471,6 +471,57 @@ def forward_removed(engine) -> Iterator[None]:
         raise RuntimeError("the engine rebuilt its model during the host-only measurement")
 
 
+class _TimedTokenizer:
+    """A Rust tokenizer whose ``encode_batch_fast`` calls are timed (``host_split``); all else passes through."""
+
+    def __init__(self, backend) -> None:
+        self._backend, self.seconds = backend, 0.0
+
+    def encode_batch_fast(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._backend.encode_batch_fast(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
+def host_split(rm, pairs: Sequence[Pair]) -> dict:
+    """The host's work per pair, run serially (the caller's thread, forward removed): microseconds inside the
+    Rust tokenizer's batched calls, which release the GIL and spread over the tokenizer's own threads
+    (``tokenizer_us``), and outside them (``python_us``: held under the GIL, so ``1e6 / python_us`` pairs/s
+    is the most that any number of host threads reaches: ``gil_ceiling_pairs_per_s``). A tokenizer without
+    the direct Rust route (``tinyrm.inference.tokens.rust_tokenizer``) counts wholly as Python."""
+    from tinyrm.inference import tokens
+
+    timers: list[_TimedTokenizer] = []
+    direct = tokens.rust_tokenizer
+
+    def timed(tokenizer):
+        backend = direct(tokenizer)
+        if backend is None:
+            return None
+        timers.append(_TimedTokenizer(backend))
+        return timers[-1]
+
+    config = rm.engine.config
+    overlap, tokens.rust_tokenizer, config.overlap = config.overlap, timed, "off"
+    try:
+        with forward_removed(rm.engine):
+            rm.encoder._cache.clear()
+            start = time.perf_counter()
+            rm.compare_batch(pairs)
+            seconds = time.perf_counter() - start
+    finally:
+        tokens.rust_tokenizer, config.overlap = direct, overlap
+    inside = sum(t.seconds for t in timers)
+    python_us = (seconds - inside) / len(pairs) * 1e6
+    return {"pairs": len(pairs), "tokenizer_us": inside / len(pairs) * 1e6, "python_us": python_us,
+            "gil_ceiling_pairs_per_s": 1e6 / python_us if python_us > 0 else None}
+
+
 def packed_training_available() -> bool:
     """Whether this tinyrm trains packed: its TrainConfig has an ``attention`` field."""
     from dataclasses import fields

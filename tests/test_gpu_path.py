@@ -145,11 +145,31 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
     assert [(r["method"], r["host_workers"]) for r in rows] == [("host-only", 1), ("host-only", 3),
                                                                  ("tinyrm-packed", 1), ("tinyrm-packed-compiled", 1)]
     assert all(r["host_vs_packed"] for r in rows[:2])
+    # the point's first host-only row says where the host's time goes: the Rust tokenizer's calls were timed
+    split = rows[0]["host_split"]
+    assert split["tokenizer_us"] > 0 and split["python_us"] > 0 and split["gil_ceiling_pairs_per_s"] > 0
+    assert "host_split" not in rows[1]
     # compiled at two sizes before the timing: no graph compiled inside it
     assert rows[3]["speedup_vs_packed"] > 0 and rows[3]["graphs_compiled_timed"] == 0
     # the smoke shape's packed forward profiled, eager then compiled, its top ops timed
     assert [p["compiled"] for p in document["profile"]] == [False, True]
     assert all(p["top"] and p["top"][0]["ms_per_pass"] > 0 and p["tokens"] > 0 for p in document["profile"])
+
+
+def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_modernbert):
+    from tinyrm.inference import tokens
+
+    speedlib = sys.modules["speedlib"]
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    rm.engine.config.recheck_margin = 0.0
+    direct = tokens.rust_tokenizer
+    pairs = speedlib.point_pairs(16, "16-64")
+    one = [rm.encoder.encode("Which is larger, 3 or 5?", "5 is larger than 3.", "3, because it comes first.")]
+    scored = rm.engine.choice_probs(one)  # P(choice 0) of one order: 0.5 with the forward removed
+    split = speedlib.host_split(rm, pairs)
+    assert split["pairs"] == 16 and split["tokenizer_us"] > 0 and split["python_us"] > 0
+    assert tokens.rust_tokenizer is direct and rm.engine.config.overlap == "auto"
+    assert rm.engine.choice_probs(one) == scored != [0.5]  # the forward is back
 
 
 def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):

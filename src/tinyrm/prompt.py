@@ -188,6 +188,7 @@ class ClozeEncoder:
         if tok.mask_token_id is None:
             raise ValueError("tokenizer has no mask token: a masked language model is required")
         self.mask_id = int(tok.mask_token_id)
+        self.mask_piece = [self.mask_id]  # the template's mask slot among a segment's pieces (_laid_out)
         # Learn the tokenizer's pair layout ([CLS] x [SEP] y [SEP] for BERT) from a probe.
         probe = tok(tok.mask_token, tok.mask_token)
         ids = list(probe["input_ids"])
@@ -269,7 +270,7 @@ class ClozeEncoder:
         values = {"instruction": self.prefix if prefix is None else prefix, "prompt": prompt, "a": a, "b": b}
         segments = []
         for parts in (self.template.first, self.template.second):
-            segments.append([(k, self._tokenize_piece(k, t) if k != "mask" else [self.mask_id])
+            segments.append([(k, self._tokenize_piece(k, t) if k != "mask" else self.mask_piece)
                              for k, t in self._pieces(parts, values)])
         lengths = {k: len(ids) for seg in segments for k, ids in seg if k in ("prompt", "a", "b")}
         fixed = sum(len(x) for x in self._layout) + sum(
@@ -295,27 +296,42 @@ class ClozeEncoder:
                 return joint
         budgets = dict(zip(("prompt", "a", "b"), plan.budgets))
         views = {"a": plan.a, "b": plan.b}  # whole responses, or (diff) focused on where they differ
-        seg_ids: list[list[int]] = []
+        kept: list[list[list[int]]] = []
         for seg in segments:
-            ids: list[int] = []
+            pieces = []
             for kind, piece in seg:
                 if kind == "prompt":
                     piece = keep_end(piece, budgets["prompt"], self.marker_ids)
                 elif kind in ("a", "b"):
                     piece = keep_ends(views[kind], budgets[kind], self.marker_ids)
-                ids.extend(piece)
-            seg_ids.append(ids)
-        input_ids, token_type_ids = self._laid_out(*seg_ids)
-        mask_position = input_ids.index(self.mask_id)
+                pieces.append(piece)
+            kept.append(pieces)
+        input_ids, token_type_ids, mask_position = self._laid_out(*kept)
         return Encoded(input_ids, token_type_ids, mask_position, plan.truncated, plan.diff_kept)
 
-    def _laid_out(self, first: list[int], second: list[int]) -> tuple[list[int], list[int] | None]:
-        """(input_ids, token_type_ids or None) of two segments' ids inside the tokenizer's special tokens."""
+    def _laid_out(self, first: Sequence[list[int]],
+                  second: Sequence[list[int]]) -> tuple[list[int], list[int] | None, int]:
+        """(input_ids, token_type_ids or None, the mask's position) of two segments, each given as its
+        pieces' ids, inside the tokenizer's special tokens; the template's mask is the piece
+        ``self.mask_piece`` (that very list). One pass over the ids: each pass over a row's Python ints
+        costs the host about as much as the rest of laying it out (``a + b`` is a pass, ``list.index``
+        another)."""
         start, middle, end = self._layout
-        input_ids = start + first + middle + second + end
+        ids = list(start)
+        mask_position = -1
+        lengths = []
+        for pieces, closing in ((first, middle), (second, end)):
+            begin = len(ids)
+            for piece in pieces:
+                if piece is self.mask_piece:
+                    mask_position = len(ids)
+                ids += piece
+            lengths.append(len(ids) - begin)
+            ids += closing
+        if mask_position < 0:
+            raise ValueError("the template has no mask slot")
         if self._types is None:
-            return input_ids, None
+            return ids, None, mask_position
         types, where = self._types
-        first_type, second_type = types[where[0]], types[where[1]]
-        return input_ids, (types[: where[0]] + [first_type] * len(first) + types[where[0] + 1 : where[1]]
-                           + [second_type] * len(second) + types[where[1] + 1 :])
+        return ids, (types[: where[0]] + [types[where[0]]] * lengths[0] + types[where[0] + 1 : where[1]]
+                     + [types[where[1]]] * lengths[1] + types[where[1] + 1 :]), mask_position

@@ -15,7 +15,6 @@ the GIL), and a miss only means encoding that pair again, with the same ids.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import chain
 
 from ..prompt import ClozeEncoder, Encoded
 
@@ -127,7 +126,7 @@ class CachingClozeEncoder(ClozeEncoder):
         # not yet removed, are at least as long as what encode counts), so its Encoded can be built here: from
         # the pieces where tinyrm.piecewise proves them equal to the whole pair, else from the whole pair.
         fixed = sum(len(x) for x in self._layout)  # the special tokens around the segments
-        rule, mask, masked = self._piecewise, self.mask_id, [self.mask_id]
+        rule, mask, masked = self._piecewise, self.mask_id, self.mask_piece
         joint = {}
         for values, segs in zip(orders, segments):
             parts = [[masked if kind == "mask" else known[text] for kind, text in seg] for seg in segs]
@@ -135,8 +134,7 @@ class CachingClozeEncoder(ClozeEncoder):
                 continue  # cut to fit: encode builds it from the pieces
             key = (values["instruction"], values["prompt"], values["a"], values["b"])
             if rule is not None and rule.clean(values):
-                ids, types = self._laid_out(*(list(chain.from_iterable(part)) for part in parts))
-                self._ready[key] = Encoded(ids, types, ids.index(mask), False)
+                self._ready[key] = Encoded(*self._laid_out(*parts), False)
             else:
                 joint[key] = self._joint_texts(values)
         if not joint:
