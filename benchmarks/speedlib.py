@@ -489,7 +489,8 @@ class _TimedTokenizer:
 
 
 def host_split(rm, pairs: Sequence[Pair]) -> dict:
-    """The host's work per pair, run serially (the caller's thread, forward removed): microseconds inside the
+    """The host's work per pair, run serially (the caller's thread, forward removed, chunk by chunk as the
+    pipeline's workers take them): microseconds inside the
     Rust tokenizer's batched calls, which release the GIL and spread over the tokenizer's own threads
     (``tokenizer_us``), and outside them (``python_us``: held under the GIL, so ``1e6 / python_us`` pairs/s
     is the most that any number of host threads reaches: ``gil_ceiling_pairs_per_s``). A tokenizer without
@@ -511,8 +512,10 @@ def host_split(rm, pairs: Sequence[Pair]) -> dict:
     try:
         with forward_removed(rm.engine):
             rm.encoder._cache.clear()
+            size = config.chunk_pairs  # chunk by chunk, as the pipeline's workers take them
             start = time.perf_counter()
-            rm.compare_batch(pairs)
+            for first in range(0, len(pairs), size):
+                rm.compare_batch(pairs[first : first + size])
             seconds = time.perf_counter() - start
     finally:
         tokens.rust_tokenizer, config.overlap = direct, overlap

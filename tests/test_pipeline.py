@@ -139,3 +139,80 @@ def test_host_batches_are_the_serial_batches(tiny_bert: str) -> None:
         expected = collate([encodings[j] for j in batch.rows], 0)
         assert all((batch.padded[k] == v).all() for k, v in expected.items())
         assert all(j in batch.rows and j + 7 in batch.rows for j in batch.rows if j < 7)  # both orders together
+
+
+def test_gc_paused_nests_across_threads_and_restores() -> None:
+    """The collector is off while any pause is open, in any thread, and back as it was when the last ends."""
+    import gc
+    import threading
+
+    from tinyrm.inference.pipeline import gc_paused
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other)
+    with gc_paused():
+        thread.start()
+        assert inside.wait(10) and not gc.isenabled()
+    assert not gc.isenabled()  # the other thread's pause is still open
+    release.set()
+    thread.join(10)
+    assert gc.isenabled()
+    with gc_paused(False):
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
+
+
+def test_a_long_pause_still_collects(monkeypatch) -> None:
+    """Overlapping pauses past MAX_GC_PAUSE_S: a full collection at the next checkpoint, the collector paused."""
+    import gc
+
+    from tinyrm.inference import pipeline
+
+    def full() -> int:
+        return gc.get_stats()[2]["collections"]
+
+    with pipeline.gc_paused():
+        before = full()
+        with pipeline.gc_paused():
+            pipeline.gc_checkpoint()
+        assert full() == before  # not yet due
+        monkeypatch.setattr(pipeline, "MAX_GC_PAUSE_S", 0.0)
+        with pipeline.gc_paused():
+            pass
+        assert full() == before + 1 and not gc.isenabled()
+    assert gc.isenabled()
+
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_compare_batch_pauses_gc(tiny_bert: str, pause: bool) -> None:
+    """compare_batch (serial and pipelined) runs its host work with the collector paused unless
+    ``pause_gc`` is off; the results do not depend on it."""
+    import gc
+
+    seen: list[bool] = []
+    rm = _model(tiny_bert)
+    rm.engine.config.pause_gc = pause
+    encode = rm.encoder.encode
+    rm.encoder.encode = lambda *args, **kw: seen.append(gc.isenabled()) or encode(*args, **kw)
+    items = _items(2 * CHUNK + 1)
+    for overlap in ("off", "on"):
+        rm.engine.config.overlap = overlap
+        scores = rm.compare_batch(items)
+        assert seen and set(seen) == {not pause}
+        seen.clear()
+    assert gc.isenabled()
+    rm.engine.config.pause_gc = not pause
+    assert rm.compare_batch(items) == scores

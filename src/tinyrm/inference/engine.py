@@ -40,7 +40,7 @@ from .adaptive import AutoOrder, OrderStats
 from .batches import HostBatch, host_batches, pair_scores, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
 from .budget import default_batch_tokens
 from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
-from .pipeline import run_pipeline
+from .pipeline import gc_paused, run_pipeline
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
 from .tokens import CachingClozeEncoder, PairInput
@@ -65,6 +65,9 @@ class InferenceConfig:
     chunk_pairs: int = 2048  # pairs per pipeline chunk when overlapping
     host_workers: int = 0  # pipeline threads building chunks ahead; 0 = auto (CUDA: cores / 4, at most 4; else 1)
     cache_size: int = 50_000  # distinct texts kept by the token cache
+    # Python's cyclic garbage collector paused during compare_batch (inference.pipeline.gc_paused): the host's
+    # lists and rows are acyclic, and its collections were 15-35% of the host's time under the GIL.
+    pause_gc: bool = True
     # Accuracy guard for bf16: pairs whose bf16 P(a better) is within this margin of 0.5 are
     # re-scored in fp32, so near-ties get the fp32 decision (0 = off; see docs/inference.md).
     # On by default: bf16 rounding turned a barely-trained model's small margins into exact ties
@@ -309,10 +312,11 @@ class InferenceEngine:
             prefixes = list(prefixes)
             if len(prefixes) != len(items):
                 raise ValueError(f"got {len(prefixes)} prefixes for {len(items)} pairs")
-        if not self.overlap_enabled(len(items)):
-            return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
-                                     max_batch_tokens)
-        return run_pipeline(self, items, both, batch_size, max_batch_tokens, prefixes)
+        with gc_paused(self.config.pause_gc):
+            if not self.overlap_enabled(len(items)):
+                return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
+                                         max_batch_tokens)
+            return run_pipeline(self, items, both, batch_size, max_batch_tokens, prefixes)
 
 
 def _enable_varlen_attention(model: nn.Module, device: torch.device) -> None:
