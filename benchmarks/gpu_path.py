@@ -23,9 +23,11 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
 3. Training (``tinyrm.train``): large shape, DoRA r128, 12 frozen layers, bf16, ``--train-length`` 512,
    per ``--train-attention`` (padded; packed only where TrainConfig has ``attention``): steady pairs/s
    after ``--train-warmup`` steps and an approximate MFU. The synthetic pairs alternate which response
-   is longer, so the recipe's default ``--length-balance`` keeps every pair.
-   After a ``--profile-shapes`` shape's rows: ``torch.profiler`` over one packed batch, eager and compiled
-   (``profile[]``: the top ops and kernels by device time).
+   is longer, so the recipe's default ``--length-balance`` keeps every pair. Each run's optimizer steps 1-2
+   (inside the warm-up) under ``torch.profiler`` (``profiled_steps``; ``profile[]`` entries with ``training``):
+   the top kernels per step and the step's wall time, so a missed target says whether the GPU waited.
+   After a ``--profile-shapes`` shape's scoring rows: ``torch.profiler`` over one packed batch, eager and
+   compiled (``profile[]``: the top ops and kernels by device time).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
 
@@ -46,6 +48,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,6 +69,7 @@ ATTENTION = {"tinyrm-padded": "padded", "tinyrm-packed": "packed", "tinyrm-packe
 COMPILED = ("tinyrm-packed-compiled",)
 PACKED = ("tinyrm-packed", *COMPILED)  # the GPU rates the host-only row is held against (the faster one)
 SPLIT_PAIRS = 4096  # pairs of the serial host split after a point's first host-only row
+TRAIN_PROFILE_STEPS = 2  # optimizer steps profiled per training row (after one warm-up step)
 REFERENCE = ("hf-padded", "tinyrm-padded")  # timed on --ref-pairs: the baselines, slow at 512 tokens
 SMOKE = dict(shapes=["smoke"], points=["64", "16-64"], pairs_n=12, ref_pairs=6, warmup_pairs=4, sweep_shape="smoke",
              sweep_point="16-64", sweep_pairs=8, sweep_tokens=[256, 1024], sweep_min_s=5.0, train_shape="smoke",
@@ -254,7 +259,6 @@ def profile_packed(run: speedlib.BudgetRun, args, shape: str, spec: str, rm, pai
         run.skip(what, "time budget")
         return
     cuda = rm.device.type == "cuda"
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     try:
         chosen = pairs[: args.profile_pairs]
         batch = pack([rm.encode(p, a, b) for p, a, b in chosen] + [rm.encode(p, b, a) for p, a, b in chosen], rm.device)
@@ -267,20 +271,49 @@ def profile_packed(run: speedlib.BudgetRun, args, shape: str, spec: str, rm, pai
                 for _ in range(args.profile_passes):
                     forward(batch)
                 speedlib.sync()
-            events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-            total = sum(getattr(e, key) for e in events) or 1.0
             run.document.setdefault("profile", []).append({
                 "shape": shape, "point": spec, "compiled": compiled, "sequences": batch.batch_size,
-                "tokens": int(batch.cu_seqlens[-1]), "clock": "device" if cuda else "cpu",
-                "ms_per_pass": total / 1e3 / args.profile_passes,
-                "top": [{"name": e.key, "calls": e.count // args.profile_passes,
-                         "ms_per_pass": getattr(e, key) / 1e3 / args.profile_passes, "share": getattr(e, key) / total}
-                        for e in events[: args.profile_top]]})
+                "tokens": int(batch.cu_seqlens[-1]), **_top_events(prof, cuda, args.profile_passes, args.profile_top)})
             run.save()
     except Exception as error:  # noqa: BLE001 - record, go on
         run.error(what, error)
     finally:
         rm.engine.config.compile = False
+
+
+def _top_events(prof, cuda: bool, passes: int, top: int) -> dict:
+    """A finished ``torch.profiler`` run over ``passes`` passes (or steps): its ``top`` ops and kernels by self
+    device time (CPU time off CUDA), per pass."""
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    # A scheduled run marks each step (ProfilerStep#n): its host time is the step's wall time, against which
+    # the device time says how busy the device was (a low share: the device waits on the host).
+    steps = [e for e in events if e.key.startswith("ProfilerStep")]
+    wall = sum(e.cpu_time_total for e in steps) / 1e3 / passes if steps else None
+    return {"clock": "device" if cuda else "cpu", "ms_per_pass": total / 1e3 / passes, "wall_ms_per_pass": wall,
+            "top": [{"name": e.key, "calls": e.count // passes, "ms_per_pass": getattr(e, key) / 1e3 / passes,
+                     "share": getattr(e, key) / total} for e in events[:top]]}
+
+
+@contextmanager
+def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> Iterator[list[dict]]:
+    """``torch.profiler`` over optimizer steps 1 to ``steps`` of whatever trains inside the block (step 0
+    warms the profiler up): a global optimizer-step hook advances its schedule, so the trainer is not
+    touched. Yields a list that holds the profile (``_top_events``, per step) once those steps ran."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    found: list[dict] = []
+    prof = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])],
+                   schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                   on_trace_ready=lambda done: found.append(_top_events(done, cuda, steps, top)))
+    hook = register_optimizer_step_post_hook(lambda *args, **kwargs: prof.step())
+    try:
+        with prof:
+            yield found
+    finally:
+        hook.remove()
 
 
 def sweep_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> None:
@@ -349,7 +382,12 @@ def training_section(run: speedlib.BudgetRun, args, peak: dict, tokenizer) -> No
                     batch_size=micro, max_steps=steps, save_steps=0, lr=2e-5, warmup_ratio=0.0,
                     dora_rank=args.dora_rank, freeze_layers=args.freeze_layers, precision=args.train_precision,
                     **extra)
-                result = train(config)
+                with profiled_steps(speedlib.device().type == "cuda", args.profile_top) as profiled:
+                    result = train(config)
+                for found in profiled:  # steps 1-2: inside the warm-up, so out of the timing (--train-warmup >= 3)
+                    run.document.setdefault("profile", []).append({
+                        "shape": args.train_shape, "point": str(args.train_length), "compiled": False,
+                        "training": attention, "sequences": micro, **found})
                 per_step_pairs = result.pairs / max(result.steps, 1)
                 rate, per_step = speedlib.steady_rate(Path(config.output) / "metrics.jsonl", args.train_warmup,
                                                       per_step_pairs)
@@ -512,9 +550,16 @@ def report(run: speedlib.BudgetRun, output: str) -> None:
             ("pairs_per_s", "pairs/s", ".1f"), ("seconds_per_step", "s/step", ".3f"),
             ("approx_mfu_bf16", "approx MFU bf16", ".1%"), ("trainable_parameters", "trainable", ",d")]))
     for prof in doc.get("profile", []):
-        print(f"\nprofile {prof['shape']} {prof['point']} {'compiled' if prof['compiled'] else 'eager'}: "
-              f"{prof['sequences']} sequences, {prof['tokens']} tokens, {prof['ms_per_pass']:.1f} ms per pass "
-              f"({prof['clock']} time)")
+        if prof.get("training"):
+            wall = prof.get("wall_ms_per_pass")
+            busy = (f" of {wall:.1f} ms wall ({prof['ms_per_pass'] / wall:.0%} busy)"
+                    if wall and prof["clock"] == "device" else "")  # on the CPU the two are the same clock
+            print(f"\nprofile training {prof['shape']} L={prof['point']} {prof['training']}: {prof['sequences']} "
+                  f"sequences per step, {prof['ms_per_pass']:.1f} ms {prof['clock']} time per optimizer step{busy}")
+        else:
+            print(f"\nprofile {prof['shape']} {prof['point']} {'compiled' if prof['compiled'] else 'eager'}: "
+                  f"{prof['sequences']} sequences, {prof['tokens']} tokens, {prof['ms_per_pass']:.1f} ms per pass "
+                  f"({prof['clock']} time)")
         print(speedlib.markdown_table(prof["top"], [("name", "op / kernel", ""), ("calls", "calls", "d"),
                                                     ("ms_per_pass", "ms / pass", ".2f"), ("share", "share", ".1%")]))
     if doc["sweep"]:

@@ -172,6 +172,25 @@ def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_mode
     assert rm.engine.choice_probs(one) == scored != [0.5]  # the forward is back
 
 
+def test_training_rows_are_profiled(gpu_path, monkeypatch, tmp_path):
+    """Each training run's optimizer steps 1-2 are profiled through a global step hook, removed afterwards."""
+    from torch.optim import optimizer
+
+    speedlib = sys.modules["speedlib"]
+    monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
+    hooks = len(optimizer._global_optimizer_post_hooks)
+    out = tmp_path / "gpu_path.json"
+    args = ["--smoke", "--methods", "host-only", "--points", "64", "--host-workers", "1", "--sweep-tokens",
+            "--profile-shapes", "--output", str(out)]
+    assert gpu_path.main(args) == 0
+    document = json.loads(out.read_text())
+    trained = [row["attention"] for row in document["training"]]
+    profiles = [p for p in document["profile"] if p.get("training")]
+    assert trained and [p["training"] for p in profiles] == trained
+    assert all(p["top"] and p["ms_per_pass"] > 0 and p["wall_ms_per_pass"] > 0 for p in profiles)
+    assert len(optimizer._global_optimizer_post_hooks) == hooks
+
+
 def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):
     """The compiled row reads x tinyrm-packed; the host-only row is held against the faster of the two packed
     methods (the GPU rate it has to keep up with), at its own shape and point only."""
