@@ -8,6 +8,8 @@ everything as one chunk. (The batched prefetch against encoding one pair at a ti
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from tinyrm.inference.batches import collate, host_batches, pair_units
@@ -175,24 +177,33 @@ def test_gc_paused_nests_across_threads_and_restores() -> None:
         gc.enable()
 
 
+class _Node:
+    itself: object = None
+
+
 def test_a_long_pause_still_collects(monkeypatch) -> None:
-    """Overlapping pauses past MAX_GC_PAUSE_S: a full collection at the next checkpoint, the collector paused."""
+    """Overlapping pauses past MAX_GC_PAUSE_S: a young collection at the next checkpoint, the collector paused."""
     import gc
 
     from tinyrm.inference import pipeline
 
-    def full() -> int:
-        return gc.get_stats()[2]["collections"]
+    def young() -> int:
+        return gc.get_stats()[0]["collections"]
 
     with pipeline.gc_paused():
-        before = full()
+        before = young()
         with pipeline.gc_paused():
             pipeline.gc_checkpoint()
-        assert full() == before  # not yet due
+        assert young() == before  # not yet due
         monkeypatch.setattr(pipeline, "MAX_GC_PAUSE_S", 0.0)
+        node = _Node()
+        node.itself = node  # cyclic garbage made during the pause
+        probe = weakref.ref(node)
+        del node
+        assert probe() is not None
         with pipeline.gc_paused():
             pass
-        assert full() == before + 1 and not gc.isenabled()
+        assert young() == before + 1 and not gc.isenabled() and probe() is None
     assert gc.isenabled()
 
 

@@ -17,7 +17,9 @@ encode ahead, and the calling thread plans and runs each chunk as the serial pat
 pause_gc``). The host makes tens of small containers per pair (id lists, rows, ``Encoded``), all acyclic and
 freed by reference counting, yet they trigger collections, and a full one walks every object in the process
 (torch's and transformers' included): on this CPU the collector took 15-35% of the host's time under the GIL.
-A pause longer than ``MAX_GC_PAUSE_S`` still gets a full collection at the next chunk or call end.
+A pause longer than ``MAX_GC_PAUSE_S`` still gets a young-generation collection at the next chunk or call end:
+it reclaims the cyclic garbage made since the last one (another thread's: a busy server's requests) without
+walking the whole process (25 ms after 4,096 pairs on this CPU, against 220 ms for a full collection).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .adaptive import AutoOrder
 from .batches import host_batches, pair_units
 
 MAX_AUTO_WORKERS = 4
-MAX_GC_PAUSE_S = 10.0  # paused longer (overlapping calls, a long pipeline): a full collection at a checkpoint
+MAX_GC_PAUSE_S = 10.0  # paused longer (overlapping calls, a long pipeline): a young collection at a checkpoint
 _gc_lock = threading.Lock()
 _gc_state = {"pauses": 0, "was_enabled": False, "since": 0.0}
 
@@ -46,9 +48,9 @@ _gc_state = {"pauses": 0, "was_enabled": False, "since": 0.0}
 def gc_paused(pause: bool = True) -> Iterator[None]:
     """Pause the cyclic garbage collector within the block (``pause``), for every thread. Calls may nest and
     overlap (scoring in several threads): the collector runs again, if it ran before the first, when the last
-    one ends; while they overlap, :func:`gc_checkpoint` (at each end, and per pipeline chunk) runs a full
-    collection once the pause has lasted ``MAX_GC_PAUSE_S``, so other threads' cyclic garbage (a busy server's)
-    is still reclaimed."""
+    one ends; while they overlap, :func:`gc_checkpoint` (at each end, and per pipeline chunk) collects the
+    young generation once the pause has lasted ``MAX_GC_PAUSE_S``, so other threads' cyclic garbage (a busy
+    server's) is still reclaimed."""
     if not pause:
         yield
         return
@@ -69,15 +71,15 @@ def gc_paused(pause: bool = True) -> Iterator[None]:
 
 
 def gc_checkpoint() -> None:
-    """Within a pause that has lasted ``MAX_GC_PAUSE_S``: one full collection now (the collector itself stays
-    paused)."""
+    """Within a pause that has lasted ``MAX_GC_PAUSE_S``: collect the young generation now, the objects made
+    since the last collection (the collector itself stays paused)."""
     with _gc_lock:
         due = (_gc_state["pauses"] > 0 and _gc_state["was_enabled"]
                and time.monotonic() - _gc_state["since"] > MAX_GC_PAUSE_S)
         if due:
             _gc_state["since"] = time.monotonic()
     if due:
-        gc.collect()
+        gc.collect(0)
 
 
 def host_workers(configured: int, device: torch.device | str) -> int:
