@@ -47,8 +47,8 @@ def test_a_failed_section_fails_the_run(gpu_path, monkeypatch, tmp_path, capsys)
 
 
 def test_packed_training_flag_errors_clearly(gpu_path, capsys):
-    speedlib = sys.modules["speedlib"]
-    if speedlib.packed_training_available():
+    gpu_lib = sys.modules["gpu_lib"]
+    if gpu_lib.packed_training_available():
         assert gpu_path.parse_args(["--train-attention", "packed"]).train_attention == ["packed"]
         return
     assert gpu_path.parse_args([]).train_attention == ["padded"]
@@ -59,20 +59,20 @@ def test_packed_training_flag_errors_clearly(gpu_path, capsys):
 
 
 def test_training_pairs_survive_length_balance(gpu_path):
-    speedlib = sys.modules["speedlib"]
-    raw = speedlib.synthetic_pairs(40, 64, spread=0.0, seed=3)
-    pairs = speedlib.alternate_length_cue(raw)
+    gpu_lib = sys.modules["gpu_lib"]
+    raw = gpu_lib.synthetic_pairs(40, 64, spread=0.0, seed=3)
+    pairs = gpu_lib.alternate_length_cue(raw)
     assert [len(a) > len(b) for _, a, b in pairs] == [i % 2 == 0 for i in range(40)]  # never a tie
     for (p0, a0, b0), (p1, a1, b1) in zip(raw, pairs):  # same prompt, same token (word) counts
         assert p0 == p1 and sorted([len(a0.split()), len(b0.split())]) == sorted([len(a1.split()), len(b1.split())])
 
 
 def test_host_only_removes_the_forward_and_nothing_else(gpu_path, tiny_modernbert):
-    speedlib = sys.modules["speedlib"]
+    gpu_lib = sys.modules["gpu_lib"]
     rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
     rm.engine.config.attention = "packed"
     rm.engine.config.precision = "bf16"
-    with pytest.raises(ValueError, match="recheck_margin"), speedlib.forward_removed(rm.engine):
+    with pytest.raises(ValueError, match="recheck_margin"), gpu_lib.forward_removed(rm.engine):
         pass  # bf16 with the guard on: its fp32 re-scoring of near-ties would run the model, so refused
     rm.engine.config.precision = "fp32"
     items = [("What is 2 + 2?", "4", "five"), ("Name a colour.", "blue", "a long answer about colours")]
@@ -82,7 +82,7 @@ def test_host_only_removes_the_forward_and_nothing_else(gpu_path, tiny_modernber
     linear = next(m for m in prepared.model.modules() if isinstance(m, torch.nn.Linear))
     handle = linear.register_forward_pre_hook(lambda *args: calls.append(1))
     try:
-        with speedlib.forward_removed(rm.engine):
+        with gpu_lib.forward_removed(rm.engine):
             assert rm.compare_batch(items) == [0.5, 0.5]  # zero logits: P = 0.5, and the pipeline ran
         assert not calls
         assert rm.compare_batch(items) == pytest.approx(real) and calls  # the forward is back
@@ -159,14 +159,14 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
 def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_modernbert):
     from tinyrm.inference import tokens
 
-    speedlib = sys.modules["speedlib"]
+    gpu_lib = sys.modules["gpu_lib"]
     rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
     rm.engine.config.recheck_margin = 0.0
     direct = tokens.rust_tokenizer
-    pairs = speedlib.point_pairs(16, "16-64")
+    pairs = gpu_lib.point_pairs(16, "16-64")
     one = [rm.encoder.encode("Which is larger, 3 or 5?", "5 is larger than 3.", "3, because it comes first.")]
     scored = rm.engine.choice_probs(one)  # P(choice 0) of one order: 0.5 with the forward removed
-    split = speedlib.host_split(rm, pairs)
+    split = gpu_lib.host_split(rm, pairs)
     assert split["pairs"] == 16 and split["tokenizer_us"] > 0 and split["python_us"] > 0
     assert tokens.rust_tokenizer is direct and rm.engine.config.overlap == "auto"
     assert rm.engine.choice_probs(one) == scored != [0.5]  # the forward is back
@@ -199,7 +199,7 @@ def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):
 
     rows = [row("hf-padded", 100.0), row("tinyrm-packed", 400.0), row("tinyrm-packed-compiled", 600.0),
             row("host-only", 1800.0), row("tinyrm-packed", 50.0, point="64-512")]
-    gpu_path._ratios(rows, [])
+    sys.modules["gpu_scoring"]._ratios(rows, [])
     assert rows[2]["speedup_vs_packed"] == pytest.approx(1.5) and rows[2]["speedup_vs_hf"] == pytest.approx(6.0)
     assert rows[3]["host_vs_packed"] == pytest.approx(3.0) and rows[3]["speedup_vs_hf"] is None
     assert "speedup_vs_packed" not in rows[1]

@@ -1,0 +1,103 @@
+"""Section 3 of ``gpu_path.py``: training the large shape with DoRA, padded and packed, its steady pairs/s and
+approximate MFU, and a profile of two of its optimizer steps."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import gpu_lib
+import speedlib
+import torch
+
+TRAIN_PROFILE_STEPS = 2  # optimizer steps profiled per training row (after one warm-up step)
+
+
+@contextmanager
+def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> Iterator[list[dict]]:
+    """``torch.profiler`` over optimizer steps 1 to ``steps`` of whatever trains inside the block (step 0
+    warms the profiler up): a global optimizer-step hook advances its schedule, so the trainer is not
+    touched. Yields a list that holds the profile (``_top_events``, per step) once those steps ran."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    found: list[dict] = []
+    prof = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])],
+                   schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                   on_trace_ready=lambda done: found.append(gpu_lib.top_events(done, cuda, steps, top)))
+    hook = register_optimizer_step_post_hook(lambda *args, **kwargs: prof.step())
+    try:
+        with prof:
+            yield found
+    finally:
+        hook.remove()
+
+
+def training_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None:
+    from tinyrm.data import PreferencePair
+    from tinyrm.tools.synthetic import write_jsonl
+    from tinyrm.train import TrainConfig, train
+
+    steps = args.train_warmup + args.train_steps
+    with tempfile.TemporaryDirectory(prefix="tinyrm-gpu-") as tmp:
+        try:
+            model_dir = Path(tmp) / "model"
+            with torch.device(speedlib.device()):
+                mlm = speedlib.random_modernbert(args.train_shape, tokenizer,
+                                                 max_positions=max(8192, args.train_length))
+            mlm.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            del mlm
+            speedlib.free_memory()
+            raw = gpu_lib.alternate_length_cue(gpu_lib.synthetic_pairs(
+                steps * args.train_pairs_per_step, args.train_length, spread=args.train_spread, seed=7))
+            data = write_jsonl([PreferencePair(prompt=p, chosen=a, rejected=b) for p, a, b in raw],
+                               Path(tmp) / "train.jsonl")
+            lengths = [min(args.train_length, len(tokenizer(f"{p} {a} {b}")["input_ids"]) + 24) for p, a, b in raw]
+        except Exception as error:  # noqa: BLE001
+            run.error("training setup", error)
+            return
+        for attention in args.train_attention:
+            what = f"training {args.train_shape} DoRA r{args.dora_rank} freeze {args.freeze_layers} {attention}"
+            if run.left() < args.train_min_s:
+                run.skip(what, "time budget")
+                continue
+            try:
+                micro = 2 * args.train_pairs_per_step  # both orders of every pair in the micro-batch
+                extra = {"attention": attention} if gpu_lib.packed_training_available() else {}
+                config = TrainConfig(
+                    model=str(model_dir), data=[str(data)], output=str(Path(tmp) / f"out-{attention}"),
+                    objective="cloze", read="mask", max_length=args.train_length, micro_batch_size=micro,
+                    batch_size=micro, max_steps=steps, save_steps=0, lr=2e-5, warmup_ratio=0.0,
+                    dora_rank=args.dora_rank, freeze_layers=args.freeze_layers, precision=args.train_precision,
+                    **extra)
+                with profiled_steps(speedlib.device().type == "cuda", args.profile_top) as profiled:
+                    result = train(config)
+                for found in profiled:  # steps 1-2: inside the warm-up, so out of the timing (--train-warmup >= 3)
+                    run.document.setdefault("profile", []).append({
+                        "shape": args.train_shape, "point": str(args.train_length), "compiled": False,
+                        "training": attention, "sequences": micro, **found})
+                per_step_pairs = result.pairs / max(result.steps, 1)
+                rate, per_step = gpu_lib.steady_rate(Path(config.output) / "metrics.jsonl", args.train_warmup,
+                                                      per_step_pairs)
+                if rate is None:
+                    raise RuntimeError(f"no steady steps to time ({result.steps} steps, warm-up {args.train_warmup})")
+                layers = speedlib.SHAPES[args.train_shape]["num_hidden_layers"]
+                flops = gpu_lib.train_flops_per_pair(args.train_shape, tokenizer, lengths,
+                                                      (layers - args.freeze_layers) / layers)
+                row = {"shape": args.train_shape, "attention": attention, "dora_rank": args.dora_rank,
+                       "freeze_layers": args.freeze_layers, "length": args.train_length,
+                       "pairs_per_step": per_step_pairs, "steps": result.steps, "pairs_per_s": rate,
+                       "seconds_per_step": per_step, "run_pairs_per_s": result.pairs_per_second,
+                       "trainable_parameters": result.trainable_parameters,
+                       "total_parameters": result.total_parameters, "precision": args.train_precision,
+                       "approx_mfu_bf16": rate * flops / peak["bf16"]}
+                run.document["training"].append(row)
+                run.save()
+                print(f"  {what}: {rate:.1f} pairs/s steady", file=sys.stderr)
+            except Exception as error:  # noqa: BLE001
+                run.error(what, error)
+            speedlib.free_memory()
