@@ -355,3 +355,27 @@ def test_auto_keeps_int8_padded(tiny_bert: str) -> None:
     assert not rm.engine.uses_packed()
     rm.engine.config.attention = "packed"
     assert rm.engine.uses_packed()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_equals_transformers(dtype: torch.dtype) -> None:
+    """The packed forward's rotary embedding (fewer kernels, no fp32 copies) computes transformers' own:
+    the same bits in bf16, within an fp32 rounding in fp32."""
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    from tinyrm.inference.packed import _rope_tables, _rotary
+
+    torch.manual_seed(0)
+    tokens, heads, dim = 300, 4, 16
+    q, k, _ = torch.randn(tokens, 3, heads, dim).to(dtype).unbind(1)  # strided views, as from Wqkv
+    angles = (torch.arange(tokens) % 37)[:, None].float() * (1e4 ** (-torch.arange(0, dim, 2).float() / dim))
+    cos, sin = torch.cat((angles, angles), -1).cos().to(dtype), torch.cat((angles, angles), -1).sin().to(dtype)
+    expected = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos[None], sin[None])
+    got = _rotary(q, k, *_rope_tables(cos, sin))
+    for want, have in zip(expected, got):
+        want = want[0].transpose(0, 1)
+        assert have.dtype == dtype and have.shape == want.shape
+        if dtype == torch.bfloat16:
+            assert torch.equal(have, want)
+        else:
+            torch.testing.assert_close(have, want, atol=1e-6, rtol=1e-6)
