@@ -118,6 +118,24 @@ def test_auto_budget_on_cuda_reaches_the_batches(tiny_modernbert, monkeypatch):
     assert asked == [("cuda", rm.config.max_length)]
 
 
+def test_auto_budget_is_asked_once_per_call(tiny_modernbert, monkeypatch):
+    """compare_batch resolves "auto" once and hands the number down: not again per chunk, in the pipeline or
+    in the near-tie recheck."""
+    from tinyrm.inference import engine as engine_module
+
+    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+    asked = []
+    monkeypatch.setattr(engine_module, "default_batch_tokens",
+                        lambda device, model, max_length: asked.append(max_length) or 4096)
+    rm.engine.config.chunk_pairs, rm.engine.config.recheck_margin = 2, 1.0  # 3 chunks, every pair rechecked
+    items = [("Which is larger, 3 or 5?", "5", "3")] * 5
+    for overlap in ("off", "on"):
+        rm.engine.config.overlap = overlap
+        asked.clear()
+        rm.compare_batch(items)
+        assert asked == [rm.config.max_length]
+
+
 def test_default_batch_tokens_on_cuda_follows_free_memory(tiny_modernbert):
     rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
     per_token = activation_bytes_per_token(rm.model, 512)

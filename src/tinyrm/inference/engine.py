@@ -307,7 +307,9 @@ class InferenceEngine:
         ``prefixes``: one instruction per item (None entries: the encoder's default prefix).
         """
         items = list(items)
-        self._limits(batch_size, max_batch_tokens)
+        # The budget resolved once ("auto": the device's free memory now) and handed down as a number, so the
+        # chunks, the pipeline and the near-tie recheck do not each ask the device again.
+        _, budget = self._limits(batch_size, max_batch_tokens)
         if prefixes is not None:
             prefixes = list(prefixes)
             if len(prefixes) != len(items):
@@ -315,8 +317,8 @@ class InferenceEngine:
         with gc_paused(self.config.pause_gc):
             if not self.overlap_enabled(len(items)):
                 return self._score_chunk(self._encode_chunk(items, both, prefixes), len(items), both, batch_size,
-                                         max_batch_tokens)
-            return run_pipeline(self, items, both, batch_size, max_batch_tokens, prefixes)
+                                         budget)
+            return run_pipeline(self, items, both, batch_size, budget, prefixes)
 
 
 def _enable_varlen_attention(model: nn.Module, device: torch.device) -> None:
