@@ -41,58 +41,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import speedlib  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from tinyrm.backbone import find_layers  # noqa: E402
 from tinyrm.inference.precision import cpu_bf16_native  # noqa: E402
 from tinyrm.pairwise.data import pad_batch  # noqa: E402
 from tinyrm.pairwise.model import RewardModel  # noqa: E402
 from tinyrm.prompt import ClozeEncoder, Encoded, get_template  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = speedlib.DATA
 Pair = tuple[str, str, str]
 
 
-# ----------------------------------------------------------------------------- machine peak
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 4) -> float:
-    """Best-of-``repeats`` FLOP/s of an n x n x n matmul in ``dtype`` on this device."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 8192 if device == "cuda" else n
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm-up (oneDNN / cuBLAS kernel selection)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        a @ b
-        _sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 # ----------------------------------------------------------------------------- data
-def _load(paths: Sequence[Path]) -> list[Pair]:
-    rows: list[Pair] = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.append((r["prompt"], r["chosen"], r["rejected"]))
-    return rows
-
-
 def pair_sets(encoder: ClozeEncoder, n: dict[str, int], long_tokens: int, seed: int = 0) -> dict[str, list[Pair]]:
     """short (<= 128 tokens), mixed (the data as it comes) and long (>= ``long_tokens``) pairs."""
     if not DATA.is_dir():
         sys.exit(f"benchmarks/inference.py needs the shared data folder {DATA}")
-    pool = _load(sorted((DATA / "train").glob("*.jsonl")) + [DATA / "dev" / "hhh.jsonl"])
+    files = [*sorted((DATA / "train").glob("*.jsonl")), speedlib.DEV_HHH]
+    pool = [pair for path in files for pair in speedlib.load_jsonl_pairs(path)]
     rng = random.Random(seed)
     rng.shuffle(pool)
     length = {p: len(encoder.encode(*p).input_ids) for p in pool[:4000]}
@@ -130,25 +95,6 @@ def base_shaped_model(directory: Path) -> str:
     ModernBertForMaskedLM(config).save_pretrained(directory)
     tok.save_pretrained(directory)
     return str(directory)
-
-
-def forward_flops(mlm: nn.Module, lengths: Sequence[int]) -> float:
-    """Useful forward FLOPs for sequences of the given real lengths (no padding, head at mask)."""
-    _, layers = find_layers(mlm)
-    cfg = mlm.config
-    hidden = cfg.hidden_size
-    linear = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, nn.Linear))
-    every = getattr(cfg, "global_attn_every_n_layers", None)
-    window = getattr(cfg, "local_attention", None)
-    total = 0.0
-    for length in lengths:
-        total += 2 * length * linear
-        for k in range(len(layers)):
-            local = every is not None and window is not None and k % every != 0
-            span = min(length, window) if local else length
-            total += 4 * length * span * hidden  # QK^T and attention x V
-        total += 2 * (hidden * hidden + 2 * hidden)  # head transform + 2 answer logits, mask row only
-    return total
 
 
 # ----------------------------------------------------------------------------- methods
@@ -252,12 +198,12 @@ def measure(name: str, inputs: str, method: str, fn: Callable, rm: RewardModel, 
         fn(rm, encoder, pairs[2:5], batch_size)
     lengths = [len(e.input_ids) for e in both_orders(encoder, pairs)]
     with speedlib.PeakMemory() as memory:
-        _sync()
+        speedlib.sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         probs = fn(rm, encoder, pairs, batch_size)
-        _sync()
+        speedlib.sync()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    flops = forward_flops(rm.model, lengths)
+    flops = speedlib.forward_flops(rm.model, lengths)
     row = Row(name, inputs, method, len(pairs), seconds, sum(lengths), flops, memory.mib, cpu_seconds,
               pairs_per_s=len(pairs) / seconds, tokens_per_s=sum(lengths) / seconds,
               mfu_bf16=flops / seconds / peak["bf16"], mfu_fp32=flops / seconds / peak["fp32"])
@@ -294,7 +240,7 @@ def run(config: BenchConfig) -> dict:
 
     console = Console(width=200)
     torch.set_grad_enabled(False)
-    peak = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    peak = {"bf16": speedlib.matmul_peak(torch.bfloat16), "fp32": speedlib.matmul_peak(torch.float32)}
     console.print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
                   f"threads {torch.get_num_threads()}, native bf16 {cpu_bf16_native()}, load avg "
                   f"{os.getloadavg()[0]:.1f}; matmul peak bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, "
@@ -370,7 +316,7 @@ def run(config: BenchConfig) -> dict:
     tmp.cleanup()
     # Measure the peak again and keep the best: on a shared machine one sample can land in a busy spell.
     for key, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        peak[key] = max(peak[key], matmul_peak(dtype))
+        peak[key] = max(peak[key], speedlib.matmul_peak(dtype))
     for r in rows:
         r.mfu_bf16, r.mfu_fp32 = r.flops / r.seconds / peak["bf16"], r.flops / r.seconds / peak["fp32"]
     console.print(f"matmul peak (best of start and end): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, "
@@ -400,7 +346,7 @@ def run(config: BenchConfig) -> dict:
     result = {"peak_flops": peak, "threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows],
               "ratios": ratios, "config": asdict(config)}
     if config.agreement:
-        dev = _load([DATA / "dev" / "hhh.jsonl"])
+        dev = speedlib.load_jsonl_pairs(speedlib.DEV_HHH)
         result["agreement"] = agree = agreement(config.agreement_model, dev, config.batch_size)
         console.print(f"bf16 vs fp32 on dev/hhh ({agree['pairs']} pairs, model {agree['model']}): "
                       f"{100 * agree['agreement']:.1f}% same decisions, max |dP| {agree['max_abs_diff']:.4f}; "
