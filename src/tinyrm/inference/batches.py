@@ -90,11 +90,13 @@ def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
 @dataclass
 class HostBatch:
     """One forward pass built on the host: its rows (indices into the encodings) and their tensors, a packed
-    stream or padded rows (CPU; page-locked when built for a CUDA device)."""
+    stream or padded rows (CPU; page-locked when built for a CUDA device). ``padding``: some padded row is
+    shorter than the batch (known here, so the device is never asked)."""
 
     rows: list[int]
     packed: Packed | None = None
     padded: dict[str, torch.Tensor] | None = None
+    padding: bool = False
 
 
 def host_batches(encodings: Sequence[Encoded], units: Sequence[Sequence[int]], pad_id: int, packed: bool,
@@ -113,4 +115,6 @@ def host_batches(encodings: Sequence[Encoded], units: Sequence[Sequence[int]], p
             yield HostBatch(rows, packed=stream.pin_memory() if pin else stream)
         else:
             tensors = collate(chosen, pad_id)
-            yield HostBatch(rows, padded={k: v.pin_memory() for k, v in tensors.items()} if pin else tensors)
+            padding = len({len(e.input_ids) for e in chosen}) > 1
+            yield HostBatch(rows, padded={k: v.pin_memory() for k, v in tensors.items()} if pin else tensors,
+                            padding=padding)

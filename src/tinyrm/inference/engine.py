@@ -226,9 +226,12 @@ class InferenceEngine:
             if batch.packed is not None:
                 logits = prepared.packed(batch.packed.to(device, non_blocking=True))
             else:
-                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.padded.items()}
-                logits = prepared.forward(tensors["input_ids"], tensors["attention_mask"], tensors["mask_positions"],
-                                          tensors.get("token_type_ids"))
+                # No padding: no mask. transformers would test an all-ones mask on the device (``mask.all()``, a
+                # host-device sync per pass on CUDA) only to drop it.
+                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.padded.items()
+                           if k != "attention_mask" or batch.padding}
+                logits = prepared.forward(tensors["input_ids"], tensors.get("attention_mask"),
+                                          tensors["mask_positions"], tensors.get("token_type_ids"))
             done.append((batch.rows, torch.softmax(logits.float(), dim=-1)[:, 0]))
         probs = [0.0] * n
         if done:

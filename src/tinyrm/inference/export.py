@@ -118,7 +118,8 @@ class _OnnxEngine(InferenceEngine):
             wanted = {i.name for i in session.get_inputs()}
 
             def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
-                feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(),
+                mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # None: no padding
+                feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy(),
                         "mask_positions": mask_positions.numpy()}
                 if "token_type_ids" in wanted:
                     feed["token_type_ids"] = (token_type_ids if token_type_ids is not None

@@ -94,9 +94,8 @@ class Packed:
 
     def sequence_ids(self) -> torch.Tensor:
         """[T] long: which sequence each token belongs to."""
-        if "seq" not in self._maps:
-            lengths = torch.tensor(self.lengths, device=self.input_ids.device)
-            self._maps["seq"] = torch.repeat_interleave(torch.arange(self.batch_size, device=lengths.device), lengths)
+        if "seq" not in self._maps:  # from the device's own position ids: no host data, no sync on a GPU
+            self._maps["seq"] = (self.position_ids == 0).cumsum(0) - 1
         return self._maps["seq"]
 
     def segment_sum(self, values: torch.Tensor) -> torch.Tensor:
