@@ -22,6 +22,7 @@ from tinyrm.pairwise.model import RewardModel
 
 from .packed_helpers import mixed_items
 from .test_packed import windowed_modernbert  # noqa: F401 (fixture)
+from .test_packed_train import _cloze_collate, _cloze_features, _cloze_scorer, backbones  # noqa: F401 (fixture)
 
 # aten ops whose CUDA kernels hand a device value to the host (or, for lift_fresh, copy Python data to the device
 # from pageable memory): each waits for everything queued before it.
@@ -88,6 +89,22 @@ def test_packed_scoring_never_syncs(family: str, route: str, windowed_modernbert
     ops, passes = _syncs_per_pass(path, "packed", "bf16", mixed_items(8))
     assert not ops, f"{passes} packed passes made the host wait for the device: {dict(ops)}"
     assert calls is None or calls, "the flash route was not taken"
+
+
+@pytest.mark.parametrize("mode", ["full", "dora"])
+@pytest.mark.parametrize("family", ["modernbert", "bert"])
+def test_packed_training_step_never_syncs(backbones: dict, family: str, mode: str, flash_route) -> None:  # noqa: F811
+    """A packed training step, forward and backward, bf16 autocast as on a GPU (the Trainer's own per-step
+    bookkeeping aside): DoRA's weight norms and the frozen layers included."""
+    scorer, tokenizer = _cloze_scorer(backbones[family], mode)
+    batch = _cloze_collate(tokenizer)(_cloze_features(tokenizer, mixed_items(8)), True)
+    for _ in range(2):  # the second step is the one recorded: lazy state built by the first
+        with SyncRecorder() as recorder:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = scorer(**batch)
+            out["loss"].backward()
+    assert not recorder.ops, dict(recorder.ops)
+    assert flash_route, "the flash route was not taken"
 
 
 def test_padded_scoring_syncs_only_where_rows_are_padded(windowed_modernbert: str) -> None:  # noqa: F811

@@ -70,8 +70,8 @@ def _make_trainer_classes():
             self.pair_batches = pair_batches
             self.head_lr_scale = head_lr_scale
             super().__init__(*args, **kwargs)
-            self._correct = torch.zeros((), dtype=torch.long)
-            self._seen = torch.zeros((), dtype=torch.long)
+            self._correct: torch.Tensor | int = 0  # a device tensor once counted: no host wait per step
+            self._seen = 0
 
         def create_optimizer(self, model=None):
             optimizer = super().create_optimizer(model)
@@ -103,17 +103,17 @@ def _make_trainer_classes():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             outputs = model(**inputs)
             predictions = outputs["logits"].detach().argmax(dim=-1)
-            self._correct += (predictions == inputs["labels"]).sum().cpu()
+            self._correct = (predictions == inputs["labels"]).sum() + self._correct
             self._seen += inputs["labels"].numel()
             return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
-            if "loss" in logs and self._seen.item() > 0:
-                counts = torch.stack([self._correct, self._seen]).to(self.args.device)
+            if "loss" in logs and self._seen > 0:
+                counts = torch.stack([torch.as_tensor(self._correct).to(self.args.device),
+                                      torch.tensor(self._seen, device=self.args.device)])
                 counts = self.accelerator.reduce(counts, reduction="sum")
                 logs["accuracy"] = round(counts[0].item() / max(counts[1].item(), 1), 4)
-                self._correct.zero_()
-                self._seen.zero_()
+                self._correct, self._seen = 0, 0
             super().log(logs, start_time)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
