@@ -5,7 +5,8 @@ an op that needs a device value on the host (``.item()``, ``bool(t)``, ``nonzero
 from Python data inside the forward) would drain the queue at every pass, and the GPU would wait on the host.
 Such ops are the same aten calls on the CPU, so a dispatch mode that records them shows them here, on the routes
 CUDA takes: the packed forward with ``varlen_attn`` (a stand-in of the same signature on the CPU) and with its
-exact SDPA route, and the padded forward.
+exact SDPA route, a packed training step, and the padded forward. On a GPU (the device run's pytest step),
+``torch.cuda.set_sync_debug_mode("error")`` checks the packed passes with the real kernels.
 """
 
 from __future__ import annotations
@@ -129,3 +130,29 @@ def test_padded_without_mask_equals_with_it(windowed_modernbert: str) -> None:  
         masked = prepared.forward(t["input_ids"], t["attention_mask"], t["mask_positions"])
         unmasked = prepared.forward(t["input_ids"], None, t["mask_positions"])
     assert torch.equal(masked, unmasked)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_packed_passes_never_sync(windowed_modernbert: str) -> None:  # noqa: F811
+    """On the device, with the real kernels: every packed pass (pinned batch, non-blocking copy, forward,
+    softmax) under ``torch.cuda.set_sync_debug_mode("error")``, which raises at any synchronising call; the
+    read-back after the last pass is the only wait."""
+    rm = RewardModel.from_pretrained(windowed_modernbert, device="cuda")
+    rm.engine.config.attention, rm.engine.config.precision = "packed", "bf16"
+    prepared = rm.engine.prepared()
+    encodings = rm.engine._encode_chunk(mixed_items(16), True)
+    batches = list(host_batches(encodings, pair_units(16, True), rm.engine.pad_id, True, None, 600, pin=True))
+    assert len(batches) > 1
+    for checked in (False, True):  # the first round builds lazy state (caches, kernel choice) unchecked
+        results = []
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if checked else 0)
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    logits = prepared.packed(batch.packed.to("cuda", non_blocking=True))
+                    results.append(torch.softmax(logits.float(), dim=-1)[:, 0])
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert torch.cat(results).isfinite().all()
