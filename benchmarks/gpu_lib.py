@@ -292,6 +292,14 @@ def varlen_info(dev: torch.device) -> dict:
             "signature": str(inspect.signature(fn)) if fn is not None else None}
 
 
+def profiler(cuda: bool, **kwargs):
+    """``torch.profiler.profile`` over the host's ops and, on CUDA, the device's kernels (:func:`top_events`
+    reads it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])], **kwargs)
+
+
 def top_events(prof, cuda: bool, passes: int, top: int) -> dict:
     """A finished ``torch.profiler`` run over ``passes`` passes (or steps): its ``top`` ops and kernels by self
     device time (CPU time off CUDA), per pass."""

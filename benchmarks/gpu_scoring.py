@@ -195,8 +195,6 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
     """Where a packed forward's time goes, eager and compiled: ``torch.profiler`` over ``--profile-passes``
     passes of one packed batch (``--profile-pairs`` pairs, both orders), the ``--profile-top`` ops and kernels
     by self device time (CPU time off CUDA), so a run that misses a target also says what to fuse next."""
-    from torch.profiler import ProfilerActivity, profile
-
     from tinyrm.inference.varlen import pack
 
     what = f"profile {shape} {spec}"
@@ -212,7 +210,7 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
             forward = rm.engine.prepared().packed
             forward(batch)  # warm-up (a compile, if no earlier row made the graphs)
             speedlib.sync()
-            with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+            with gpu_lib.profiler(cuda) as prof:
                 for _ in range(args.profile_passes):
                     forward(batch)
                 speedlib.sync()

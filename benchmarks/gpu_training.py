@@ -22,12 +22,11 @@ def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> It
     warms the profiler up): a global optimizer-step hook advances its schedule, so the trainer is not
     touched. Yields a list that holds the profile (``_top_events``, per step) once those steps ran."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    from torch.profiler import ProfilerActivity, profile, schedule
+    from torch.profiler import schedule
 
     found: list[dict] = []
-    prof = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])],
-                   schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
-                   on_trace_ready=lambda done: found.append(gpu_lib.top_events(done, cuda, steps, top)))
+    prof = gpu_lib.profiler(cuda, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                            on_trace_ready=lambda done: found.append(gpu_lib.top_events(done, cuda, steps, top)))
     hook = register_optimizer_step_post_hook(lambda *args, **kwargs: prof.step())
     try:
         with prof:
