@@ -152,7 +152,10 @@ def test_packed_batch_layout(backbones) -> None:
 def test_gradient_checkpointing_runs_per_layer_packed(backbones) -> None:
     scorer, tokenizer = _cloze_scorer(backbones["modernbert"], "frozen")
     mlm = scorer.mlm
-    mlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(mlm, "activation_checkpointing_enable"):  # transformers 5.24 (the lock); the old name warns there
+        mlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # e.g. the device image's transformers 5.17
+        mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     calls: list[int] = []
     for layer in mlm.model.layers:
         original = layer._gradient_checkpointing_func
