@@ -7,7 +7,7 @@ PIP_TOOLS := pip-tools==7.6.2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench lock stress-test clean
+.PHONY: setup demo test test-device-image lint bench lock stress-test clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,24 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# The GPU path's tests and gpu_path.py's smoke on the lent GPU machines' transformers/peft (requirements/device-image.txt
+# says why); .ci/run runs it after `make test`.
+DEVICE_IMAGE_SITE := .venv-device-image
+$(DEVICE_IMAGE_SITE)/.installed: requirements/device-image.txt $(VENV)/.installed
+	rm -rf $(DEVICE_IMAGE_SITE)
+	$(PY) -m pip install -q --require-hashes --no-deps --only-binary :all: --target $(DEVICE_IMAGE_SITE) \
+	    -r requirements/device-image.txt
+	touch $@
+
+test-device-image: $(DEVICE_IMAGE_SITE)/.installed
+	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -c "import transformers, peft, huggingface_hub as h; \
+	    print('device image:', 'transformers', transformers.__version__, 'peft', peft.__version__, 'hub', h.__version__)"
+	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -m pytest -q -p no:cacheprovider tests/test_packed.py \
+	    tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py
+	mkdir -p runs
+	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) benchmarks/gpu_path.py --smoke --output runs/bench/gpu_path-device-image.json \
+	    > runs/gpu_path-device-image.log 2>&1 || { tail -40 runs/gpu_path-device-image.log; exit 1; }
 
 # Roofline (MFU against the matmul peaks of the same run), then the method comparison; docs/speed.md, docs/inference.md.
 bench: setup
@@ -41,4 +59,4 @@ stress-test: setup
 	scripts/stress-test
 
 clean:
-	rm -rf $(VENV) .venv-lock runs .pytest_cache
+	rm -rf $(VENV) .venv-lock $(DEVICE_IMAGE_SITE) runs .pytest_cache
