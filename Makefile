@@ -34,8 +34,8 @@ $(DEVICE_IMAGE_SITE)/.installed: requirements/device-image.txt $(VENV)/.installe
 	touch $@
 
 test-device-image: $(DEVICE_IMAGE_SITE)/.installed
-	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -c "import transformers, peft, huggingface_hub as h; \
-	    print('device image:', 'transformers', transformers.__version__, 'peft', peft.__version__, 'hub', h.__version__)"
+	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -c "import transformers as t, peft as p, tokenizers as k, huggingface_hub as h; \
+	    print('device image: transformers', t.__version__, 'peft', p.__version__, 'tokenizers', k.__version__, 'hub', h.__version__)"
 	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -m pytest -q -p no:cacheprovider tests/test_packed.py \
 	    tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py
 	mkdir -p runs
