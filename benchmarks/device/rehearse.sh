@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Rehearse the device run on this CPU, in an environment built like the lent GPU image ('cuda':
+# ../.library/device/KINDS.md): Python 3.12, torch 2.11.0+cu130 (its CPU kernels run here), numpy 2.5.2 and
+# the image's transformers, peft, tokenizers, hub and accelerate, plus the other packages the image holds that
+# tinyrm imports; none that it lacks (fastapi, uvicorn, ...: run.sh puts src/ on PYTHONPATH, tinyrm is not
+# installed there). Then run.sh itself with --smoke, its pip step included (the carried wheels into /tmp/site,
+# as there). What it cannot show: the CUDA kernels (run.sh's -k cuda tests skip). Builds the environment once
+# (~4.6 GB: torch's CUDA wheels; ~2 min), rebuilds it when the list below changes.
+#   bash benchmarks/device/prepare.sh && bash benchmarks/device/rehearse.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+IMAGE="torch==2.11.0 numpy==2.5.2 transformers==5.17.0 peft==0.21.0 tokenizers==0.23.2 huggingface-hub==1.33.0
+accelerate==1.15.0 safetensors==0.8.0 pyarrow pandas xxhash pyyaml requests rich tqdm httpx matplotlib scikit-learn
+scipy psutil prometheus-client pytest hypothesis fsspec<=2026.9.0"
+ENV=${REHEARSE_ENV:-/tmp/tinyrm-device-image}
+for candidate in ${PY312:-} python3.12 /root/.pyenv/versions/3.12*/bin/python; do  # the image's Python is 3.12
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then PY312=$candidate; break; fi
+done
+[ -n "${PY312:-}" ] || { echo "rehearse.sh: no Python 3.12 found (set PY312)" >&2; exit 2; }
+[ -d .devcarry/whl ] || { echo "rehearse.sh: run benchmarks/device/prepare.sh first (.devcarry/ is missing)" >&2; exit 2; }
+if [ "$(cat "$ENV/image.txt" 2>/dev/null)" != "$IMAGE" ]; then
+    rm -rf "$ENV" && "$PY312" -m venv "$ENV"
+    # shellcheck disable=SC2086  # the list is word-split on purpose
+    "$ENV/bin/pip" install -q $IMAGE
+    echo "$IMAGE" > "$ENV/image.txt"
+fi
+out=$(mktemp -d)
+rm -rf /tmp/site  # run.sh's pip step installs the carried wheels there, as on the device
+PATH="$ENV/bin:$PATH" OUT="$out" GPU_EXTRA=--smoke bash benchmarks/device/run.sh
+echo "rehearse.sh: run.sh passed in the image-like environment; its files are in $out"
