@@ -31,6 +31,9 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
 
+Last, ``gpu_targets``: each of issue 26's targets with its figure and verdict, and the defaults the run
+decides (``targets[]``, ``decisions[]``; two tables at the end of the report).
+
 Inputs are random words of a one-token-per-word vocabulary (gpu_lib.synthetic_tokenizer): no data, hub
 or download. Needs torch, transformers, tokenizers, peft, accelerate, datasets; tinyrm from ``src/``.
 
@@ -55,6 +58,7 @@ if importlib.util.find_spec("tinyrm") is None:  # the repository copy on the dev
     sys.path.insert(0, str(ROOT / "src"))
 
 import gpu_lib  # noqa: E402
+import gpu_targets  # noqa: E402
 import speedlib  # noqa: E402
 import torch  # noqa: E402
 from gpu_scoring import METHODS, scoring_section, sweep_section  # noqa: E402
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_section(run, args, peak, tokenizer)
     except Exception as error:  # noqa: BLE001 - outside a section: still recorded, still a failure
         run.error("gpu_path", error)
+    run.document.update(targets=gpu_targets.targets(run.document), decisions=gpu_targets.decisions(run.document))
     run.save()
     report(run, output)
     failed = run.document["errors"] or (args.smoke and run.document["skipped"])
@@ -222,6 +227,7 @@ def report(run: gpu_lib.BudgetRun, output: str) -> None:
         print()
         print(speedlib.markdown_table(doc["sweep"], [*scoring[:4], *scoring[5:7], ("vs_auto_budget", "x auto budget",
                                                                                    ".2f"), *scoring[11:13]]))
+    print(f"\n{gpu_targets.report(doc)}\n")
     for item in doc["notes"] + doc["skipped"] + [{k: e[k] for k in ("what", "error")} for e in doc["errors"]]:
         print(f"note: {item}")
     print(f"elapsed {time.monotonic() - run.start:.0f}s; wrote {output}")

@@ -221,3 +221,65 @@ def test_ratios_hold_the_host_against_the_faster_packed_row(gpu_path):
     assert rows[2]["speedup_vs_packed"] == pytest.approx(1.5) and rows[2]["speedup_vs_hf"] == pytest.approx(6.0)
     assert rows[3]["host_vs_packed"] == pytest.approx(3.0) and rows[3]["speedup_vs_hf"] is None
     assert "speedup_vs_packed" not in rows[1]
+
+
+def _device_run(device: str = "NVIDIA H200") -> dict:
+    """A gpu_path document as a device run would write it (the rows the targets read)."""
+    def row(shape, point, method, rate, mfu=None, host=None, workers=None, **extra):
+        return {"shape": shape, "point": point, "method": method, "pairs_per_s": rate, "mfu_bf16": mfu,
+                "host_vs_packed": host, "host_workers": workers, **extra}
+
+    scoring = []
+    for point, scale in (("512", 1.0), ("64-512", 1.8)):
+        scoring += [row("base", point, "tinyrm-packed", 1100.0 * scale, mfu=0.33),
+                    row("base", point, "tinyrm-packed-compiled", 1210.0 * scale, mfu=0.36, graphs_compiled_timed=0),
+                    row("base", point, "host-only", 3000.0 * scale, host=2.5, workers=4),
+                    row("base", point, "host-only", 4000.0 * scale, host=3.3, workers=8),
+                    row("base", point, "tinyrm-padded", 1000.0 * scale, mfu=0.30),
+                    row("large", point, "tinyrm-packed", 400.0 * scale, mfu=0.38),
+                    row("large", point, "tinyrm-padded", 420.0 * scale, mfu=0.40)]
+    training = [{"shape": "large", "attention": attention, "dora_rank": 128, "freeze_layers": 12, "length": 512,
+                 "pairs_per_s": rate, "approx_mfu_bf16": mfu} for attention, rate, mfu in
+                (("padded", 100.0, 0.20), ("packed", 99.0, 0.26))]
+    sweep = [{"shape": "base", "point": "64-512", "max_batch_tokens": 65536, "pairs_per_s": 2100.0,
+              "vs_auto_budget": 1.06}]
+    return {"machine": {"device": device}, "scoring": scoring, "training": training, "sweep": sweep}
+
+
+def test_targets_read_the_device_run(gpu_path):
+    """Each of issue 26's targets gets its figure from the right row and a verdict against its threshold; a
+    target without rows is unmeasured, never met."""
+    targets = sys.modules["gpu_targets"]
+    found = {t["target"]: t for t in targets.targets(_device_run())}
+    base = found["scoring MFU bf16, base, 512 tokens"]
+    assert (base["figure"], base["verdict"], base["source"]) == (0.36, "met", "tinyrm-packed-compiled")
+    assert found["scoring MFU bf16, large, 64-512 tokens"]["verdict"] == "NOT met"  # 38% < 40%; padded rows not read
+    rate = found["scoring pairs/s, base, 512 tokens (4x the old H200 runs)"]
+    assert rate["figure"] == 1210.0 and rate["threshold"] == pytest.approx(4 * 259.6) and rate["verdict"] == "met"
+    train = found["training MFU bf16, large DoRA r128, 12 frozen, 512 tokens"]
+    assert (train["figure"], train["verdict"], train["source"]) == (0.26, "met", "packed step")
+    host = found["host-only / packed pairs/s, base, 512 tokens"]  # the default threads' row decides
+    assert (host["figure"], host["verdict"]) == (2.5, "NOT met") and "8 threads: 3.30x" in host["source"]
+    assert found["host-only / packed pairs/s, large, 512 tokens"]["verdict"] == "unmeasured"
+    table = targets.report({"targets": list(found.values()), "decisions": targets.decisions(_device_run())})
+    assert "| scoring MFU bf16, base, 512 tokens | 36.0% | 30.0% | met | tinyrm-packed-compiled |" in table
+
+
+def test_decisions_read_the_device_run(gpu_path):
+    """The defaults the run decides: a ratio within 3% of 1 keeps the default, a clear loss or win changes it;
+    a run off the GPU decides nothing."""
+    targets = sys.modules["gpu_targets"]
+    found = {d["decision"]: d["outcome"] for d in targets.decisions(_device_run())}
+    assert found["attention='auto' scores packed on CUDA"].startswith("change")  # large: packed 0.95x padded
+    assert found["compile stays off by default"].startswith("change")  # 1.10x at every measured cell
+    assert found["the 'auto' token budget"].startswith("change")  # a 65,536-token row 1.06x auto
+    assert found["attention='auto' trains packed on CUDA (varlen_attn has a backward)"] == "stands"  # 0.99x: a tie
+    run = _device_run()
+    for row in run["scoring"]:
+        if row["method"] == "tinyrm-packed-compiled":
+            row["graphs_compiled_timed"] = 2  # it recompiled inside the timing: no default earned
+    outcomes = {d["decision"]: d["outcome"] for d in targets.decisions(run)}
+    assert outcomes["compile stays off by default"] == "stands"
+    cpu = _device_run("cpu")
+    assert {t["verdict"] for t in targets.targets(cpu)} <= {"unmeasured", "unmeasured (not a GPU run)"}
+    assert {d["outcome"] for d in targets.decisions(cpu)} == {"unmeasured (not a GPU run)"}

@@ -1,0 +1,114 @@
+"""Issue 26's targets and the defaults a device run decides, read off a ``gpu_path.py`` document: each with
+its figure, its threshold and a verdict, so the GPU table in docs/speed.md is this report pasted rather than
+judged by eye. A target whose rows are missing (a smoke run's shapes, a section skipped for time) is
+``unmeasured``, never met; so is every target and default of a run that was not on a GPU (the issue's targets
+are a lent H100's or H200's)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SCORING_MFU = {"large": 0.40, "base": 0.30}  # bf16 MFU of the packed rows, at each of POINTS
+POINTS = ("512", "64-512")
+OLD_BASE_512 = 259.6  # pairs/s: tinyrm's base shape at 512 tokens on the lent H200, session 4 (session 5: 224.8)
+SPEEDUP = 4.0  # "at least 4x today's pairs/s for base at 512 tokens": against the faster of the two old runs
+TRAIN = {"shape": "large", "dora_rank": 128, "freeze_layers": 12, "length": 512, "mfu": 0.25}
+HOST_X = 3.0  # host-only pairs/s over the faster packed row's
+TIE = 1.03  # a ratio within 3% of 1 is a tie: it earns no new default and loses no current one
+PACKED = ("tinyrm-packed", "tinyrm-packed-compiled")
+
+
+def _scoring(doc: dict, shape: str, point: str, *methods: str) -> list[dict]:
+    return [r for r in doc.get("scoring", []) if (r["shape"], r["point"]) == (shape, point) and r["method"] in methods]
+
+
+def on_gpu(doc: dict) -> bool:
+    return doc.get("machine", {}).get("device", "cpu") != "cpu"  # speedlib.machine_info: the CUDA device's name
+
+
+def _target(name: str, figure: float | None, threshold: float, fmt: str, source: str | None, gpu: bool) -> dict:
+    verdict = ("unmeasured" if figure is None else "unmeasured (not a GPU run)" if not gpu
+               else "met" if figure >= threshold else "NOT met")
+    return {"target": name, "figure": figure, "threshold": threshold, "verdict": verdict, "source": source,
+            "figure_text": "-" if figure is None else format(figure, fmt), "threshold_text": format(threshold, fmt)}
+
+
+def _best(rows: Sequence[dict], key: str) -> dict | None:
+    rows = [r for r in rows if r.get(key) is not None]
+    return max(rows, key=lambda r: r[key]) if rows else None
+
+
+def targets(doc: dict) -> list[dict]:
+    """One verdict per target of issue 26 (``met`` / ``NOT met`` / ``unmeasured``); ``source`` names the row
+    that gave the figure (the better of the eager and compiled packed rows: compile is a config switch)."""
+    out, gpu = [], on_gpu(doc)
+    for shape, need in SCORING_MFU.items():
+        for point in POINTS:
+            row = _best(_scoring(doc, shape, point, *PACKED), "mfu_bf16")
+            out.append(_target(f"scoring MFU bf16, {shape}, {point} tokens", row and row["mfu_bf16"], need, ".1%",
+                               row and row["method"], gpu))
+    row = _best(_scoring(doc, "base", "512", *PACKED), "pairs_per_s")
+    out.append(_target("scoring pairs/s, base, 512 tokens (4x the old H200 runs)", row and row["pairs_per_s"],
+                       SPEEDUP * OLD_BASE_512, ",.1f", row and row["method"], gpu))
+    trained = [r for r in doc.get("training", []) if all(r.get(k) == TRAIN[k] for k in TRAIN if k != "mfu")]
+    row = _best(trained, "approx_mfu_bf16")
+    out.append(_target(f"training MFU bf16, {TRAIN['shape']} DoRA r{TRAIN['dora_rank']}, {TRAIN['freeze_layers']} "
+                       f"frozen, {TRAIN['length']} tokens", row and row["approx_mfu_bf16"], TRAIN["mfu"], ".1%",
+                       row and f"{row['attention']} step", gpu))
+    for shape in SCORING_MFU:
+        for point in POINTS:
+            hosts = [r for r in _scoring(doc, shape, point, "host-only") if r.get("host_vs_packed") is not None]
+            default = hosts[0] if hosts else None  # the first host row is --host-workers' first: 0, the engine's auto
+            best = _best(hosts, "host_vs_packed")
+            source = default and f"{default['host_workers']} host threads" + (
+                f" ({best['host_workers']} threads: {best['host_vs_packed']:.2f}x)" if best is not default else "")
+            out.append(_target(f"host-only / packed pairs/s, {shape}, {point} tokens",
+                               default and default["host_vs_packed"], HOST_X, ".2f", source, gpu))
+    return out
+
+
+def _ratio(doc: dict, shape: str, point: str, method: str, against: str) -> float | None:
+    top, bottom = (_best(_scoring(doc, shape, point, m), "pairs_per_s") for m in (method, against))
+    return top["pairs_per_s"] / bottom["pairs_per_s"] if top and bottom else None
+
+
+def decisions(doc: dict) -> list[dict]:
+    """What the run says of the defaults docs/speed.md lists under "Reading the device run": ``stands``,
+    ``change`` (with what to change) or ``unmeasured``; ``evidence`` gives the ratios read."""
+    out, gpu = [], on_gpu(doc)
+    shapes = [s for s in SCORING_MFU if any(r["shape"] == s for r in doc.get("scoring", []))]
+
+    def decide(name: str, ratios: dict[str, float | None], stands, change: str) -> None:
+        seen = {k: v for k, v in ratios.items() if v is not None}
+        outcome = ("unmeasured" if not seen else "unmeasured (not a GPU run)" if not gpu
+                   else "stands" if stands(list(seen.values())) else f"change: {change}")
+        out.append({"decision": name, "outcome": outcome,
+                    "evidence": ", ".join(f"{k} {v:.2f}x" for k, v in seen.items()) or "-"})
+
+    cells = [(s, p) for s in shapes for p in POINTS]
+    decide("attention='auto' scores packed on CUDA",
+           {f"{s} {p} packed/padded": _ratio(doc, s, p, "tinyrm-packed", "tinyrm-padded") for s, p in cells},
+           lambda r: min(r) >= 1 / TIE, "auto scores padded on CUDA (inference.packed.use_packed)")
+    compiled = {f"{s} {p} compiled/packed": _ratio(doc, s, p, "tinyrm-packed-compiled", "tinyrm-packed")
+                for s, p in cells}
+    recompiled = any(r.get("graphs_compiled_timed") for r in doc.get("scoring", []) if r["method"] in PACKED[1:])
+    decide("compile stays off by default", compiled, lambda r: recompiled or min(r) < TIE,
+           "compile=True by default on CUDA (its one-time warm-up stated beside it)")
+    decide("the 'auto' token budget", {f"{r['shape']} {r['point']} {r['max_batch_tokens']} tokens/auto":
+                                       r.get("vs_auto_budget") for r in doc.get("sweep", [])},
+           lambda r: max(r) < TIE, "the budget of the fastest sweep row (inference.budget.default_batch_tokens)")
+    rates = {r["attention"]: r["pairs_per_s"] for r in doc.get("training", []) if r.get("pairs_per_s")}
+    decide("attention='auto' trains packed on CUDA (varlen_attn has a backward)",
+           {"packed/padded": rates["packed"] / rates["padded"] if {"packed", "padded"} <= rates.keys() else None},
+           lambda r: min(r) >= 1 / TIE, "auto trains padded on CUDA (inference.packed.use_packed, training=True)")
+    return out
+
+
+def report(doc: dict) -> str:
+    """The two tables, markdown."""
+    lines = ["| target (issue 26) | figure | threshold | verdict | from |", "| --- | ---: | ---: | --- | --- |"]
+    lines += [f"| {t['target']} | {t['figure_text']} | {t['threshold_text']} | {t['verdict']} | {t['source'] or '-'} |"
+              for t in doc.get("targets", [])]
+    lines += ["", "| default | outcome | evidence |", "| --- | --- | --- |"]
+    lines += [f"| {d['decision']} | {d['outcome']} | {d['evidence']} |" for d in doc.get("decisions", [])]
+    return "\n".join(lines)
