@@ -4,8 +4,9 @@
 # the image's transformers, peft, tokenizers, hub and accelerate, plus the other packages the image holds that
 # tinyrm imports; none that it lacks (fastapi, uvicorn, ...: run.sh puts src/ on PYTHONPATH, tinyrm is not
 # installed there). Then run.sh itself with --smoke, its pip step included (the carried wheels into /tmp/site,
-# as there). What it cannot show: the CUDA kernels (run.sh's -k cuda tests skip). Builds the environment once
-# (~4.6 GB: torch's CUDA wheels; ~2 min), rebuilds it when the list below changes.
+# as there), then the GPU path's CPU tests in it. What it cannot show: the CUDA kernels (run.sh's -k cuda tests
+# skip). Builds the environment once (~4.6 GB: torch's CUDA wheels; ~2 min), rebuilds it when the list below
+# changes; then about 1.5 minutes.
 #   bash benchmarks/device/prepare.sh && bash benchmarks/device/rehearse.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,7 @@ done
 [ -n "${PY312:-}" ] || { echo "rehearse.sh: no Python 3.12 found (set PY312)" >&2; exit 2; }
 [ -d .devcarry/whl ] || { echo "rehearse.sh: run benchmarks/device/prepare.sh first (.devcarry/ is missing)" >&2; exit 2; }
 if [ "$(cat "$ENV/image.txt" 2>/dev/null)" != "$IMAGE" ]; then
-    rm -rf "$ENV" && "$PY312" -m venv "$ENV"
+    rm -rf "$ENV" "$ENV-testdeps" && "$PY312" -m venv "$ENV"
     # shellcheck disable=SC2086  # the list is word-split on purpose
     "$ENV/bin/pip" install -q $IMAGE
     echo "$IMAGE" > "$ENV/image.txt"
@@ -27,4 +28,9 @@ fi
 out=$(mktemp -d)
 rm -rf /tmp/site  # run.sh's pip step installs the carried wheels there, as on the device
 PATH="$ENV/bin:$PATH" OUT="$out" GPU_EXTRA=--smoke bash benchmarks/device/run.sh
-echo "rehearse.sh: run.sh passed in the image-like environment; its files are in $out"
+# The GPU path's tests on the image's versions too (Python 3.12, torch 2.11, numpy 2.5): run.sh runs only the
+# CUDA ones. Their CLI test imports the server, which the image lacks: fastapi and uvicorn beside it, not in it.
+[ -d "$ENV-testdeps" ] || "$ENV/bin/pip" install -q --target "$ENV-testdeps" fastapi uvicorn
+PYTHONPATH="/tmp/site:$PWD/.devcarry/gt:$ENV-testdeps:$PWD/src" "$ENV/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/test_packed.py tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py
+echo "rehearse.sh: run.sh and the GPU path's tests passed in the image-like environment; run.sh's files are in $out"
