@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             sweep_section(run, args, peak, tokenizer)
     except Exception as error:  # noqa: BLE001 - outside a section: still recorded, still a failure
         run.error("gpu_path", error)
-    run.document.update(targets=gpu_targets.targets(run.document), decisions=gpu_targets.decisions(run.document))
+    try:
+        run.document.update(targets=gpu_targets.targets(run.document), decisions=gpu_targets.decisions(run.document))
+    except Exception as error:  # noqa: BLE001 - the measurements stand without the verdicts
+        run.error("targets", error)
     run.save()
     report(run, output)
     failed = run.document["errors"] or (args.smoke and run.document["skipped"])
