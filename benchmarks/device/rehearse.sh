@@ -10,7 +10,10 @@
 #   bash benchmarks/device/prepare.sh && bash benchmarks/device/rehearse.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-IMAGE="torch==2.11.0 numpy==2.5.2 transformers==5.17.0 peft==0.21.0 tokenizers==0.23.2 huggingface-hub==1.33.0
+# The image's transformers, peft, tokenizers and hub: the pins of requirements/device-image.txt (one list for
+# both checks; its hashes are left out here, as the rest of this list has none).
+PINNED=$(grep -oE '^[A-Za-z0-9_.-]+==[^ ]+' requirements/device-image.txt | tr '\n' ' ')
+IMAGE="torch==2.11.0 numpy==2.5.2 $PINNED
 accelerate==1.15.0 safetensors==0.8.0 pyarrow pandas xxhash pyyaml requests rich tqdm httpx matplotlib scikit-learn
 scipy psutil prometheus-client pytest hypothesis fsspec<=2026.9.0"
 ENV=${REHEARSE_ENV:-/tmp/tinyrm-device-image}
