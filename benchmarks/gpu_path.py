@@ -27,7 +27,8 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    (inside the warm-up) under ``torch.profiler`` (``profiled_steps``; ``profile[]`` entries with ``training``):
    the top kernels per step and the step's wall time, so a missed target says whether the GPU waited.
    After a ``--profile-shapes`` shape's scoring rows: ``torch.profiler`` over one packed batch, eager and
-   compiled (``profile[]``: the top ops and kernels by device time).
+   compiled, in inference mode as scoring runs (``profile[]``: the top ops and kernels by device time;
+   ``graphs_compiled``: graphs its warm-up compiled).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
 
@@ -223,7 +224,7 @@ def report(run: gpu_lib.BudgetRun, output: str) -> None:
         else:
             print(f"\nprofile {prof['shape']} {prof['point']} {'compiled' if prof['compiled'] else 'eager'}: "
                   f"{prof['sequences']} sequences, {prof['tokens']} tokens, {prof['ms_per_pass']:.1f} ms per pass "
-                  f"({prof['clock']} time)")
+                  f"({prof['clock']} time; {prof.get('graphs_compiled', 0)} graph(s) compiled by its warm-up)")
         print(speedlib.markdown_table(prof["top"], [("name", "op / kernel", ""), ("calls", "calls", "d"),
                                                     ("ms_per_pass", "ms / pass", ".2f"), ("share", "share", ".1%")]))
     if doc["sweep"]:

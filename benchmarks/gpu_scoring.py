@@ -207,16 +207,20 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
         batch = pack([rm.encode(p, a, b) for p, a, b in chosen] + [rm.encode(p, b, a) for p, a, b in chosen], rm.device)
         for compiled in (False, True):
             rm.engine.config.attention, rm.engine.config.compile = "packed", compiled
-            forward = rm.engine.prepared().packed
-            forward(batch)  # warm-up (a compile, if no earlier row made the graphs)
-            speedlib.sync()
-            with gpu_lib.profiler(cuda) as prof:
-                for _ in range(args.profile_passes):
-                    forward(batch)
+            # Under inference mode, as scoring runs it: outside it the forward records autograd (and fails on
+            # an engine copy made in inference mode) and the compiled regions get a second, training-style graph.
+            graphs = _graphs()
+            with torch.inference_mode():
+                forward = rm.engine.prepared().packed
+                forward(batch)  # warm-up (a compile, if no earlier row made the graphs)
                 speedlib.sync()
+                with gpu_lib.profiler(cuda) as prof:
+                    for _ in range(args.profile_passes):
+                        forward(batch)
+                    speedlib.sync()
             run.document.setdefault("profile", []).append({
                 "shape": shape, "point": spec, "compiled": compiled, "sequences": batch.batch_size,
-                "tokens": int(batch.cu_seqlens[-1]),
+                "tokens": int(batch.cu_seqlens[-1]), "graphs_compiled": _graphs() - graphs,
                 **gpu_lib.top_events(prof, cuda, args.profile_passes, args.profile_top)})
             run.save()
     except Exception as error:  # noqa: BLE001 - record, go on

@@ -190,6 +190,22 @@ def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_mode
     assert rm.engine.choice_probs(one) == scored != [0.5]  # the forward is back
 
 
+def test_profile_runs_the_forward_as_scoring_does(gpu_path, monkeypatch, tmp_path):
+    """The profile times the graphs scoring ran: after a compiled row, its compiled pass compiles nothing new
+    (outside inference mode the regions would get training-style graphs that save activations)."""
+    speedlib = sys.modules["speedlib"]
+    monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
+    out = tmp_path / "gpu_path.json"
+    args = ["--smoke", "--methods", "tinyrm-packed-compiled", "--points", "64", "--no-training", "--sweep-tokens",
+            "--profile-shapes", "smoke", "--output", str(out)]
+    assert gpu_path.main(args) == 0
+    document = json.loads(out.read_text())
+    assert not document["errors"]
+    assert [p["compiled"] for p in document["profile"]] == [False, True]
+    assert document["scoring"][0]["method"] == "tinyrm-packed-compiled"
+    assert [p["graphs_compiled"] for p in document["profile"]] == [0, 0]
+
+
 def test_training_rows_are_profiled(gpu_path, monkeypatch, tmp_path):
     """Each training run's optimizer steps 1-2 are profiled through a global step hook, removed afterwards."""
     from torch.optim import optimizer
