@@ -189,6 +189,22 @@ def test_bf16_copy_follows_weight_updates(tiny_bert: str) -> None:
     assert all(y > x for x, y in zip(before, after))
 
 
+def test_private_copy_is_the_same_kind_whoever_asks_first(tiny_bert: str) -> None:
+    """The bf16 copy is made of ordinary, frozen tensors whether the first caller is in inference mode
+    (scoring) or not (a benchmark's profile, a user's own loop): usable in both, with nothing recorded for a
+    backward."""
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    rm.engine.config.precision = "bf16"
+    with torch.inference_mode():
+        weights = list(rm.engine.prepared().model.parameters())
+    assert weights and not any(w.is_inference() or w.requires_grad for w in weights)
+    assert all(w.requires_grad for w in rm.model.parameters() if w.dtype.is_floating_point)  # the live model untouched
+    prepared = rm.engine.prepared()
+    ids = torch.tensor([[101, 1000, 1001, 102]])
+    logits = prepared.forward(ids, torch.ones_like(ids), torch.tensor([2]))  # outside inference mode
+    assert logits.shape == (1, len(rm.answer_ids)) and not logits.requires_grad
+
+
 def test_invalid_budget(tiny_bert: str) -> None:
     rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
     with pytest.raises(ValueError, match="max_batch_tokens"):

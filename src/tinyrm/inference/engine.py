@@ -140,14 +140,19 @@ class InferenceEngine:
             backbone = unwrap_peft(model)
             needs_copy = dtype != torch.float32 or backbone is not model or model.training
             if needs_copy:
-                run = copy.deepcopy(model)
-                if backbone is not model:
-                    # Merging DoRA/LoRA adapters removes their per-call overhead.
-                    run = run.merge_and_unload()
-                if dtype == INT8_DTYPE:  # int8: quantised encoder linears, fp32 elsewhere
-                    run = quantize_encoder_(run, self.config.int8_scheme)
-                else:
-                    run = run.to(dtype=dtype).eval()
+                # Ordinary tensors, frozen, whether the first caller is in inference mode or not: a copy made of
+                # inference tensors would fail outside it, and compiled regions guard on the kind of tensor, so
+                # the two kinds would compile the same graphs twice.
+                with torch.inference_mode(False):
+                    run = copy.deepcopy(model)
+                    if backbone is not model:
+                        # Merging DoRA/LoRA adapters removes their per-call overhead.
+                        run = run.merge_and_unload()
+                    if dtype == INT8_DTYPE:  # int8: quantised encoder linears, fp32 elsewhere
+                        run = quantize_encoder_(run, self.config.int8_scheme)
+                    else:
+                        run = run.to(dtype=dtype).eval()
+                    run.requires_grad_(False)
             else:
                 run = model
             _enable_varlen_attention(run, self.rm.device)
