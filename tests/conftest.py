@@ -89,3 +89,32 @@ def grad_mode_is_left_as_found():
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("this test left autograd disabled (torch.set_grad_enabled(False) without restoring it)")
+
+
+# ------------------------------------------------------------------ calibration (test_calibration*.py)
+@pytest.fixture(scope="module")
+def calibration_data(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic held-out pairs: ``dev`` (to fit a temperature) and ``test``."""
+    from tinyrm.tools.synthetic import generate, write_jsonl
+
+    folder = tmp_path_factory.mktemp("calibration-data")
+    return {"dev": write_jsonl(generate(24, seed=1), folder / "dev.jsonl"),
+            "test": write_jsonl(generate(24, seed=2), folder / "test.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def cloze_dir(tiny_bert, tmp_path_factory) -> Path:
+    """A saved cloze folder without a temperature."""
+    from tinyrm import RewardModel
+
+    out = tmp_path_factory.mktemp("cloze") / "rm"
+    RewardModel.from_pretrained(tiny_bert, device="cpu").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cal_dir(cloze_dir, tmp_path_factory) -> Path:
+    """``cloze_dir`` with a small temperature saved (``calibration_helpers.SMALL_T``)."""
+    from .calibration_helpers import SMALL_T, with_temperature
+
+    return with_temperature(cloze_dir, tmp_path_factory.mktemp("cal") / "rm", SMALL_T)

@@ -1,4 +1,5 @@
-"""The package layout stays readable: no import cycle among tinyrm modules, no module over 400 lines.
+"""The package layout stays readable: no import cycle among tinyrm modules, no module over 400 lines
+(tinyrm's, the tests' or the benchmarks').
 
 Imports are read with ``ast`` (module level and inside functions alike, relative ones resolved), so
 a lazy import cannot hide a cycle. ``from pkg import name`` is an edge to ``pkg.name`` when that is a
@@ -104,7 +105,11 @@ def test_no_import_cycle_among_tinyrm_modules():
 
 
 def test_no_module_over_400_lines():
-    long = {name: n for name, path in module_files().items()
+    """tinyrm's modules, and the tests and benchmarks beside them."""
+    root = SRC.parent
+    beside = [path for folder in ("tests", "benchmarks") for path in sorted((root / folder).rglob("*.py"))]
+    files = {**module_files(), **{str(path.relative_to(root)): path for path in beside}}
+    long = {name: n for name, path in files.items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(f"{k} ({v})" for k, v in sorted(long.items()))
 

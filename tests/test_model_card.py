@@ -66,7 +66,7 @@ def test_trained_cloze_card_and_the_eval_hook(tiny_bert, pairs_file, tmp_path):
 
 
 def test_process_model_card(tiny_bert, tmp_path):
-    from .test_process import rows_file
+    from .process_helpers import rows_file
 
     data = rows_file(tmp_path / "p.jsonl")
     out = tmp_path / "prm"
