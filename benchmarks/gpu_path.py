@@ -18,16 +18,17 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    (4 pairs; the compiled one also 64 more, so its dynamic-shape graph is built; ``warmup_s``), then
    ``--warmup-pairs`` for a rate estimate, then timed on ``--pairs`` (``--ref-pairs`` for the two padded
    methods), cut to ~``--point-s`` seconds at the warm-up rate (``capped``). pairs/s, tokens/s, MFU from
-   useful FLOPs (speedlib.forward_flops), peak GPU memory. Measured in ``METHODS`` order: the target rows
-   first, the two padded baselines last.
+   useful FLOPs (speedlib.forward_flops), peak GPU memory. The target rows (packed, compiled, host-only) of
+   every shape and point first, then the ``--profile-shapes`` profiles, then the two padded baselines of every
+   shape and point (each shape's models built once and held): a run short of time loses baselines first.
 3. Training (``tinyrm.train``): large shape, DoRA r128, 12 frozen layers, bf16, ``--train-length`` 512,
    per ``--train-attention`` (padded; packed only where TrainConfig has ``attention``): steady pairs/s
    after ``--train-warmup`` steps and an approximate MFU. The synthetic pairs alternate which response
    is longer, so the recipe's default ``--length-balance`` keeps every pair. Each run's optimizer steps 1-2
    (inside the warm-up) under ``torch.profiler`` (``profiled_steps``; ``profile[]`` entries with ``training``):
    the top kernels per step and the step's wall time, so a missed target says whether the GPU waited.
-   After a ``--profile-shapes`` shape's scoring rows: ``torch.profiler`` over one packed batch, eager and
-   compiled, in inference mode as scoring runs (``profile[]``: the top ops and kernels by device time;
+   After the scoring target rows, per ``--profile-shapes`` shape: ``torch.profiler`` over one packed batch,
+   eager and compiled, in inference mode as scoring runs (``profile[]``: the top ops and kernels by device time;
    ``graphs_compiled``: graphs its warm-up compiled).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.

@@ -140,10 +140,16 @@ def _host_split(run: gpu_lib.BudgetRun, what: str, rm, pairs) -> dict | None:
 
 
 def scoring_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None:
+    """Every shape and point's target rows (packed, compiled, host-only) first, then the profiles, then the
+    padded baselines: a run short of time loses baselines, not a target's row (the large shape's baselines
+    at 512 tokens alone take about a minute)."""
     max_length = max(gpu_lib.parse_point(spec)[1] for spec in args.points)
     pairs = {spec: gpu_lib.point_pairs(max(args.pairs_n, args.ref_pairs), spec, seed=k)
              for k, spec in enumerate(args.points)}
     lengths = {spec: gpu_lib.EncodedLengths(pairs[spec]) for spec in args.points}
+    built: dict[str, tuple] = {}  # shape -> (mlm, rm, hf_model, tokens), all held: a few GB of a GPU's memory
+    targets = [m for m in args.methods if m not in REFERENCE]
+    baselines = [m for m in args.methods if m in REFERENCE]
     for shape in args.shapes:
         if run.left() < args.reserve_s:
             run.skip(f"scoring {shape}", "time budget")
@@ -157,16 +163,26 @@ def scoring_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None
         except Exception as error:  # noqa: BLE001 - record and go on with the next shape
             run.error(f"building {shape}", error)
             continue
-        for spec in args.points:
-            for row in score_point(run, args, peak, shape, spec, mlm, rm, hf_model, tokens, args.methods,
-                                   pairs[spec], lengths[spec]):
-                run.document["scoring"].append(row)
-                _ratios(run.document["scoring"], run.document["sweep"])
-                run.save()
-        if shape in args.profile_shapes:
-            profile_packed(run, args, shape, args.points[0], rm, pairs[args.points[0]])
-        del rm, mlm, hf_model
-        speedlib.free_memory()
+        built[shape] = (mlm, rm, hf_model, tokens)
+        _score_points(run, args, peak, shape, built[shape], targets, pairs, lengths)
+    for shape in args.profile_shapes:
+        if shape in built:
+            profile_packed(run, args, shape, args.points[0], built[shape][1], pairs[args.points[0]])
+    for shape, scorer in built.items():
+        _score_points(run, args, peak, shape, scorer, baselines, pairs, lengths)
+    built.clear()
+    speedlib.free_memory()
+
+
+def _score_points(run: gpu_lib.BudgetRun, args, peak: dict, shape: str, scorer: tuple, methods, pairs: dict,
+                  lengths: dict) -> None:
+    mlm, rm, hf_model, tokens = scorer
+    for spec in args.points:
+        for row in score_point(run, args, peak, shape, spec, mlm, rm, hf_model, tokens, methods, pairs[spec],
+                               lengths[spec]):
+            run.document["scoring"].append(row)
+            _ratios(run.document["scoring"], run.document["sweep"])
+            run.save()
 
 
 def _ratios(rows: list[dict], sweep: list[dict]) -> None:

@@ -174,6 +174,20 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
     assert all(p["top"] and p["top"][0]["ms_per_pass"] > 0 and p["tokens"] > 0 for p in document["profile"])
 
 
+def test_target_rows_come_before_the_baselines(gpu_path, monkeypatch, tmp_path):
+    """Every point's target rows first, the padded baselines last: a run short of time loses a baseline, not
+    a target's row."""
+    speedlib = sys.modules["speedlib"]
+    monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
+    out = tmp_path / "gpu_path.json"
+    args = ["--smoke", "--no-training", "--sweep-tokens", "--profile-shapes", "--methods", "tinyrm-padded",
+            "tinyrm-packed", "--output", str(out)]
+    assert gpu_path.main(args) == 0
+    rows = json.loads(out.read_text())["scoring"]
+    assert [(r["method"], r["point"]) for r in rows] == [("tinyrm-packed", "64"), ("tinyrm-packed", "16-64"),
+                                                         ("tinyrm-padded", "64"), ("tinyrm-padded", "16-64")]
+
+
 def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_modernbert):
     from tinyrm.inference import tokens
 

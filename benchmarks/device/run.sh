@@ -21,7 +21,7 @@ if [ -z "${SKIP_PYTEST:-}" ] && python3 -c "import pytest" 2>/dev/null; then
   echo "pytest cuda exit ${PIPESTATUS[0]} at +$(( $(date +%s) - START )) s"
 fi
 # gpu_path: ~450-520 s at the expected speeds (budget 470 s, of which 80 s kept for training; a measurement
-# is cut to ~--point-s 30 s; the two padded baselines on 1,024 pairs each, measured after the packed rows);
+# is cut to ~--point-s 30 s; the two padded baselines on 1,024 pairs each, measured after every shape's target rows);
 # the timeout is the budget plus one measurement's overrun. pip + pytest + gpu_path stay under run()'s 590 s.
 timeout ${GPU_PATH_S:-520} python3 benchmarks/gpu_path.py ${GPU_EXTRA:-} --budget-s ${GPU_BUDGET_S:-470} \
     --reserve-s ${GPU_RESERVE_S:-80} --train-min-s 35 2>&1 | tr '\r' '\n' | grep --line-buffered -Ev '[0-9.]+ ?(it|step|examples)/s[],]' | tee $OUT/gpu_path.log
