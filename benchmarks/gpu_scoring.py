@@ -223,8 +223,8 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
         batch = pack([rm.encode(p, a, b) for p, a, b in chosen] + [rm.encode(p, b, a) for p, a, b in chosen], rm.device)
         for compiled in (False, True):
             rm.engine.config.attention, rm.engine.config.compile = "packed", compiled
-            # Under inference mode, as scoring runs it: outside it the forward records autograd (and fails on
-            # an engine copy made in inference mode) and the compiled regions get a second, training-style graph.
+            # Under inference mode, as scoring runs it: outside it the compiled regions would see activations of
+            # another kind of tensor and compile a second set of graphs (with autograd on, training-style ones).
             graphs = _graphs()
             with torch.inference_mode():
                 forward = rm.engine.prepared().packed
