@@ -179,13 +179,15 @@ def test_target_rows_come_before_the_baselines(gpu_path, monkeypatch, tmp_path):
     a target's row."""
     speedlib = sys.modules["speedlib"]
     monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
+    monkeypatch.setitem(speedlib.SHAPES, "smoke-wide", {**speedlib.SHAPES["smoke"], "hidden_size": 96})
     out = tmp_path / "gpu_path.json"
-    args = ["--smoke", "--no-training", "--sweep-tokens", "--profile-shapes", "--methods", "tinyrm-padded",
-            "tinyrm-packed", "--output", str(out)]
+    args = ["--smoke", "--no-training", "--sweep-tokens", "--profile-shapes", "--shapes", "smoke", "smoke-wide",
+            "--methods", "tinyrm-padded", "tinyrm-packed", "--output", str(out)]
     assert gpu_path.main(args) == 0
     rows = json.loads(out.read_text())["scoring"]
-    assert [(r["method"], r["point"]) for r in rows] == [("tinyrm-packed", "64"), ("tinyrm-packed", "16-64"),
-                                                         ("tinyrm-padded", "64"), ("tinyrm-padded", "16-64")]
+    targets = [("tinyrm-packed", shape, point) for shape in ("smoke", "smoke-wide") for point in ("64", "16-64")]
+    assert [(r["method"], r["shape"], r["point"]) for r in rows] == targets + [
+        ("tinyrm-padded", shape, point) for _, shape, point in targets]
 
 
 def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_modernbert):
