@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gpu_scoring import COMPILED, PACKED  # the method names the rows carry: one spelling for both modules
+
 SCORING_MFU = {"large": 0.40, "base": 0.30}  # bf16 MFU of the packed rows, at each of POINTS
 POINTS = ("512", "64-512")
 OLD_BASE_512 = 259.6  # pairs/s: tinyrm's base shape at 512 tokens on the lent H200, session 4 (session 5: 224.8)
@@ -15,7 +17,6 @@ SPEEDUP = 4.0  # "at least 4x today's pairs/s for base at 512 tokens": against t
 TRAIN = {"shape": "large", "dora_rank": 128, "freeze_layers": 12, "length": 512, "mfu": 0.25}
 HOST_X = 3.0  # host-only pairs/s over the faster packed row's
 TIE = 1.03  # a ratio within 3% of 1 is a tie: it earns no new default and loses no current one
-PACKED = ("tinyrm-packed", "tinyrm-packed-compiled")
 
 
 def _scoring(doc: dict, shape: str, point: str, *methods: str) -> list[dict]:
@@ -91,7 +92,7 @@ def decisions(doc: dict) -> list[dict]:
            lambda r: min(r) >= 1 / TIE, "auto scores padded on CUDA (inference.packed.use_packed)")
     compiled = {f"{s} {p} compiled/packed": _ratio(doc, s, p, "tinyrm-packed-compiled", "tinyrm-packed")
                 for s, p in cells}
-    recompiled = any(r.get("graphs_compiled_timed") for r in doc.get("scoring", []) if r["method"] in PACKED[1:])
+    recompiled = any(r.get("graphs_compiled_timed") for r in doc.get("scoring", []) if r["method"] in COMPILED)
     decide("compile stays off by default", compiled, lambda r: recompiled or min(r) < TIE,
            "compile=True by default on CUDA (its one-time warm-up stated beside it)")
     decide("the 'auto' token budget", {f"{r['shape']} {r['point']} {r['max_batch_tokens']} tokens/auto":
