@@ -175,8 +175,8 @@ def test_host_only_rows_per_host_workers(gpu_path, monkeypatch, tmp_path):
 
 
 def test_target_rows_come_before_the_baselines(gpu_path, monkeypatch, tmp_path):
-    """Every point's target rows first, the padded baselines last: a run short of time loses a baseline, not
-    a target's row."""
+    """Every shape and point's target rows first, the padded baselines last: a run short of time loses a
+    baseline, not a target's row."""
     speedlib = sys.modules["speedlib"]
     monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
     monkeypatch.setitem(speedlib.SHAPES, "smoke-wide", {**speedlib.SHAPES["smoke"], "hidden_size": 96})
@@ -208,7 +208,7 @@ def test_host_split_times_the_tokenizer_and_puts_things_back(gpu_path, tiny_mode
 
 def test_profile_runs_the_forward_as_scoring_does(gpu_path, monkeypatch, tmp_path):
     """The profile times the graphs scoring ran: after a compiled row, its compiled pass compiles nothing new
-    (outside inference mode the regions would get training-style graphs that save activations)."""
+    (outside inference mode the regions would see another kind of tensor and compile a second set)."""
     speedlib = sys.modules["speedlib"]
     monkeypatch.setattr(speedlib, "matmul_peak", lambda dtype, n=None: 1e12)
     out = tmp_path / "gpu_path.json"
