@@ -27,9 +27,10 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    is longer, so the recipe's default ``--length-balance`` keeps every pair. Each run's optimizer steps 1-2
    (inside the warm-up) under ``torch.profiler`` (``profiled_steps``; ``profile[]`` entries with ``training``):
    the top kernels per step and the step's wall time, so a missed target says whether the GPU waited.
-   After the scoring target rows, per ``--profile-shapes`` shape: ``torch.profiler`` over one packed batch,
-   eager and compiled, in inference mode as scoring runs (``profile[]``: the top ops and kernels by device time;
-   ``graphs_compiled``: graphs its warm-up compiled).
+   After the scoring target rows, per ``--profile-shapes`` shape: ``torch.profiler`` over one packed batch (as
+   many pairs as the scoring budget holds), eager and compiled, in inference mode as scoring runs (``profile[]``:
+   the top ops and kernels by device time; ``graphs_compiled``: graphs its warm-up compiled; on CUDA ``busy``,
+   device time over the unprofiled pass's wall time: what CUDA graphs could save is the rest).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
 
@@ -95,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tinyrm's token budget per pass: auto (from the free GPU memory) or N")
     p.add_argument("--profile-shapes", nargs="*", default=["base"], choices=list(speedlib.SHAPES),
                    help="shapes whose packed forward is profiled after their scoring rows (none: no profile)")
-    p.add_argument("--profile-pairs", type=int, default=64, help="pairs (both orders) in the profiled batch")
+    p.add_argument("--profile-pairs", type=int, default=0,
+                   help="pairs (both orders) in the profiled batch; 0: as many as the scoring token budget holds")
     p.add_argument("--profile-passes", type=int, default=3)
     p.add_argument("--profile-top", type=int, default=15, help="ops and kernels kept per profile")
     p.add_argument("--sweep-tokens", nargs="*", type=int, default=[16384, 65536], help="fixed budgets to compare")
@@ -223,9 +225,11 @@ def report(run: gpu_lib.BudgetRun, output: str) -> None:
             print(f"\nprofile training {prof['shape']} L={prof['point']} {prof['training']}: {prof['sequences']} "
                   f"sequences per step, {prof['ms_per_pass']:.1f} ms {prof['clock']} time per optimizer step{busy}")
         else:
+            busy = (f", {prof['wall_ms_per_pass']:.1f} ms wall unprofiled ({prof['busy']:.0%} busy)"
+                    if prof.get("busy") is not None else "")
             print(f"\nprofile {prof['shape']} {prof['point']} {'compiled' if prof['compiled'] else 'eager'}: "
                   f"{prof['sequences']} sequences, {prof['tokens']} tokens, {prof['ms_per_pass']:.1f} ms per pass "
-                  f"({prof['clock']} time; {prof.get('graphs_compiled', 0)} graph(s) compiled by its warm-up)")
+                  f"({prof['clock']} time{busy}; {prof.get('graphs_compiled', 0)} graph(s) compiled by its warm-up)")
         print(speedlib.markdown_table(prof["top"], [("name", "op / kernel", ""), ("calls", "calls", "d"),
                                                     ("ms_per_pass", "ms / pass", ".2f"), ("share", "share", ".1%")]))
     if doc["sweep"]:

@@ -167,7 +167,7 @@ def scoring_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None
         _score_points(run, args, peak, shape, built[shape], targets, pairs, lengths)
     for shape in args.profile_shapes:
         if shape in built:
-            profile_packed(run, args, shape, args.points[0], built[shape][1], pairs[args.points[0]])
+            profile_packed(run, args, shape, args.points[0], built[shape][1], pairs[args.points[0]], built[shape][3])
     for shape, scorer in built.items():
         _score_points(run, args, peak, shape, scorer, baselines, pairs, lengths)
     built.clear()
@@ -207,10 +207,13 @@ def _ratios(rows: list[dict], sweep: list[dict]) -> None:
                 row["host_vs_packed"] = row["pairs_per_s"] / fastest if fastest else None
 
 
-def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pairs) -> None:
+def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pairs, budget: int) -> None:
     """Where a packed forward's time goes, eager and compiled: ``torch.profiler`` over ``--profile-passes``
-    passes of one packed batch (``--profile-pairs`` pairs, both orders), the ``--profile-top`` ops and kernels
-    by self device time (CPU time off CUDA), so a run that misses a target also says what to fuse next."""
+    passes of one packed batch (``--profile-pairs`` pairs, both orders; 0: as many as the scoring rows' token
+    ``budget`` holds, a pass as scoring runs it), the ``--profile-top`` ops and kernels by self device time (CPU
+    time off CUDA), so a run that misses a target also says what to fuse next. On CUDA the same passes are also
+    timed unprofiled (``wall_ms_per_pass``): ``busy`` = device time / wall time, the share of a pass the GPU
+    computes; the rest is launch and host time inside the forward, all that CUDA graphs could save."""
     from tinyrm.inference.varlen import pack
 
     what = f"profile {shape} {spec}"
@@ -219,8 +222,7 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
         return
     cuda = rm.device.type == "cuda"
     try:
-        chosen = pairs[: args.profile_pairs]
-        batch = pack([rm.encode(p, a, b) for p, a, b in chosen] + [rm.encode(p, b, a) for p, a, b in chosen], rm.device)
+        batch = pack(_both_orders(rm, pairs, args.profile_pairs, budget), rm.device)
         for compiled in (False, True):
             rm.engine.config.attention, rm.engine.config.compile = "packed", compiled
             # Under inference mode, as scoring runs it: outside it the compiled regions would see activations of
@@ -230,19 +232,40 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
                 forward = rm.engine.prepared().packed
                 forward(batch)  # warm-up (a compile, if no earlier row made the graphs)
                 speedlib.sync()
+                start = time.perf_counter()
+                for _ in range(args.profile_passes):
+                    forward(batch)
+                speedlib.sync()
+                wall_ms = (time.perf_counter() - start) * 1e3 / args.profile_passes
                 with gpu_lib.profiler(cuda) as prof:
                     for _ in range(args.profile_passes):
                         forward(batch)
                     speedlib.sync()
+            events = gpu_lib.top_events(prof, cuda, args.profile_passes, args.profile_top)
+            if cuda:  # off CUDA the profile's clock is the host's own: no second clock to compare with
+                events.update(wall_ms_per_pass=wall_ms, busy=events["ms_per_pass"] / wall_ms)
             run.document.setdefault("profile", []).append({
                 "shape": shape, "point": spec, "compiled": compiled, "sequences": batch.batch_size,
-                "tokens": int(batch.cu_seqlens[-1]), "graphs_compiled": _graphs() - graphs,
-                **gpu_lib.top_events(prof, cuda, args.profile_passes, args.profile_top)})
+                "tokens": int(batch.cu_seqlens[-1]), "graphs_compiled": _graphs() - graphs, **events})
             run.save()
     except Exception as error:  # noqa: BLE001 - record, go on
         run.error(what, error)
     finally:
         rm.engine.config.compile = False
+
+
+def _both_orders(rm, pairs, n: int, budget: int) -> list:
+    """The first ``n`` pairs encoded in both orders (given order first, as scoring does), or with ``n`` 0 as many
+    as fit ``budget`` tokens (at least one pair)."""
+    given, swapped, tokens = [], [], 0
+    for prompt, a, b in pairs[: n or None]:
+        pair = rm.encode(prompt, a, b), rm.encode(prompt, b, a)
+        tokens += sum(len(e.input_ids) for e in pair)
+        if not n and tokens > budget and given:
+            break
+        given.append(pair[0])
+        swapped.append(pair[1])
+    return given + swapped
 
 
 def sweep_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None:

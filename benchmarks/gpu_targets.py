@@ -16,6 +16,7 @@ OLD_BASE_512 = 259.6  # pairs/s: tinyrm's base shape at 512 tokens on the lent H
 SPEEDUP = 4.0  # "at least 4x today's pairs/s for base at 512 tokens": against the faster of the two old runs
 TRAIN = {"shape": "large", "dora_rank": 128, "freeze_layers": 12, "length": 512, "mfu": 0.25}
 HOST_X = 3.0  # host-only pairs/s over the faster packed row's
+GRAPH_IDLE = 0.10  # the idle share of an eager packed pass above which CUDA graphs are worth building
 TIE = 1.03  # a ratio within 3% of 1 is a tie: it earns no new default and loses no current one
 
 
@@ -79,12 +80,12 @@ def decisions(doc: dict) -> list[dict]:
     out, gpu = [], on_gpu(doc)
     shapes = [s for s in SCORING_MFU if any(r["shape"] == s for r in doc.get("scoring", []))]
 
-    def decide(name: str, ratios: dict[str, float | None], stands, change: str) -> None:
+    def decide(name: str, ratios: dict[str, float | None], stands, change: str, fmt: str = "{:.2f}x") -> None:
         seen = {k: v for k, v in ratios.items() if v is not None}
         outcome = ("unmeasured" if not seen else "unmeasured (not a GPU run)" if not gpu
                    else "stands" if stands(list(seen.values())) else f"change: {change}")
         out.append({"decision": name, "outcome": outcome,
-                    "evidence": ", ".join(f"{k} {v:.2f}x" for k, v in seen.items()) or "-"})
+                    "evidence": ", ".join(f"{k} {fmt.format(v)}" for k, v in seen.items()) or "-"})
 
     cells = [(s, p) for s in shapes for p in POINTS]
     decide("attention='auto' scores packed on CUDA",
@@ -98,6 +99,11 @@ def decisions(doc: dict) -> list[dict]:
     decide("the 'auto' token budget", {f"{r['shape']} {r['point']} {r['max_batch_tokens']} tokens/auto":
                                        r.get("vs_auto_budget") for r in doc.get("sweep", [])},
            lambda r: max(r) < TIE, "the budget of the fastest sweep row (inference.budget.default_batch_tokens)")
+    # CUDA graphs save only the time a pass's GPU sits idle between kernels (launches, host work in the forward):
+    # worth building only where the eager packed pass at the scoring budget idles more than GRAPH_IDLE of it.
+    decide("CUDA graphs stay unused", {f"{p['shape']} {p['point']} eager busy": p.get("busy")
+                                       for p in doc.get("profile", []) if not p.get("training") and not p["compiled"]},
+           lambda r: min(r) >= 1 - GRAPH_IDLE, "try CUDA graphs over bucketed packed passes", fmt="{:.0%}")
     rates = {r["attention"]: r["pairs_per_s"] for r in doc.get("training", []) if r.get("pairs_per_s")}
     decide("attention='auto' trains packed on CUDA (varlen_attn has a backward)",
            {"packed/padded": rates["packed"] / rates["padded"] if {"packed", "padded"} <= rates.keys() else None},

@@ -220,6 +220,20 @@ def test_profile_runs_the_forward_as_scoring_does(gpu_path, monkeypatch, tmp_pat
     assert [p["compiled"] for p in document["profile"]] == [False, True]
     assert document["scoring"][0]["method"] == "tinyrm-packed-compiled"
     assert [p["graphs_compiled"] for p in document["profile"]] == [0, 0]
+    assert all("busy" not in p for p in document["profile"])  # one clock off CUDA: no busy share to read
+
+
+def test_profiled_batch_fills_the_scoring_budget(gpu_path):
+    """--profile-pairs 0 profiles a pass as scoring runs it: as many pairs, both orders, as the budget holds."""
+    scoring, gpu_lib = sys.modules["gpu_scoring"], sys.modules["gpu_lib"]
+    _, rm, _, _ = scoring.build_scorer("smoke", gpu_lib.synthetic_tokenizer(), 64, "4096", plain=False)
+    pairs = gpu_lib.point_pairs(64, "16-64")
+    rows = scoring._both_orders(rm, pairs, 0, budget=1000)
+    n = len(rows) // 2
+    assert sum(len(e.input_ids) for e in rows) <= 1000 < sum(
+        len(rm.encode(*order).input_ids) for p, a, b in pairs[: n + 1] for order in ((p, a, b), (p, b, a)))
+    assert rows[n].input_ids == rm.encode(pairs[0][0], pairs[0][2], pairs[0][1]).input_ids  # given orders first
+    assert len(scoring._both_orders(rm, pairs, 5, budget=1)) == 10  # a count given: the budget is not read
 
 
 def test_training_rows_are_profiled(gpu_path, monkeypatch, tmp_path):
@@ -275,7 +289,10 @@ def _device_run(device: str = "NVIDIA H200") -> dict:
                 (("padded", 100.0, 0.20), ("packed", 99.0, 0.26))]
     sweep = [{"shape": "base", "point": "64-512", "max_batch_tokens": 65536, "pairs_per_s": 2100.0,
               "vs_auto_budget": 1.06}]
-    return {"machine": {"device": device}, "scoring": scoring, "training": training, "sweep": sweep}
+    profile = [{"shape": "base", "point": "512", "compiled": compiled, "busy": busy}
+               for compiled, busy in ((False, 0.93), (True, 0.97))] + [{"training": "padded", "compiled": False}]
+    return {"machine": {"device": device}, "scoring": scoring, "training": training, "sweep": sweep,
+            "profile": profile}
 
 
 def test_targets_read_the_device_run(gpu_path):
@@ -306,7 +323,11 @@ def test_decisions_read_the_device_run(gpu_path):
     assert found["compile stays off by default"].startswith("change")  # 1.10x at every measured cell
     assert found["the 'auto' token budget"].startswith("change")  # a 65,536-token row 1.06x auto
     assert found["attention='auto' trains packed on CUDA (varlen_attn has a backward)"] == "stands"  # 0.99x: a tie
+    assert found["CUDA graphs stay unused"] == "stands"  # the eager pass idles 7% (< 10%); compiled rows not read
     run = _device_run()
+    run["profile"][0]["busy"] = 0.85
+    graphs = next(d for d in targets.decisions(run) if d["decision"] == "CUDA graphs stay unused")
+    assert graphs["outcome"].startswith("change") and graphs["evidence"] == "base 512 eager busy 85%"
     for row in run["scoring"]:
         if row["method"] == "tinyrm-packed-compiled":
             row["graphs_compiled_timed"] = 2  # it recompiled inside the timing: no default earned
