@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=512, help="encoder max_length (MiniLM has 512 positions)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass cap")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per forward pass")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "packed", "padded"],
+                   help="engine.config.attention per row (auto: what users get; packed on the CPU); the profile "
+                        "runs auto")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size for the peak (default 2048 CPU, 8192 GPU)")
     p.add_argument("--profile", action="store_true", help="torch.profiler op table of --profile-model/--profile-set")
     p.add_argument("--profile-model", default="base", choices=list(DEFAULT_PAIRS))
@@ -139,19 +142,22 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             lengths = lengths_of(rm, pairs)
             flops = speedlib.forward_flops(rm.model, lengths)
-            for precision in args.precisions:
+            for attention, precision in [(a, pr) for a in args.attention for pr in args.precisions]:
+                rm.engine.config.attention = attention
                 score(rm, pairs[:2], precision, args.batch_size)  # warm-up: the bf16 copy, first kernels
                 t = speedlib.timed(score, rm, pairs, precision, args.batch_size)
                 seconds, achieved = t.seconds, flops / t.seconds
                 row = {"model": name, "inputs": inputs, "precision": precision, "pairs": len(pairs),
+                       "attention": "packed" if rm.engine.uses_packed() else "padded",
                        "tokens_per_pair": sum(lengths) / len(pairs), "seconds": seconds,
                        "cpu_seconds": t.cpu_seconds, "pairs_per_s": len(pairs) / seconds,
                        "tokens_per_s": sum(lengths) / seconds, "gflops": flops / 1e9, "gflop_per_s": achieved / 1e9,
                        "peak_mib": t.peak_mib, "peak_total_mib": t.peak_total_mib}
                 rows.append(row)
-                print(f"  {name}/{inputs}/{precision}: {row['pairs_per_s']:.2f} pairs/s, "
+                print(f"  {name}/{inputs}/{precision}/{row['attention']}: {row['pairs_per_s']:.2f} pairs/s, "
                       f"{row['gflop_per_s']:.0f} GFLOP/s", file=sys.stderr)
         if args.profile and name == args.profile_model and sets.get(args.profile_set):
+            rm.engine.config.attention = "auto"
             document["profile"] = {"model": name, "inputs": args.profile_set,
                                    **profile(rm, sets[args.profile_set], args.profile_precision, args.batch_size)}
         del rm
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmatmul peak (best of start and end): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 "
           f"{peak['fp32'] / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f} at the end\n")
     print(speedlib.markdown_table(rows, [
-        ("model", "model", ""), ("inputs", "inputs", ""), ("precision", "precision", ""), ("pairs", "pairs", "d"),
+        ("model", "model", ""), ("inputs", "inputs", ""), ("precision", "precision", ""),
+        ("attention", "attention", ""), ("pairs", "pairs", "d"),
         ("tokens_per_pair", "tokens/pair", ".0f"), ("pairs_per_s", "pairs/s", ".2f"),
         ("tokens_per_s", "tokens/s", ".0f"), ("gflop_per_s", "GFLOP/s", ".1f"),
         ("mfu_bf16_peak", "MFU vs bf16 peak", ".1%"), ("mfu_fp32_peak", "MFU vs fp32 peak", ".1%"),
