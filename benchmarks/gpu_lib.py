@@ -300,15 +300,27 @@ def profiler(cuda: bool, **kwargs):
     return profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])], **kwargs)
 
 
+def _device_time_events(events) -> list:
+    """The events whose self device times add up to the device's busy time once, as torch's own table sums them:
+    with kineto a kernel is both an event of its own (device type CUDA) and, in ``kernels``, the self device time
+    of the op that launched it, so summing every event counts each kernel twice. Device events, not user
+    annotations (``record_function`` ranges mirrored on the device); CPU events only where they hold the
+    kernels themselves (``is_legacy``: no device events were recorded)."""
+    return [e for e in events if (e.device_type == torch.autograd.DeviceType.CPU and getattr(e, "is_legacy", False))
+            or (e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))]
+
+
 def top_events(prof, cuda: bool, passes: int, top: int) -> dict:
-    """A finished ``torch.profiler`` run over ``passes`` passes (or steps): its ``top`` ops and kernels by self
-    device time (CPU time off CUDA), per pass."""
+    """A finished ``torch.profiler`` run over ``passes`` passes (or steps): its ``top`` kernels by device time on
+    CUDA (ops by self CPU time off it), per pass; ``ms_per_pass`` is their total (the device's busy time)."""
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    averages = prof.key_averages()
+    timed = _device_time_events(averages) if cuda else list(averages)
+    events = sorted(timed, key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1.0
     # A scheduled run marks each step (ProfilerStep#n): its host time is the step's wall time, against which
     # the device time says how busy the device was (a low share: the device waits on the host).
-    steps = [e for e in events if e.key.startswith("ProfilerStep")]
+    steps = [e for e in averages if e.key.startswith("ProfilerStep")]
     wall = sum(e.cpu_time_total for e in steps) / 1e3 / passes if steps else None
     return {"clock": "device" if cuda else "cpu", "ms_per_pass": total / 1e3 / passes, "wall_ms_per_pass": wall,
             "top": [{"name": e.key, "calls": e.count // passes, "ms_per_pass": getattr(e, key) / 1e3 / passes,

@@ -29,7 +29,7 @@ exit status is 1 when any section fails (error and traceback in the JSON's ``err
    the top kernels per step and the step's wall time, so a missed target says whether the GPU waited.
    After the scoring target rows, per ``--profile-shapes`` shape: ``torch.profiler`` over one packed batch (as
    many pairs as the scoring budget holds), eager and compiled, in inference mode as scoring runs (``profile[]``:
-   the top ops and kernels by device time; ``graphs_compiled``: graphs its warm-up compiled; on CUDA ``busy``,
+   the top kernels by device time; ``graphs_compiled``: graphs its warm-up compiled; on CUDA ``busy``,
    device time over the unprofiled pass's wall time: what CUDA graphs could save is the rest).
 4. Budget sweep (last, first to go): ``tinyrm-packed`` at ``--sweep-point`` on ``--sweep-shape`` per
    ``--sweep-tokens`` value, against section 2's auto-budget row.
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-pairs", type=int, default=0,
                    help="pairs (both orders) in the profiled batch; 0: as many as the scoring token budget holds")
     p.add_argument("--profile-passes", type=int, default=3)
-    p.add_argument("--profile-top", type=int, default=15, help="ops and kernels kept per profile")
+    p.add_argument("--profile-top", type=int, default=15, help="kernels (ops off CUDA) kept per profile")
     p.add_argument("--sweep-tokens", nargs="*", type=int, default=[16384, 65536], help="fixed budgets to compare")
     p.add_argument("--sweep-shape", default="base", choices=list(speedlib.SHAPES))
     p.add_argument("--sweep-point", default="64-512")

@@ -210,8 +210,8 @@ def _ratios(rows: list[dict], sweep: list[dict]) -> None:
 def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pairs, budget: int) -> None:
     """Where a packed forward's time goes, eager and compiled: ``torch.profiler`` over ``--profile-passes``
     passes of one packed batch (``--profile-pairs`` pairs, both orders; 0: as many as the scoring rows' token
-    ``budget`` holds, a pass as scoring runs it), the ``--profile-top`` ops and kernels by self device time (CPU
-    time off CUDA), so a run that misses a target also says what to fuse next. On CUDA the same passes are also
+    ``budget`` holds, a pass as scoring runs it), the ``--profile-top`` kernels by device time (ops by CPU time
+    off CUDA), so a run that misses a target also says what to fuse next. On CUDA the same passes are also
     timed unprofiled (``wall_ms_per_pass``): ``busy`` = device time / wall time, the share of a pass the GPU
     computes; the rest is launch and host time inside the forward, all that CUDA graphs could save."""
     from tinyrm.inference.varlen import pack

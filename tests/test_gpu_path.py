@@ -236,6 +236,34 @@ def test_profiled_batch_fills_the_scoring_budget(gpu_path):
     assert len(scoring._both_orders(rm, pairs, 5, budget=1)) == 10  # a count given: the budget is not read
 
 
+def test_device_time_counts_each_kernel_once(gpu_path):
+    """As kineto reports a CUDA step: an op holding the kernel it launched (its self device time), the kernel as
+    an event of its own, the step's range on the host and mirrored on the device. The device's busy time is the
+    kernels' (10 + 5 ms), not every event's self device time summed (which counted each kernel twice)."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    def event(eid, name, start, end, device=DeviceType.CPU, **extra):
+        return FunctionEvent(eid, name, thread=1, start_us=start, end_us=end, use_device="cuda", device_type=device,
+                             stack=[], **extra)
+
+    step = event(1, "ProfilerStep#1", 0, 40_000, is_user_annotation=True)
+    mm, add = event(2, "aten::mm", 1_000, 2_000), event(3, "aten::add", 3_000, 3_500)
+    mm.append_kernel("gemm", 0, 10_000)
+    add.append_kernel("add_kernel", 0, 5_000)
+    events = EventList([step, mm, add, event(4, "gemm", 5_000, 15_000, DeviceType.CUDA),
+                        event(5, "add_kernel", 15_000, 20_000, DeviceType.CUDA),
+                        event(6, "ProfilerStep#1", 0, 40_000, DeviceType.CUDA, is_user_annotation=True)],
+                       use_device="cuda")
+    events._build_tree()  # nests the host ops by their times, as the profiler does
+    assert mm.cpu_parent is step
+    prof = type("Prof", (), {"key_averages": lambda self: events.key_averages()})()
+    found = sys.modules["gpu_lib"].top_events(prof, cuda=True, passes=1, top=5)
+    assert found["ms_per_pass"] == pytest.approx(15.0) and found["wall_ms_per_pass"] == pytest.approx(40.0)
+    assert [(t["name"], t["share"]) for t in found["top"]] == [("gemm", pytest.approx(2 / 3)),
+                                                              ("add_kernel", pytest.approx(1 / 3))]
+
+
 def test_training_rows_are_profiled(gpu_path, monkeypatch, tmp_path):
     """Each training run's optimizer steps 1-2 are profiled through a global step hook, removed afterwards."""
     from torch.optim import optimizer
