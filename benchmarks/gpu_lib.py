@@ -165,14 +165,6 @@ class EncodedLengths:
         return self.values[: 2 * n]
 
 
-def train_flops_per_pair(shape: str, tokenizer, lengths: Sequence[int], trained_share: float) -> float:
-    """Forward of both orders, plus 2x the forward share of the trained layers (backward), per pair."""
-    with torch.device("meta"):  # shapes only, no memory
-        model = speedlib.random_modernbert(shape, tokenizer)
-    mean = sum(lengths) / max(len(lengths), 1)
-    return speedlib.forward_flops(model, [int(mean)] * 2) * (1 + 2 * trained_share)
-
-
 @contextmanager
 def forward_removed(engine) -> Iterator[None]:
     """The scoring pipeline without its forward pass (the host-only row): within the block, the engine's

@@ -216,7 +216,8 @@ def report(run: gpu_lib.BudgetRun, output: str) -> None:
             ("shape", "shape", ""), ("attention", "attention", ""), ("dora_rank", "DoRA r", "d"),
             ("freeze_layers", "frozen", "d"), ("length", "L", "d"), ("pairs_per_step", "pairs/step", ".0f"),
             ("pairs_per_s", "pairs/s", ".1f"), ("seconds_per_step", "s/step", ".3f"),
-            ("approx_mfu_bf16", "approx MFU bf16", ".1%"), ("trainable_parameters", "trainable", ",d")]))
+            ("approx_mfu_bf16", "approx MFU bf16", ".1%"), ("executed_mfu_bf16", "executed MFU bf16", ".1%"),
+            ("trainable_parameters", "trainable", ",d")]))
     for prof in doc.get("profile", []):
         if prof.get("training"):
             wall = prof.get("wall_ms_per_pass")

@@ -56,7 +56,9 @@ def targets(doc: dict) -> list[dict]:
     row = _best(trained, "approx_mfu_bf16")
     out.append(_target(f"training MFU bf16, {TRAIN['shape']} DoRA r{TRAIN['dora_rank']}, {TRAIN['freeze_layers']} "
                        f"frozen, {TRAIN['length']} tokens", row and row["approx_mfu_bf16"], TRAIN["mfu"], ".1%",
-                       row and f"{row['attention']} step", gpu))
+                       row and f"{row['attention']} step" + (f" (executed FLOPs: {row['executed_mfu_bf16']:.1%})"
+                                                             if row.get("executed_mfu_bf16") is not None else ""),
+                       gpu))
     for shape in SCORING_MFU:
         for point in POINTS:
             hosts = [r for r in _scoring(doc, shape, point, "host-only") if r.get("host_vs_packed") is not None]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import gpu_lib
 import speedlib
 import torch
+from torch import nn
 
 TRAIN_PROFILE_STEPS = 2  # optimizer steps profiled per training row (after one warm-up step)
 
@@ -33,6 +34,56 @@ def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> It
             yield found
     finally:
         hook.remove()
+
+
+def train_flops_per_pair(shape: str, tokenizer, lengths: Sequence[int], trained_share: float) -> float:
+    """The approximate count (issue 26's training MFU, 12% on the H200, used it): forward of both orders, plus 2x
+    the forward share of the trained layers for the backward, per pair, as if every trained weight got a gradient."""
+    with torch.device("meta"):  # shapes only, no memory
+        model = speedlib.random_modernbert(shape, tokenizer)
+    mean = sum(lengths) / max(len(lengths), 1)
+    return speedlib.forward_flops(model, [int(mean)] * 2) * (1 + 2 * trained_share)
+
+
+def executed_step_flops(mlm: nn.Module, lengths: Sequence[int], freeze_layers: int, dora_rank: int,
+                        forward_calls: int = 1) -> dict[str, float]:
+    """The matmul and attention FLOPs a training step over sequences of ``lengths`` executes (tinyrm's freezing
+    and peft's DoRA on every linear of the unfrozen layers, as ``tinyrm.backbone.prepare_for_training``): the
+    forward, adapters included; the backward's input gradients through the unfrozen layers (none into the lowest
+    one's first linear, whose input needs none); weight gradients of the adapters only (of every unfrozen weight
+    without DoRA); attention's backward at twice its forward; and per forward call peft's weight norm, which runs
+    the adapters over an identity matrix (``lora_B(lora_A(eye(in)))``). The head and norms are not counted.
+    Equal to ``FlopCounterMode``'s count of such a step (``test_executed_training_flops_match_flop_counter``)."""
+    from tinyrm.backbone import find_layers
+
+    hidden, spans_of = mlm.config.hidden_size, speedlib.attention_spans
+    _, layers = find_layers(mlm)
+    matmul = attention = 0.0
+    for k, layer in enumerate(layers):
+        linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+        weights = sum(m.in_features * m.out_features for m in linears)
+        adapters = dora_rank * sum(m.in_features + m.out_features for m in linears)
+        trained = k >= freeze_layers
+        for length in lengths:
+            forward = 4.0 * length * hidden * spans_of(mlm.config, length)[k]
+            attention += 3 * forward if trained else forward
+            if not trained:
+                matmul += 2.0 * length * weights
+                continue
+            first = linears[0]  # ModernBERT: Wqkv, the only linear the layer's input feeds
+            # Its input needs no gradient in the lowest unfrozen layer unless a trained weight comes before it
+            # there (the full fine-tune's attn_norm; DoRA trains only the adapters).
+            ahead = next(i for i, m in enumerate(layer.modules()) if m is first)
+            weighted = any(next(m.parameters(recurse=False), None) is not None
+                           for m in list(layer.modules())[:ahead])
+            no_input_grad = (first.in_features * (first.out_features + dora_rank)
+                             if k == freeze_layers > 0 and (dora_rank or not weighted) else 0)
+            weight_grads = adapters if dora_rank else weights
+            matmul += 2.0 * length * (2 * (weights + adapters) - no_input_grad + weight_grads)
+        if trained and dora_rank:
+            matmul += forward_calls * 2.0 * dora_rank * sum(m.in_features * (m.in_features + m.out_features)
+                                                           for m in linears)
+    return {"matmul": matmul, "attention": attention}
 
 
 def training_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> None:
@@ -85,15 +136,21 @@ def training_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> Non
                 if rate is None:
                     raise RuntimeError(f"no steady steps to time ({result.steps} steps, warm-up {args.train_warmup})")
                 layers = speedlib.SHAPES[args.train_shape]["num_hidden_layers"]
-                flops = gpu_lib.train_flops_per_pair(args.train_shape, tokenizer, lengths,
-                                                      (layers - args.freeze_layers) / layers)
+                flops = train_flops_per_pair(args.train_shape, tokenizer, lengths,
+                                             (layers - args.freeze_layers) / layers)
+                with torch.device("meta"):  # shapes only
+                    shaped = speedlib.random_modernbert(args.train_shape, tokenizer)
+                steps_run = -(-len(lengths) // args.train_pairs_per_step)  # one forward call per optimizer step
+                executed = executed_step_flops(shaped, [n for n in lengths for _ in "ab"], args.freeze_layers,
+                                               args.dora_rank, forward_calls=steps_run)
                 row = {"shape": args.train_shape, "attention": attention, "dora_rank": args.dora_rank,
                        "freeze_layers": args.freeze_layers, "length": args.train_length,
                        "pairs_per_step": per_step_pairs, "steps": result.steps, "pairs_per_s": rate,
                        "seconds_per_step": per_step, "run_pairs_per_s": result.pairs_per_second,
                        "trainable_parameters": result.trainable_parameters,
                        "total_parameters": result.total_parameters, "precision": args.train_precision,
-                       "approx_mfu_bf16": rate * flops / peak["bf16"]}
+                       "approx_mfu_bf16": rate * flops / peak["bf16"],
+                       "executed_mfu_bf16": rate * sum(executed.values()) / len(lengths) / peak["bf16"]}
                 run.document["training"].append(row)
                 run.save()
                 print(f"  {what}: {rate:.1f} pairs/s steady", file=sys.stderr)
