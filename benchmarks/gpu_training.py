@@ -50,36 +50,34 @@ def executed_step_flops(mlm: nn.Module, lengths: Sequence[int], freeze_layers: i
     """The matmul and attention FLOPs a training step over sequences of ``lengths`` executes (tinyrm's freezing
     and peft's DoRA on every linear of the unfrozen layers, as ``tinyrm.backbone.prepare_for_training``): the
     forward, adapters included; the backward's input gradients through the unfrozen layers (none into the lowest
-    one's first linear, whose input needs none); weight gradients of the adapters only (of every unfrozen weight
-    without DoRA); attention's backward at twice its forward; and per forward call peft's weight norm, which runs
-    the adapters over an identity matrix (``lora_B(lora_A(eye(in)))``). The head and norms are not counted.
-    Equal to ``FlopCounterMode``'s count of such a step (``test_executed_training_flops_match_flop_counter``)."""
+    one's first linear unless a trained weight precedes it in that layer); weight gradients of the adapters only
+    (of every unfrozen weight without DoRA); attention's backward at twice its forward; and per forward call
+    peft's weight norm, which runs the adapters over an identity matrix (``lora_B(lora_A(eye(in)))``). The head
+    and norms are not counted. Equal to ``FlopCounterMode``'s count of such a step
+    (``test_executed_training_flops_match_flop_counter``)."""
     from tinyrm.backbone import find_layers
 
     hidden, spans_of = mlm.config.hidden_size, speedlib.attention_spans
     _, layers = find_layers(mlm)
     matmul = attention = 0.0
     for k, layer in enumerate(layers):
-        linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+        modules = list(layer.modules())
+        linears = [m for m in modules if isinstance(m, nn.Linear)]
         weights = sum(m.in_features * m.out_features for m in linears)
         adapters = dora_rank * sum(m.in_features + m.out_features for m in linears)
         trained = k >= freeze_layers
+        first = linears[0]  # ModernBERT: Wqkv, the only linear the layer's input feeds
+        # Its input needs no gradient in the lowest unfrozen layer unless a trained weight comes before it there
+        # (the full fine-tune's attn_norm; DoRA trains only the adapters).
+        weighted = any(next(m.parameters(recurse=False), None) is not None for m in modules[:modules.index(first)])
+        no_input_grad = (first.in_features * (first.out_features + dora_rank)
+                         if k == freeze_layers > 0 and (dora_rank or not weighted) else 0)
+        weight_grads = adapters if dora_rank else weights
         for length in lengths:
             forward = 4.0 * length * hidden * spans_of(mlm.config, length)[k]
             attention += 3 * forward if trained else forward
-            if not trained:
-                matmul += 2.0 * length * weights
-                continue
-            first = linears[0]  # ModernBERT: Wqkv, the only linear the layer's input feeds
-            # Its input needs no gradient in the lowest unfrozen layer unless a trained weight comes before it
-            # there (the full fine-tune's attn_norm; DoRA trains only the adapters).
-            ahead = next(i for i, m in enumerate(layer.modules()) if m is first)
-            weighted = any(next(m.parameters(recurse=False), None) is not None
-                           for m in list(layer.modules())[:ahead])
-            no_input_grad = (first.in_features * (first.out_features + dora_rank)
-                             if k == freeze_layers > 0 and (dora_rank or not weighted) else 0)
-            weight_grads = adapters if dora_rank else weights
-            matmul += 2.0 * length * (2 * (weights + adapters) - no_input_grad + weight_grads)
+            matmul += 2.0 * length * ((2 * (weights + adapters) - no_input_grad + weight_grads) if trained
+                                      else weights)
         if trained and dora_rank:
             matmul += forward_calls * 2.0 * dora_rank * sum(m.in_features * (m.in_features + m.out_features)
                                                            for m in linears)
