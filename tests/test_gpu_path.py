@@ -285,7 +285,9 @@ def test_executed_training_flops_match_flop_counter(gpu_path):
         encoder = model.base_model.model.model if rank else model.model
         with FlopCounterMode(display=False) as counter:
             encoder(input_ids=torch.randint(3, 100, (2, 32))).last_hidden_state.sum().backward()
-        assert found["matmul"] + found["attention"] == counter.get_total_flops(), rank
+        # Within 2e-5: transformers 5.17 (the device image) builds the rotary table with one small bmm (512 FLOPs
+        # here, 1.4e-5 of the step); 5.24 (the lock) does not. Exactly equal otherwise.
+        assert found["matmul"] + found["attention"] == pytest.approx(counter.get_total_flops(), rel=2e-5), rank
 
 
 def test_training_rows_are_profiled(gpu_path, monkeypatch, tmp_path):
