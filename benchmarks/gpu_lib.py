@@ -302,9 +302,11 @@ def _device_time_events(events) -> list:
             or (e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))]
 
 
-def top_events(prof, cuda: bool, passes: int, top: int) -> dict:
+def top_events(prof, cuda: bool, passes: int, top: int, wall_ms: float | None = None) -> dict:
     """A finished ``torch.profiler`` run over ``passes`` passes (or steps): its ``top`` kernels by device time on
-    CUDA (ops by self CPU time off it), per pass; ``ms_per_pass`` is their total (the device's busy time)."""
+    CUDA (ops by self CPU time off it), per pass; ``ms_per_pass`` is their total (the device's busy time). The wall
+    time per pass is ``wall_ms`` where given (the same passes timed unprofiled), else its steps' host time; on CUDA
+    ``busy`` is device time over wall time (off it both are the host's clock: None)."""
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     averages = prof.key_averages()
     timed = _device_time_events(averages) if cuda else list(averages)
@@ -313,7 +315,8 @@ def top_events(prof, cuda: bool, passes: int, top: int) -> dict:
     # A scheduled run marks each step (ProfilerStep#n): its host time is the step's wall time, against which
     # the device time says how busy the device was (a low share: the device waits on the host).
     steps = [e for e in averages if e.key.startswith("ProfilerStep")]
-    wall = sum(e.cpu_time_total for e in steps) / 1e3 / passes if steps else None
+    wall = wall_ms if wall_ms is not None else sum(e.cpu_time_total for e in steps) / 1e3 / passes if steps else None
     return {"clock": "device" if cuda else "cpu", "ms_per_pass": total / 1e3 / passes, "wall_ms_per_pass": wall,
+            "busy": total / 1e3 / passes / wall if cuda and wall else None,
             "top": [{"name": e.key, "calls": e.count // passes, "ms_per_pass": getattr(e, key) / 1e3 / passes,
                      "share": getattr(e, key) / total} for e in events[:top]]}

@@ -220,9 +220,8 @@ def report(run: gpu_lib.BudgetRun, output: str) -> None:
             ("trainable_parameters", "trainable", ",d")]))
     for prof in doc.get("profile", []):
         if prof.get("training"):
-            wall = prof.get("wall_ms_per_pass")
-            busy = (f" of {wall:.1f} ms wall ({prof['ms_per_pass'] / wall:.0%} busy)"
-                    if wall and prof["clock"] == "device" else "")  # on the CPU the two are the same clock
+            busy = (f" of {prof['wall_ms_per_pass']:.1f} ms wall ({prof['busy']:.0%} busy)"
+                    if prof.get("busy") is not None else "")  # on the CPU the two are the same clock
             print(f"\nprofile training {prof['shape']} L={prof['point']} {prof['training']}: {prof['sequences']} "
                   f"sequences per step, {prof['ms_per_pass']:.1f} ms {prof['clock']} time per optimizer step{busy}")
         else:

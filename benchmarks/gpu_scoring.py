@@ -241,9 +241,7 @@ def profile_packed(run: gpu_lib.BudgetRun, args, shape: str, spec: str, rm, pair
                     for _ in range(args.profile_passes):
                         forward(batch)
                     speedlib.sync()
-            events = gpu_lib.top_events(prof, cuda, args.profile_passes, args.profile_top)
-            if cuda:  # off CUDA the profile's clock is the host's own: no second clock to compare with
-                events.update(wall_ms_per_pass=wall_ms, busy=events["ms_per_pass"] / wall_ms)
+            events = gpu_lib.top_events(prof, cuda, args.profile_passes, args.profile_top, wall_ms=wall_ms)
             run.document.setdefault("profile", []).append({
                 "shape": shape, "point": spec, "compiled": compiled, "sequences": batch.batch_size,
                 "tokens": int(batch.cu_seqlens[-1]), "graphs_compiled": _graphs() - graphs, **events})

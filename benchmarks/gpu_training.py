@@ -36,13 +36,12 @@ def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> It
         hook.remove()
 
 
-def train_flops_per_pair(shape: str, tokenizer, lengths: Sequence[int], trained_share: float) -> float:
+def train_flops_per_pair(mlm: nn.Module, lengths: Sequence[int], freeze_layers: int) -> float:
     """The approximate count (issue 26's training MFU, 12% on the H200, used it): forward of both orders, plus 2x
     the forward share of the trained layers for the backward, per pair, as if every trained weight got a gradient."""
-    with torch.device("meta"):  # shapes only, no memory
-        model = speedlib.random_modernbert(shape, tokenizer)
+    layers = mlm.config.num_hidden_layers
     mean = sum(lengths) / max(len(lengths), 1)
-    return speedlib.forward_flops(model, [int(mean)] * 2) * (1 + 2 * trained_share)
+    return speedlib.forward_flops(mlm, [int(mean)] * 2) * (1 + 2 * (layers - freeze_layers) / layers)
 
 
 def executed_step_flops(mlm: nn.Module, lengths: Sequence[int], freeze_layers: int, dora_rank: int,
@@ -57,7 +56,8 @@ def executed_step_flops(mlm: nn.Module, lengths: Sequence[int], freeze_layers: i
     (``test_executed_training_flops_match_flop_counter``)."""
     from tinyrm.backbone import find_layers
 
-    hidden, spans_of = mlm.config.hidden_size, speedlib.attention_spans
+    hidden = mlm.config.hidden_size
+    spans = {length: speedlib.attention_spans(mlm.config, length) for length in set(lengths)}
     _, layers = find_layers(mlm)
     matmul = attention = 0.0
     for k, layer in enumerate(layers):
@@ -74,7 +74,7 @@ def executed_step_flops(mlm: nn.Module, lengths: Sequence[int], freeze_layers: i
                          if k == freeze_layers > 0 and (dora_rank or not weighted) else 0)
         weight_grads = adapters if dora_rank else weights
         for length in lengths:
-            forward = 4.0 * length * hidden * spans_of(mlm.config, length)[k]
+            forward = 4.0 * length * hidden * spans[length][k]
             attention += 3 * forward if trained else forward
             matmul += 2.0 * length * ((2 * (weights + adapters) - no_input_grad + weight_grads) if trained
                                       else weights)
@@ -105,6 +105,8 @@ def training_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> Non
             data = write_jsonl([PreferencePair(prompt=p, chosen=a, rejected=b) for p, a, b in raw],
                                Path(tmp) / "train.jsonl")
             lengths = [min(args.train_length, len(tokenizer(f"{p} {a} {b}")["input_ids"]) + 24) for p, a, b in raw]
+            with torch.device("meta"):  # the shape for the FLOP counts: no memory
+                shaped = speedlib.random_modernbert(args.train_shape, tokenizer)
         except Exception as error:  # noqa: BLE001
             run.error("training setup", error)
             return
@@ -133,11 +135,7 @@ def training_section(run: gpu_lib.BudgetRun, args, peak: dict, tokenizer) -> Non
                                                       per_step_pairs)
                 if rate is None:
                     raise RuntimeError(f"no steady steps to time ({result.steps} steps, warm-up {args.train_warmup})")
-                layers = speedlib.SHAPES[args.train_shape]["num_hidden_layers"]
-                flops = train_flops_per_pair(args.train_shape, tokenizer, lengths,
-                                             (layers - args.freeze_layers) / layers)
-                with torch.device("meta"):  # shapes only
-                    shaped = speedlib.random_modernbert(args.train_shape, tokenizer)
+                flops = train_flops_per_pair(shaped, lengths, args.freeze_layers)
                 steps_run = -(-len(lengths) // args.train_pairs_per_step)  # one forward call per optimizer step
                 executed = executed_step_flops(shaped, [n for n in lengths for _ in "ab"], args.freeze_layers,
                                                args.dora_rank, forward_calls=steps_run)

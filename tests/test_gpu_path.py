@@ -220,7 +220,7 @@ def test_profile_runs_the_forward_as_scoring_does(gpu_path, monkeypatch, tmp_pat
     assert [p["compiled"] for p in document["profile"]] == [False, True]
     assert document["scoring"][0]["method"] == "tinyrm-packed-compiled"
     assert [p["graphs_compiled"] for p in document["profile"]] == [0, 0]
-    assert all("busy" not in p for p in document["profile"])  # one clock off CUDA: no busy share to read
+    assert all(p["busy"] is None for p in document["profile"])  # one clock off CUDA: no busy share to read
 
 
 def test_profiled_batch_fills_the_scoring_budget(gpu_path):
@@ -260,6 +260,7 @@ def test_device_time_counts_each_kernel_once(gpu_path):
     prof = type("Prof", (), {"key_averages": lambda self: events.key_averages()})()
     found = sys.modules["gpu_lib"].top_events(prof, cuda=True, passes=1, top=5)
     assert found["ms_per_pass"] == pytest.approx(15.0) and found["wall_ms_per_pass"] == pytest.approx(40.0)
+    assert found["busy"] == pytest.approx(15 / 40)
     assert [(t["name"], t["share"]) for t in found["top"]] == [("gemm", pytest.approx(2 / 3)),
                                                               ("add_kernel", pytest.approx(1 / 3))]
 
