@@ -19,6 +19,7 @@ objectives see ``--pairs-per-step`` pairs, i.e. twice as many sequences of <= 25
     python benchmarks/train_throughput.py --steps 1 --warmup-steps 1 --pairs-per-step 2  # smoke run
     python benchmarks/train_throughput.py --objectives cloze --freeze 0 --attention padded packed \
         --lengths natural --max-length 512   # packed vs padded on the train pairs as they are
+    python benchmarks/train_throughput.py --random-shape base ...  # a random ModernBERT of that shape instead
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def steady_rate(metrics: Path, warmup: int, pairs_per_step: float) -> tuple[floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
+    p.add_argument("--random-shape", choices=list(speedlib.SHAPES), default=None,
+                   help="train a randomly initialised ModernBERT of this shape (--model's tokenizer) instead")
     p.add_argument("--objectives", nargs="+", default=["cloze", "classifier"], choices=["cloze", "classifier"])
     p.add_argument("--freeze", nargs="+", type=int, default=[0, 3], help="layers frozen (embeddings + lowest K)")
     p.add_argument("--dora-rank", type=int, default=0, help="also DoRA adapters of this rank on every row (0 = off)")
@@ -131,12 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyrm-train-bench-") as tmp:
         data = write_jsonl(pairs, Path(tmp) / "train.jsonl")
+        model = args.model
+        if args.random_shape:  # ModernBERT's local/global layers and unpadding, which the embedded MiniLM lacks
+            model = str(Path(tmp) / f"random-{args.random_shape}")
+            speedlib.random_modernbert(args.random_shape, tokenizer, max_positions=max(8192, args.max_length)
+                                       ).save_pretrained(model)
+            tokenizer.save_pretrained(model)
         for objective, freeze, attention in ((o, f, a) for o in args.objectives for f in args.freeze
                                              for a in args.attention):
             out = Path(tmp) / f"{objective}-freeze{freeze}-{attention}"
             micro = args.pairs_per_step * (2 if objective == "cloze" else 1)  # examples per step
             config = TrainConfig(
-                model=args.model, data=[str(data)], output=str(out), objective=objective,
+                model=model, data=[str(data)], output=str(out), objective=objective,
                 max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
                 save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
                 precision=args.precision, attention=attention,
@@ -163,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         ref = padded.get((row["objective"], row["freeze_layers"]))
         row["packed_vs_padded"] = (row["pairs_per_s"] / ref if row["attention"] == "packed" and ref
                                    and row["pairs_per_s"] else None)
-    document = {"benchmark": "train_throughput", "model": args.model, "data": source, "machine": info,
+    model_name = f"random ModernBERT {args.random_shape} shape" if args.random_shape else args.model
+    document = {"benchmark": "train_throughput", "model": model_name, "data": source, "machine": info,
                 "note": args.note, "config": vars(args), "rows": rows, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     speedlib.write_json(args.output, document)
-    print(f"\n{args.model}, length {args.max_length}, {args.pairs_per_step} pairs per step, "
+    print(f"\n{model_name}, length {args.max_length}, {args.pairs_per_step} pairs per step, "
           f"{args.steps} timed steps after {args.warmup_steps}; {source}; load average {os.getloadavg()[0]:.1f} at "
           f"the end\n")
     print(speedlib.markdown_table(rows, [

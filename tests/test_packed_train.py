@@ -265,9 +265,14 @@ def test_attention_resolution(capsys) -> None:
     from tinyrm.training.packing import packed_training, padded_only
 
     cpu = TrainConfig(attention="auto")
-    assert not packed_training(cpu, "cpu", True)  # no varlen_attn on the CPU: padded
-    assert "attention: padded (auto" in capsys.readouterr().out
-    assert packed_training(replace(cpu, attention="packed"), "cpu", True)  # forced: the exact SDPA route
+    assert packed_training(cpu, "cpu", True)  # measured faster on the CPU: the exact SDPA route
+    assert "attention: packed (no padding in the linear layers; attention by the exact SDPA route" in \
+        capsys.readouterr().out
+    assert not packed_training(cpu, "meta", True)  # neither varlen_attn nor a measurement there
+    assert "attention: padded (auto: packed on the CPU" in capsys.readouterr().out
+    assert not packed_training(cpu, "cpu", False, name="unpackable-auto-test")
+    assert "attention: padded (no packed forward for this model)" in capsys.readouterr().out
+    assert packed_training(replace(cpu, attention="packed"), "cpu", True)
     assert "attention: packed" in capsys.readouterr().out
     assert not packed_training(replace(cpu, attention="packed"), "cpu", False, name="unpackable-test")
     assert "no packed forward" in capsys.readouterr().out

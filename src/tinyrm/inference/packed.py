@@ -19,8 +19,9 @@ Python per batch). What it fuses: the rotary embedding (computed in fp32: four k
 :func:`_rotary`), the norms, the GLU/GELU and the residual adds.
 
 Selection (``InferenceConfig.attention``): ``ATTENTIONS`` = auto | packed | padded; ``auto`` scores packed
-where ``varlen_attn`` runs (CUDA, torch >= 2.10) and on the CPU, padded elsewhere, and trains packed on CUDA
-only (docs/inference.md has the CPU measurement behind that).
+where ``varlen_attn`` runs (CUDA, torch >= 2.10) and on the CPU, padded elsewhere, and trains packed on the
+CPU and on CUDA where ``varlen_attn`` has a backward (docs/inference.md and docs/training.md have the CPU
+measurements behind that).
 """
 
 from __future__ import annotations
@@ -266,7 +267,8 @@ def use_packed(attention: str, device: torch.device | str, supported: bool, name
     """Whether to score (``training``: train) packed: ``packed`` wherever the backbone is supported (else
     padded, with a warning once), ``padded`` never, ``auto`` where it was measured to win: scoring on CUDA
     where ``varlen_attn`` runs and on the CPU (its exact SDPA route: faster at mixed lengths, even at one
-    length; docs/inference.md), training only on CUDA where ``varlen_attn`` also has a backward
+    length; docs/inference.md), training on the CPU too (faster on ModernBERT at mixed lengths, a tie on
+    MiniLM; docs/training.md) and on CUDA where ``varlen_attn`` also has a backward
     (:func:`~tinyrm.inference.varlen.varlen_backward_available`)."""
     check_attention(attention)
     if attention == "padded":
@@ -279,9 +281,10 @@ def use_packed(attention: str, device: torch.device | str, supported: bool, name
         return False
     if attention == "packed":
         return supported
+    on_cpu = torch.device(device).type == "cpu"
     if training:
-        return supported and flash_varlen_available(device) and varlen_backward_available()
-    return supported and (torch.device(device).type == "cpu" or flash_varlen_available(device))
+        return supported and (on_cpu or (flash_varlen_available(device) and varlen_backward_available()))
+    return supported and (on_cpu or flash_varlen_available(device))
 
 
 def apply_attention(model, attention: str | None):

@@ -71,7 +71,7 @@ class TrainConfig:
     length_balance: bool = True
     # How a batch reaches the model (tinyrm.training.packing): packed = one token stream with cumulative
     # lengths, no padding (inference.packed, varlen attention); padded = right-padded rows; auto = packed on
-    # CUDA where torch's varlen_attn has a backward, padded elsewhere. A runtime choice, never saved.
+    # the CPU and on CUDA where torch's varlen_attn has a backward, padded elsewhere. A runtime choice, never saved.
     attention: str = "auto"
 
 
