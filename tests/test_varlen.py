@@ -1,0 +1,59 @@
+"""The packed attention's exact SDPA route (``inference.varlen.varlen_attention``, the CPU's and fp32's route, and
+the reference the CUDA test holds ``varlen_attn`` to) against attention computed one sequence at a time from
+its definition: any lengths (one token included, equal lengths on the view route), any window (ModernBERT's
+local layers: keys with |i - j| <= window), forward and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyrm.inference.varlen import Packed, pack, varlen_attention
+
+
+class _Row:
+    def __init__(self, n: int) -> None:
+        self.input_ids = list(range(n))
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float,
+               window: int | None) -> torch.Tensor:
+    """softmax(q k^T * scale, keys of the same sequence within the window) v, sequence by sequence."""
+    out, start = [], 0
+    for n in lengths:
+        qs, ks, vs = (x[start:start + n].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
+        scores = torch.einsum("hid,hjd->hij", qs, ks) * scale
+        if window is not None:
+            pos = torch.arange(n)
+            scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > window, -math.inf)
+        out.append(torch.einsum("hij,hjd->hid", scores.softmax(-1), vs).transpose(0, 1))
+        start += n
+    return torch.cat(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 24), min_size=1, max_size=5), equal=st.booleans(),
+       heads=st.integers(1, 3), head_dim=st.sampled_from([2, 4, 8]),
+       window=st.one_of(st.none(), st.integers(0, 12)), seed=st.integers(0, 2**16))
+def test_sdpa_route_is_exact_attention(lengths: list[int], equal: bool, heads: int, head_dim: int,
+                                       window: int | None, seed: int) -> None:
+    if equal:
+        lengths = [lengths[0]] * len(lengths)  # the view route: no gather
+    packed: Packed = pack([_Row(n) for n in lengths])
+    assert packed.equal_lengths == (len(set(lengths)) == 1)
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(sum(lengths), heads, head_dim, generator=generator, dtype=torch.float64,
+                           requires_grad=True) for _ in range(3))
+    scale = head_dim ** -0.5
+    got = varlen_attention(q, k, v, packed, scale=scale, window=window, route="sdpa")
+    want = _reference(q, k, v, lengths, scale, window)
+    assert got.shape == q.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(got.shape, generator=generator, dtype=torch.float64)  # a gradient through every row
+    grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    expected = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for name, a, b in zip("qkv", grads, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d/d{name}")
