@@ -8,7 +8,7 @@
   (CPU, fp32, attention dropout, ModernBERT's local layers where the installed ``varlen_attn`` has no
   ``window_size``). Loss and gradients equal the padded step's (``tests/test_packed_train.py``).
 * ``padded``: right-padded rows through the transformers forward (the step as it always was).
-* ``auto``: packed on the CPU (measured faster than padded at mixed lengths on ModernBERT, even on MiniLM:
+* ``auto``: packed on the CPU (measured faster than padded at mixed lengths on ModernBERT, a tie on MiniLM:
   docs/training.md) and on CUDA where ``varlen_attn`` exists and has a backward, padded elsewhere.
 
 Full fine-tuning, DoRA (adapters stay injected: the packed forward calls the model's own modules), frozen
@@ -28,8 +28,8 @@ from .arguments import is_main_process
 from .config import TrainConfig
 
 
-def describe(packed: bool, attention: str, device: torch.device, supported: bool = True) -> str:
-    """The one line a run prints about its attention."""
+def describe(packed: bool, attention: str, device: torch.device, supported: bool) -> str:
+    """The one line a run prints about its attention (``supported``: the model has a packed forward)."""
     if packed:
         if flash_varlen_available(device) and varlen_backward_available():
             return "attention: packed (no padding; varlen_attn where the layer allows it, exact SDPA elsewhere)"
