@@ -20,6 +20,7 @@ objectives see ``--pairs-per-step`` pairs, i.e. twice as many sequences of <= 25
     python benchmarks/train_throughput.py --objectives cloze --freeze 0 --attention padded packed \
         --lengths natural --max-length 512   # packed vs padded on the train pairs as they are
     python benchmarks/train_throughput.py --random-shape base ...  # a random ModernBERT of that shape instead
+    python benchmarks/train_throughput.py ... --freeze 11 --dora-rank 64 --dora-forward peft fused  # DoRA's forward
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objectives", nargs="+", default=["cloze", "classifier"], choices=["cloze", "classifier"])
     p.add_argument("--freeze", nargs="+", type=int, default=[0, 3], help="layers frozen (embeddings + lowest K)")
     p.add_argument("--dora-rank", type=int, default=0, help="also DoRA adapters of this rank on every row (0 = off)")
+    p.add_argument("--dora-forward", nargs="+", default=["fused"], choices=["fused", "peft"],
+                   help="DoRA layers' forward (TrainConfig.dora_forward); both: a row each, 'x peft' compares them")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--pairs-per-step", type=int, default=8,
                    help="pairs per optimizer step, one micro-batch (cloze: 2 examples per pair, classifier: 1)")
@@ -140,38 +143,45 @@ def main(argv: list[str] | None = None) -> int:
             speedlib.random_modernbert(args.random_shape, tokenizer, max_positions=max(8192, args.max_length)
                                        ).save_pretrained(model)
             tokenizer.save_pretrained(model)
-        for objective, freeze, attention in ((o, f, a) for o in args.objectives for f in args.freeze
-                                             for a in args.attention):
-            out = Path(tmp) / f"{objective}-freeze{freeze}-{attention}"
+        forwards = args.dora_forward if args.dora_rank else ["fused"]  # no adapters: the forward is moot
+        for objective, freeze, attention, forward in ((o, f, a, d) for o in args.objectives for f in args.freeze
+                                                      for a in args.attention for d in forwards):
+            out = Path(tmp) / f"{objective}-freeze{freeze}-{attention}-{forward}"
             micro = args.pairs_per_step * (2 if objective == "cloze" else 1)  # examples per step
             config = TrainConfig(
                 model=model, data=[str(data)], output=str(out), objective=objective,
                 max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
                 save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
-                precision=args.precision, attention=attention,
+                precision=args.precision, attention=attention, dora_forward=forward,
                 group_by_length=args.group_by_length,
                 length_balance=False)  # a throughput run: every pair, whichever response is longer
             result = train(config)
             pairs_per_step = result.pairs / max(result.steps, 1)
             rate, per_step = steady_rate(out / "metrics.jsonl", args.warmup_steps, pairs_per_step)
             row = {"objective": objective, "freeze_layers": freeze, "attention": attention,
-                   "dora_rank": args.dora_rank,
+                   "dora_rank": args.dora_rank, "dora_forward": forward if args.dora_rank else None,
                    "pairs_per_s": rate, "seconds_per_step": per_step, "pairs_per_step": pairs_per_step,
                    "run_pairs_per_s": result.pairs_per_second, "run_seconds": result.seconds,
                    "steps": result.steps, "trainable_parameters": result.trainable_parameters,
                    "total_parameters": result.total_parameters, "truncated_examples": result.truncated_examples}
             rows.append(row)
             shown = f"{rate:.2f}" if rate else "n/a"
-            print(f"  {objective} freeze {freeze} {attention}: {shown} pairs/s steady, "
+            print(f"  {objective} freeze {freeze} {attention} {forward}: {shown} pairs/s steady, "
                   f"{result.pairs_per_second:.2f} over the run", file=sys.stderr)
-    base = {(r["objective"], r["attention"]): r["pairs_per_s"] for r in rows if r["freeze_layers"] == min(args.freeze)}
-    padded = {(r["objective"], r["freeze_layers"]): r["pairs_per_s"] for r in rows if r["attention"] == "padded"}
+    base = {(r["objective"], r["attention"], r["dora_forward"]): r["pairs_per_s"] for r in rows
+            if r["freeze_layers"] == min(args.freeze)}
+    padded = {(r["objective"], r["freeze_layers"], r["dora_forward"]): r["pairs_per_s"] for r in rows
+              if r["attention"] == "padded"}
+    peft = {(r["objective"], r["freeze_layers"], r["attention"]): r["pairs_per_s"] for r in rows
+            if r["dora_forward"] == "peft"}
     for row in rows:
-        ref = base.get((row["objective"], row["attention"]))
-        row["speedup_vs_unfrozen"] = row["pairs_per_s"] / ref if ref and row["pairs_per_s"] else None
-        ref = padded.get((row["objective"], row["freeze_layers"]))
-        row["packed_vs_padded"] = (row["pairs_per_s"] / ref if row["attention"] == "packed" and ref
-                                   and row["pairs_per_s"] else None)
+        rate = row["pairs_per_s"]
+        ref = base.get((row["objective"], row["attention"], row["dora_forward"]))
+        row["speedup_vs_unfrozen"] = rate / ref if ref and rate else None
+        ref = padded.get((row["objective"], row["freeze_layers"], row["dora_forward"]))
+        row["packed_vs_padded"] = rate / ref if row["attention"] == "packed" and ref and rate else None
+        ref = peft.get((row["objective"], row["freeze_layers"], row["attention"]))
+        row["fused_vs_peft"] = rate / ref if row["dora_forward"] == "fused" and ref and rate else None
     model_name = f"random ModernBERT {args.random_shape} shape" if args.random_shape else args.model
     document = {"benchmark": "train_throughput", "model": model_name, "data": source, "machine": info,
                 "note": args.note, "config": vars(args), "rows": rows, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -181,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
           f"the end\n")
     print(speedlib.markdown_table(rows, [
         ("objective", "objective", ""), ("freeze_layers", "frozen layers", "d"), ("attention", "attention", ""),
+        ("dora_forward", "DoRA forward", ""),
         ("pairs_per_s", "pairs/s (steady)", ".2f"), ("speedup_vs_unfrozen", f"x freeze {min(args.freeze)}", ".2f"),
-        ("packed_vs_padded", "x padded", ".2f"),
+        ("packed_vs_padded", "x padded", ".2f"), ("fused_vs_peft", "x peft", ".2f"),
         ("seconds_per_step", "s/step", ".2f"), ("pairs_per_step", "pairs/step", ".0f"),
         ("run_pairs_per_s", "pairs/s (whole run)", ".2f"), ("trainable_parameters", "trainable params", ",d")]))
     if args.output:

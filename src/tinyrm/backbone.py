@@ -106,6 +106,10 @@ class BackboneConfig:
     dora_targets: list[str] | None = None  # defaults per architecture
     freeze_layers: int = 0  # embeddings + lowest K encoder layers
     dora_dropout: float = 0.0
+    dora_forward: str = "fused"  # fused (tinyrm.dora: the same function in fewer passes) | peft
+
+
+DORA_FORWARDS = ("fused", "peft")
 
 
 _warned_heads: set[str] = set()
@@ -145,7 +149,10 @@ def load_saved_backbone(path: str | Path, adapter: str | None = None):
     if adapter:
         from peft import PeftModel
 
+        from .dora import fuse_dora
+
         mlm = PeftModel.from_pretrained(mlm, str(Path(path) / adapter))
+        fuse_dora(mlm)
     return tokenizer, mlm
 
 
@@ -303,11 +310,18 @@ def apply_dora(mlm: nn.Module, config: BackboneConfig, modules_to_save: Sequence
         layers_pattern=layers_name.split(".")[-1],
         modules_to_save=keep or None,
     )
-    return get_peft_model(mlm, lora)
+    model = get_peft_model(mlm, lora)
+    if config.dora_forward == "fused":
+        from .dora import fuse_dora
+
+        fuse_dora(model)
+    return model
 
 
 def prepare_for_training(mlm: nn.Module, config: BackboneConfig, modules_to_save: Sequence[str] = ()) -> nn.Module:
     """Apply freezing (and DoRA if rank > 0, ``modules_to_save`` trained in full); return the model to train."""
+    if config.dora_forward not in DORA_FORWARDS:
+        raise ValueError(f"dora_forward must be one of {DORA_FORWARDS}, got {config.dora_forward!r}")
     freeze_lower(mlm, config.freeze_layers)
     if config.dora_rank > 0:
         return apply_dora(mlm, config, modules_to_save)

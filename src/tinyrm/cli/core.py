@@ -66,7 +66,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
     p.add_argument("--attention", default=d.attention, choices=["auto", "packed", "padded"],
                    help="packed: each micro-batch as one token stream, no padding (varlen attention); auto: packed "
-                        "on CUDA where torch's varlen_attn has a backward, else padded (not saved with the model)")
+                        "on the CPU and on CUDA where torch's varlen_attn has a backward, else padded (not saved "
+                        "with the model)")
+    p.add_argument("--dora-forward", default=d.dora_forward, choices=["fused", "peft"],
+                   help="DoRA layers' forward: fused (the same function in two ops over the activations) or "
+                        "peft's own (not saved with the model)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..backbone import BackboneConfig, load_mlm, prepare_for_training
+from ..backbone import load_mlm, prepare_for_training
 from ..config import RewardConfig, check_read
 from ..data import load_pairs
 from ..defaults import resolve_defaults
 from ..inference.packed import packed_mlm_supported
 from ..model_card import add_eval
 from ..prompt import get_template
-from ..training.config import TrainConfig, TrainResult, recorded_options
+from ..training.config import TrainConfig, TrainResult, backbone_config, recorded_options
 from ..training.packing import packed_training
 from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from .data import ClozeCollator, ClozeDataset, load_training_pairs, pair_group_size
@@ -24,13 +24,7 @@ def build_model(config: TrainConfig) -> RewardModel:
     """Backbone with freezing/DoRA applied, wrapped as a RewardModel carrying the prompt config."""
     config = resolve_defaults(config, announce=False)
     tokenizer, mlm = load_mlm(config.model)
-    model = prepare_for_training(
-        mlm,
-        BackboneConfig(
-            model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
-            dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
-        ),
-    )
+    model = prepare_for_training(mlm, backbone_config(config))
     reward_config = RewardConfig(
         template=get_template(config.template).to_dict(), prefix=config.prefix,
         answer_tokens=list(config.answer_tokens), max_length=config.max_length, base_model=config.model,

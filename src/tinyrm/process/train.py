@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..backbone import BackboneConfig, load_mlm, mask_logits, prepare_for_training, unwrap_peft
+from ..backbone import load_mlm, mask_logits, prepare_for_training, unwrap_peft
 from ..config import RewardConfig
 from ..data import DataError
 from ..pairwise.model import ClozeScorer
 from ..prompt import DEFAULT_PREFIX
-from ..training.config import TrainConfig, TrainResult, recorded_options
+from ..training.config import TrainConfig, TrainResult, backbone_config, recorded_options
 from ..training.packing import padded_only
 from ..training.trainer import finish, fit, make_result, report_parameters
 from .data import ProcessRow, load_rows
@@ -184,9 +184,7 @@ def process_read(config) -> str:
 def build_model(config: TrainConfig) -> ProcessRewardModel:
     """Backbone (freezing / DoRA applied) wrapped as a ProcessRewardModel with the process config."""
     tokenizer, mlm = load_mlm(config.model)
-    model = prepare_for_training(mlm, BackboneConfig(
-        model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
-        dora_targets=config.dora_targets, freeze_layers=config.freeze_layers))
+    model = prepare_for_training(mlm, backbone_config(config))
     template, prefix, answers = process_settings(config)
     context = getattr(config, "context", "prefix")
     reward_config = RewardConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..backbone import BackboneConfig
 from ..prompt import DEFAULT_PREFIX
 from ..truncation import DEFAULT_DIFF_CONTEXT, DEFAULT_TRUNCATION
 
@@ -73,10 +74,20 @@ class TrainConfig:
     # lengths, no padding (inference.packed, varlen attention); padded = right-padded rows; auto = packed on
     # the CPU and on CUDA where torch's varlen_attn has a backward, padded elsewhere. A runtime choice, never saved.
     attention: str = "auto"
+    # DoRA layers' forward (tinyrm.dora): fused = peft's function in two ops over the activations (1.4x a
+    # CPU step, docs/training.md); peft = peft's own. A runtime choice, never saved.
+    dora_forward: str = "fused"
 
 
 # Options of how a run executes, not of what it trains: left out of the record saved in tinyrm.json.
-RUNTIME_OPTIONS = frozenset({"attention", "report_to"})
+RUNTIME_OPTIONS = frozenset({"attention", "report_to", "dora_forward"})
+
+
+def backbone_config(config: TrainConfig) -> BackboneConfig:
+    """The freezing and DoRA settings of ``config``, as ``prepare_for_training`` takes them."""
+    return BackboneConfig(model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
+                          dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
+                          dora_forward=config.dora_forward)
 
 
 def recorded_options(config: TrainConfig) -> dict:

@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...arrow import PairTable, has_token_types, tokenizer_signature
-from ...backbone import BackboneConfig, load_mlm, prepare_for_training
+from ...backbone import load_mlm, prepare_for_training
 from ...config import RewardConfig
 from ...data import PreferencePair
 from ...inference.varlen import pack
 from ...model_card import SEQUENCE_CLASSIFICATION
-from ...training.config import TrainConfig, TrainResult, recorded_options
+from ...training.config import TrainConfig, TrainResult, backbone_config, recorded_options
 from ...training.packing import packed_training
 from ...training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from ..data import EncodedRows, load_training_pairs, pair_group_size
@@ -105,17 +105,14 @@ def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifi
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
     if config.objective == "classifier" and config.pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
-    backbone_config = BackboneConfig(
-        model=config.model, dora_rank=config.dora_rank, dora_alpha=config.dora_alpha,
-        dora_targets=config.dora_targets, freeze_layers=config.freeze_layers,
-    )
+    settings = backbone_config(config)
     extra: dict = {"pooling": config.pooling}
     if config.objective == "classifier" and native_classifier_supported(config.model, config.pooling):
         tokenizer, model = load_sequence_classifier(config.model, config.pooling)
         separator = prepare_tokenizer(tokenizer)
         if separator is not None:
             extra["separator"] = separator
-        backbone = prepare_for_training(model, backbone_config, modules_to_save=classifier_head_modules(model))
+        backbone = prepare_for_training(model, settings, modules_to_save=classifier_head_modules(model))
         scorer: BaselineScorer | SequenceClassifierScorer = SequenceClassifierScorer(backbone, config.pooling)
         extra["format"] = SEQUENCE_CLASSIFICATION
     else:
@@ -125,7 +122,7 @@ def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifi
                            "transformers does not). --pooling cls gives a standard checkpoint.",
                            config.model, config.pooling)
         tokenizer, mlm = load_mlm(config.model)
-        scorer = BaselineScorer(prepare_for_training(mlm, backbone_config), config.objective, config.pooling)
+        scorer = BaselineScorer(prepare_for_training(mlm, settings), config.objective, config.pooling)
         freeze_unused(scorer)
         extra["format"] = LEGACY_FORMAT
     extra["train"] = recorded_options(config)  # not the runtime options (attention)
