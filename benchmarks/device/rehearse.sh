@@ -35,5 +35,5 @@ PATH="$ENV/bin:$PATH" OUT="$out" GPU_EXTRA=--smoke bash benchmarks/device/run.sh
 # CUDA ones. Their CLI test imports the server, which the image lacks: fastapi and uvicorn beside it, not in it.
 [ -d "$ENV-testdeps" ] || "$ENV/bin/pip" install -q --target "$ENV-testdeps" fastapi uvicorn
 PYTHONPATH="/tmp/site:$PWD/.devcarry/gt:$ENV-testdeps:$PWD/src" "$ENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_packed.py tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py tests/test_varlen.py
+    tests/test_packed.py tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py tests/test_varlen.py tests/test_dora.py
 echo "rehearse.sh: run.sh and the GPU path's tests passed in the image-like environment; run.sh's files are in $out"
