@@ -16,18 +16,19 @@ def _variants(model) -> list:
     return [v for m in model.modules() for v in getattr(m, "lora_variant", {}).values()]
 
 
-def _dora(path: str, forward: str, dropout: float = 0.0, seed: int = 0, base_too: bool = True):
+def _dora(path: str, forward: str, dropout: float = 0.0, seed: int = 0, base_too: bool = True,
+          dtype: torch.dtype = torch.float32):
     """A DoRA model whose every term counts: B != 0, magnitudes != the weight norms, scaling alpha / r = 2, and
     biases that are not zero (transformers initialises them to zero; ``base_too=False`` keeps the backbone's
     weights as saved in ``path``)."""
     _, mlm = load_mlm(path)
-    model = prepare_for_training(mlm, BackboneConfig(dora_rank=4, dora_alpha=8, freeze_layers=1,
+    model = prepare_for_training(mlm.to(dtype), BackboneConfig(dora_rank=4, dora_alpha=8, freeze_layers=1,
                                                      dora_forward=forward, dora_dropout=dropout))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             if base_too or param.requires_grad:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+                param.add_(0.05 * torch.randn(param.shape, generator=generator).to(param.dtype))
     return model
 
 
@@ -97,6 +98,21 @@ def test_fused_is_as_close_to_fp32_as_peft_under_bf16_autocast(tiny_model):
 
     assert (for_fused - reference).abs().max() <= 1.5 * (for_peft - reference).abs().max() + 1e-3
     assert grad_error(fused_grads) <= 1.5 * grad_error(peft_grads) + 1e-3
+
+
+def test_a_bf16_backbone_under_float32_adapters(tiny_modernbert):
+    """peft keeps adapters in float32 on a bf16 backbone: without autocast the fused forward runs in the base
+    layer's dtype (where peft's result ends), within bf16 rounding of peft's."""
+    peft = _dora(tiny_modernbert, "peft", dtype=torch.bfloat16)
+    assert {p.dtype for p in peft.parameters() if p.requires_grad} == {torch.float32}
+    fused = copy.deepcopy(peft)
+    fuse_dora(fused)
+    ids, mask = _inputs(peft.get_input_embeddings().num_embeddings)
+    logits, grads = _step(peft, ids, mask)
+    fused_logits, fused_grads = _step(fused, ids, mask)
+    torch.testing.assert_close(fused_logits, logits, rtol=2e-2, atol=2e-2)
+    for name, grad in grads.items():
+        assert ((fused_grads[name] - grad).norm() / grad.norm()) < 5e-2, name
 
 
 def test_dropout_in_training_keeps_peft_forward(tiny_bert):

@@ -52,11 +52,13 @@ if DoraLinearVariant is not None:
             norm = dora.get_weight_norm(weight=weight, lora_weight=lora_weight.detach().to(x.dtype),
                                         scaling=scaling, adapter_name=active_adapter).detach()
             scale = dora.weight / norm  # [out], float32: the magnitude's gradient flows through it
-            low = lora_A(x)  # [..., r]
+            # Everything over the activations in the base layer's output dtype (bf16 under autocast, or a bf16
+            # backbone's under float32 adapters), where peft ends too (``result.to(torch_result_dtype)``).
             dtype = result.dtype
+            low = lora_A(x).to(dtype)  # [..., r]
             scaled = result * scale.to(dtype) if base.bias is None else torch.addcmul(
                 (base.bias * (1 - scale)).to(dtype), result, scale.to(dtype))
-            up = (lora_B.weight * (scale * scaling).unsqueeze(1)).to(low.dtype)  # [out, r]
+            up = (lora_B.weight * (scale * scaling).unsqueeze(1)).to(dtype)  # [out, r]
             out = torch.addmm(scaled.reshape(-1, scaled.shape[-1]), low.reshape(-1, low.shape[-1]), up.t())
             return out.view(scaled.shape)
 
