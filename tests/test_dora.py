@@ -37,7 +37,7 @@ def _step(model, ids, mask, bf16: bool = False):
     model.train()
     model.zero_grad()
     torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=ids, attention_mask=mask).logits
     logits.float().pow(2).mean().backward()
     return logits.float().detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -82,13 +82,15 @@ def test_fused_equals_peft_in_fp32(tiny_model):
                                    peft(input_ids=ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_is_as_close_to_fp32_as_peft_under_bf16_autocast(tiny_model):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (the device run's CUDA gate)"))])
+def test_fused_is_as_close_to_fp32_as_peft_under_bf16_autocast(tiny_model, device):
     """The fused ops run in the activations' dtype (bf16) where peft's ran in float32: its error against the
-    fp32 step stays that of peft's own bf16 step."""
-    peft = _dora(tiny_model, "peft")
+    fp32 step stays that of peft's own bf16 step (on a GPU too: the device run's ``-k cuda`` gate)."""
+    peft = _dora(tiny_model, "peft").to(device)
     fused = copy.deepcopy(peft)
     fuse_dora(fused)
-    ids, mask = _inputs(peft.get_input_embeddings().num_embeddings)
+    ids, mask = (x.to(device) for x in _inputs(peft.get_input_embeddings().num_embeddings))
     reference, reference_grads = _step(peft, ids, mask)
     for_peft, peft_grads = _step(peft, ids, mask, bf16=True)
     for_fused, fused_grads = _step(fused, ids, mask, bf16=True)

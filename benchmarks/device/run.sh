@@ -13,11 +13,11 @@ START=$(date +%s)
 export PYTHONPATH=/tmp/site:$PWD/.devcarry/gt:$PWD/src:$PWD/benchmarks
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
 python3 -c "import torch, transformers, peft, datasets, pyarrow, accelerate, tokenizers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__, 'tokenizers', tokenizers.__version__)" | tee $OUT/versions.txt
-# First the correctness gates the CPU cannot run: no packed pass syncs (set_sync_debug_mode), varlen_attn's forward and backward (global and windowed
+# First the correctness gates the CPU cannot run: DoRA's fused forward against peft's (test_dora), no packed pass syncs (set_sync_debug_mode), varlen_attn's forward and backward (global and windowed
 # layers) against the exact SDPA route, the padded step and attention by its definition (test_varlen: any lengths
 # and windows; random weights cannot show a wrong window in gpu_path's numbers). Skipped where the image has no pytest.
 if [ -z "${SKIP_PYTEST:-}" ] && python3 -c "import pytest" 2>/dev/null; then
-  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_packed_train.py tests/test_device_sync.py tests/test_varlen.py -k cuda 2>&1 | tail -20 | tee $OUT/pytest_cuda.log
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_packed_train.py tests/test_device_sync.py tests/test_varlen.py tests/test_dora.py -k cuda 2>&1 | tail -20 | tee $OUT/pytest_cuda.log
   echo "pytest cuda exit ${PIPESTATUS[0]} at +$(( $(date +%s) - START )) s"
 fi
 # gpu_path: ~450-520 s at the expected speeds (budget 470 s, of which 80 s kept for training; a measurement
