@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                    "total_parameters": result.total_parameters, "truncated_examples": result.truncated_examples}
             rows.append(row)
             shown = f"{rate:.2f}" if rate else "n/a"
-            print(f"  {objective} freeze {freeze} {attention} {forward}: {shown} pairs/s steady, "
+            label = f" DoRA {forward}" if args.dora_rank else ""
+            print(f"  {objective} freeze {freeze} {attention}{label}: {shown} pairs/s steady, "
                   f"{result.pairs_per_second:.2f} over the run", file=sys.stderr)
     base = {(r["objective"], r["attention"], r["dora_forward"]): r["pairs_per_s"] for r in rows
             if r["freeze_layers"] == min(args.freeze)}
