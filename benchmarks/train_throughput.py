@@ -40,6 +40,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import speedlib  # noqa: E402
 import torch  # noqa: E402
 
+from tinyrm.backbone import DORA_FORWARDS  # noqa: E402
+
 
 def long_pairs(tokenizer, n: int, max_length: int, seed: int = 0) -> tuple[list, str]:
     """``n`` PreferencePairs whose texts exceed ``max_length`` tokens (every example fills it)."""
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objectives", nargs="+", default=["cloze", "classifier"], choices=["cloze", "classifier"])
     p.add_argument("--freeze", nargs="+", type=int, default=[0, 3], help="layers frozen (embeddings + lowest K)")
     p.add_argument("--dora-rank", type=int, default=0, help="also DoRA adapters of this rank on every row (0 = off)")
-    p.add_argument("--dora-forward", nargs="+", default=["fused"], choices=["fused", "peft"],
+    p.add_argument("--dora-forward", nargs="+", default=["fused"], choices=DORA_FORWARDS,
                    help="DoRA layers' forward (TrainConfig.dora_forward); both: a row each, 'x peft' compares them")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--pairs-per-step", type=int, default=8,

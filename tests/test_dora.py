@@ -22,8 +22,8 @@ def _dora(path: str, forward: str, dropout: float = 0.0, seed: int = 0, base_too
     biases that are not zero (transformers initialises them to zero; ``base_too=False`` keeps the backbone's
     weights as saved in ``path``)."""
     _, mlm = load_mlm(path)
-    model = prepare_for_training(mlm.to(dtype), BackboneConfig(dora_rank=4, dora_alpha=8, freeze_layers=1,
-                                                     dora_forward=forward, dora_dropout=dropout))
+    settings = BackboneConfig(dora_rank=4, dora_alpha=8, freeze_layers=1, dora_forward=forward, dora_dropout=dropout)
+    model = prepare_for_training(mlm.to(dtype), settings)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():

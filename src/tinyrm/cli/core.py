@@ -14,6 +14,7 @@ console = make_console()
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from ..backbone import DORA_FORWARDS
     from ..prompt import parse_domain_prefixes
     from ..train import OBJECTIVES
     from ..training.config import TrainConfig
@@ -68,7 +69,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="packed: each micro-batch as one token stream, no padding (varlen attention); auto: packed "
                         "on the CPU and on CUDA where torch's varlen_attn has a backward, else padded (not saved "
                         "with the model)")
-    p.add_argument("--dora-forward", default=d.dora_forward, choices=["fused", "peft"],
+    p.add_argument("--dora-forward", default=d.dora_forward, choices=DORA_FORWARDS,
                    help="DoRA layers' forward: fused (the same function in two ops over the activations) or "
                         "peft's own (not saved with the model)")
     p.add_argument("--seed", type=int, default=d.seed)
