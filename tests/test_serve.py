@@ -150,9 +150,13 @@ def test_score_steps_serves_a_process_model(tiny_bert, tmp_path):
     prm = RewardModel.from_pretrained(str(out), device="cpu")
     prm.engine.config.precision = "fp32"
     steps = ["2 * 5 = 10.", "The answer is: 10"]
+    reads = []
+    read_probs = prm.engine.read_probs
+    prm.engine.read_probs = lambda encodings, *a, **kw: reads.append(len(encodings)) or read_probs(encodings, *a, **kw)
     with running_server(prm, ServeConfig(max_wait_ms=1)) as url, httpx.Client(base_url=url, timeout=60) as c:
         r = c.post("/v1/score_steps", json={"problem": "What is 2 * 5?", "steps": steps, "aggregate": "mean"})
         assert r.status_code == 200, r.text
+        assert reads == [2]  # each step scored once: the reward is aggregated from the scores, not rescored
         body = r.json()
         assert body["scores"] == pytest.approx(prm.score_steps("What is 2 * 5?", steps), abs=1e-5)
         assert body["reward"] == pytest.approx(prm.score_solution("What is 2 * 5?", steps, aggregate="mean"),

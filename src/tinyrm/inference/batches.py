@@ -67,7 +67,8 @@ def pair_scores(probs: Sequence[float], n: int, both) -> list[float]:
 
 def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the batch's longest row (each field filled into one preallocated array: building nested
-    Python lists and converting them cost the host ~4x more per token)."""
+    Python lists and converting them cost the host ~4x more per token). Encodings with several read masks
+    (``mask_positions`` lists: process verdicts) give them flattened, with ``mask_rows`` (``backbone.mask_logits``)."""
     lengths = np.fromiter((len(e.input_ids) for e in encodings), dtype=np.int64, count=len(encodings))
     width = int(lengths.max())
 
@@ -80,8 +81,13 @@ def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
     batch = {
         "input_ids": rows("input_ids", pad_id),
         "attention_mask": torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)),
-        "mask_positions": torch.tensor([e.mask_position for e in encodings], dtype=torch.long),
     }
+    if getattr(encodings[0], "mask_positions", None) is not None:  # several read masks per row (process verdicts)
+        batch["mask_rows"] = torch.tensor([i for i, e in enumerate(encodings) for _ in e.mask_positions],
+                                          dtype=torch.long)
+        batch["mask_positions"] = torch.tensor([m for e in encodings for m in e.mask_positions], dtype=torch.long)
+    else:
+        batch["mask_positions"] = torch.tensor([e.mask_position for e in encodings], dtype=torch.long)
     if encodings[0].token_type_ids is not None:
         batch["token_type_ids"] = rows("token_type_ids", 0)
     return batch

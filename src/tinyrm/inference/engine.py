@@ -250,6 +250,58 @@ class InferenceEngine:
     ) -> list[float]:
         return self.run_units(encodings, [[i] for i in range(len(encodings))], batch_size, max_batch_tokens)
 
+    def read_probs(self, encodings: Sequence, token_ids: torch.Tensor | None = None, batch_size: int | None = None,
+                   max_batch_tokens: int | None = None) -> list[list[float]]:
+        """The softmax over ``token_ids`` (default: the model's answer ids), its first entry, at every read mask
+        of each encoding (``mask_positions`` lists: process verdicts, ``tinyrm.process.scoring``), in that
+        order; one per encoding at [CLS] where the model reads there. Batched, cast, packed and near-tie
+        rechecked as pairs are: a reduced-precision read within ``recheck_margin`` of 0.5 has its encoding
+        re-read in fp32."""
+        max_rows, budget = self._limits(batch_size, max_batch_tokens)
+        probs = self._read(encodings, token_ids, max_rows, budget)
+        if self.config.recheck_margin > 0 and self.prepared().dtype != torch.float32:
+            close = [i for i, row in enumerate(probs) if any(abs(p - 0.5) < self.config.recheck_margin for p in row)]
+            if close:
+                exact = self._read([encodings[i] for i in close], token_ids, max_rows, budget, torch.float32)
+                for i, row in zip(close, exact):
+                    probs[i] = row
+                self.rechecked += len(close)
+        return probs
+
+    @torch.inference_mode()
+    def _read(self, encodings: Sequence, token_ids: torch.Tensor | None, max_rows: int | None, budget: int | None,
+              dtype: torch.dtype | None = None) -> list[list[float]]:
+        if not encodings:
+            return []
+        device, prepared = self.rm.device, self.prepared(dtype)
+        token_ids = self.rm._answer_ids_t if token_ids is None else token_ids.to(device)
+        read_cls = getattr(self.rm.config, "read", "mask") == "cls"
+        if read_cls and any(len(e.mask_positions) != 1 for e in encodings):
+            raise ValueError("this model reads its verdict at [CLS], one per sequence: each encoding must read "
+                             "one mask")
+        regions = self.config.compile and prepared.dtype != INT8_DTYPE
+        done: list[tuple[list[int], torch.Tensor]] = []
+        for batch in host_batches(encodings, [[i] for i in range(len(encodings))], self.pad_id,
+                                  self.uses_packed(prepared), max_rows, budget, pin=device.type == "cuda"):
+            if batch.packed is not None:
+                stream = batch.packed.to(device, non_blocking=True)
+                logits = packed_mask_logits(prepared.model, stream, token_ids,
+                                            stream.starts if read_cls else stream.mask_index, compiled=regions)
+            else:
+                t = {k: v.to(device, non_blocking=True) for k, v in batch.padded.items()
+                     if k != "attention_mask" or batch.padding}
+                positions = torch.zeros_like(t["mask_positions"]) if read_cls else t["mask_positions"]
+                logits = mask_logits(prepared.model, t["input_ids"], t.get("attention_mask"), positions,
+                                     token_ids=token_ids, token_type_ids=t.get("token_type_ids"),
+                                     mask_rows=t["mask_rows"])
+            done.append((batch.rows, torch.softmax(logits.float(), dim=-1)[:, 0]))
+        values = iter(torch.cat([p for _, p in done]).tolist())  # one read-back, at the end
+        out: list[list[float]] = [[] for _ in encodings]
+        for rows, _ in done:
+            for j in rows:
+                out[j] = [next(values) for _ in encodings[j].mask_positions]
+        return out
+
     def _encode_chunk(self, items: Sequence[PairInput], both: bool,
                       prefixes: Sequence[str | None] | None = None) -> list[Encoded]:
         """Encodings of ``items`` (then of their swapped orders); ``prefixes`` gives each item's

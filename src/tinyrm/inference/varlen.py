@@ -39,7 +39,9 @@ class Packed:
     cu_seqlens: torch.Tensor  # [B + 1] int32: sequence b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
     max_seqlen: int
     lengths: list[int]  # host copy of the B lengths (no device sync to plan the attention)
-    mask_index: torch.Tensor | None = None  # [B] long: each sequence's mask slot in the flat stream
+    # [B] long: each sequence's mask slot in the flat stream ([M], in sequence order, for encodings with several
+    # read masks: ``mask_positions``, process verdicts)
+    mask_index: torch.Tensor | None = None
     token_type_ids: torch.Tensor | None = None  # [T] long
     response_mask: torch.Tensor | None = None  # [T]: 1 on response tokens (the token baseline)
     _maps: dict = field(default_factory=dict, repr=False)  # the sdpa route's index maps, built once per batch
@@ -136,8 +138,9 @@ class Packed:
 
 
 def pack(encodings: Sequence, device: torch.device | str | None = None) -> Packed:
-    """Collate encodings (``input_ids`` lists; ``token_type_ids``, ``mask_position`` and ``response_mask``
-    where they have them: ``prompt.Encoded``, ``ResponseEncoded``) into one :class:`Packed` batch."""
+    """Collate encodings (``input_ids`` lists; ``token_type_ids``, ``mask_position`` (or a list,
+    ``mask_positions``) and ``response_mask`` where they have them: ``prompt.Encoded``, ``ResponseEncoded``,
+    ``process.prompt.StepEncoded``) into one :class:`Packed` batch."""
     if not encodings:
         raise ValueError("pack: no encodings")
     lengths = [len(e.input_ids) for e in encodings]
@@ -159,7 +162,10 @@ def pack(encodings: Sequence, device: torch.device | str | None = None) -> Packe
         return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=total))
 
     mask_index = None
-    if getattr(first, "mask_position", None) is not None:
+    if getattr(first, "mask_positions", None) is not None:  # several read masks per sequence (process verdicts)
+        mask_index = torch.tensor([int(start) + m for e, start in zip(encodings, starts.tolist())
+                                   for m in e.mask_positions], dtype=torch.long)
+    elif getattr(first, "mask_position", None) is not None:
         mask_index = starts + torch.tensor([e.mask_position for e in encodings], dtype=torch.long)
     packed = Packed(flat("input_ids"), positions, cu, max(lengths), lengths, mask_index,
                     flat("token_type_ids"), flat("response_mask"))

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbone import mask_logits, unwrap_peft
 from ..pairwise.model import RewardModel
 from ..prompt import resolve_answer_ids
 from ..temperature import calibrate_output
@@ -25,7 +24,6 @@ from .prompt import (
     StepEncoder,
     StepsInput,
     StepTemplate,
-    collate,
 )
 from .steps import clean, split
 
@@ -76,35 +74,21 @@ def resolve_context(s: ProcessSpec, context: str | None) -> str:
     return context
 
 
-@torch.inference_mode()
 def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int = 32,
              calibrated: bool | None = None) -> list[list[float]]:
-    """P(answer token 0, i.e. correct) at each read mask of each encoding; batched by length. A process or
-    outcome model calibrated by ``tinyrm calibrate`` gives sigmoid(logit(P) / T) (``tinyrm.temperature``);
-    ``calibrated=False`` (or ``rm.calibrated = False``) the raw P."""
+    """P(answer token 0, i.e. correct) at each read mask of each encoding, through the model's scoring engine
+    (``rm.engine``, ``inference.engine.InferenceEngine.read_probs``): batches of at most ``batch_size``
+    sequences under its token budget, its precision (bf16 where native, near-ties re-read in fp32) and its
+    attention (packed where ``auto`` picks it). A process or outcome model calibrated by ``tinyrm calibrate``
+    gives sigmoid(logit(P) / T) (``tinyrm.temperature``); ``calibrated=False`` (or ``rm.calibrated = False``)
+    the raw P."""
     s = spec(rm)
     if getattr(rm.config, "read", "mask") == "cls" and any(len(e.mask_positions) > 1 for e in encodings):
         raise ValueError("this process model reads its verdict at [CLS], one per sequence: score it with "
                          "context 'prefix' (a 'full' window reads several steps at once)")
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
-    out: list[list[float]] = [[] for _ in encodings]
-    pad_id = rm.tokenizer.pad_token_id or 0
-    backbone = unwrap_peft(rm.model)
-    for begin in range(0, len(order), batch_size):
-        idx = order[begin : begin + batch_size]
-        batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], pad_id).items()}
-        if rm.config.read == "cls":  # one verdict per sequence, read at [CLS] (see process_read)
-            batch["mask_positions"] = torch.zeros_like(batch["mask_positions"])
-        logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
-                             token_ids=s.answer_ids, token_type_ids=batch.get("token_type_ids"),
-                             mask_rows=batch["mask_rows"])
-        probs = calibrate_output(rm, torch.softmax(logits.float(), dim=-1)[:, 0].tolist(), calibrated, kind="step")
-        cursor = 0
-        for i in idx:
-            count = len(encodings[i].mask_positions)
-            out[i] = probs[cursor : cursor + count]
-            cursor += count
-    return out
+    per_encoding = rm.engine.read_probs(encodings, s.answer_ids, batch_size=batch_size)
+    probs = iter(calibrate_output(rm, [p for row in per_encoding for p in row], calibrated, kind="step"))
+    return [[next(probs) for _ in row] for row in per_encoding]
 
 
 def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
@@ -167,6 +151,22 @@ def score_solution(rm: RewardModel, problem: str, steps: StepsInput, aggregate: 
     """One reward for a solution (see :func:`tinyrm.process.aggregate.aggregate`; ORMs ignore ``aggregate``)."""
     return solution_scores(rm, [(problem, steps)], aggregate=aggregate, context=context, threshold=threshold,
                            calibrated=calibrated)[0]
+
+
+def steps_and_reward(rm: RewardModel, problem: str, steps: StepsInput, aggregate: str = "min",
+                     context: str | None = None, threshold: float = 0.5,
+                     calibrated: bool | None = None) -> tuple[list[float], float]:
+    """:func:`score_steps` and :func:`score_solution` of one solution from one scoring run: the step verdicts,
+    and their aggregate (an outcome model's verdict on the whole solution is its last step's: the same
+    sequence). What ``/v1/score_steps`` answers; calling the two functions scored every step twice."""
+    if aggregate not in METHODS:
+        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    scores = score_steps(rm, problem, steps, context=context, calibrated=calibrated)
+    if spec(rm).objective != "outcome":
+        return scores, combine(scores, aggregate, threshold=threshold)
+    if scores:
+        return scores, scores[-1]
+    return scores, outcome_scores(rm, [(problem, steps)], calibrated=calibrated)[0]  # no step: judged as ""
 
 
 def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
+from ..process.scoring import steps_and_reward
 from ..temperature import model_temperature
 from .batching import BatchedScorer, MicroBatcher
 from .docs_ui import install as install_docs_ui
@@ -294,10 +295,10 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             raise ApiError(422, f"unknown aggregate {req.aggregate!r}; choose from {', '.join(AGGREGATES)}",
                            "aggregate")
 
-        def work() -> tuple[list[float], float]:
-            scores = rm.score_steps(req.problem, req.steps)
+        def work() -> tuple[list[float], float]:  # the steps scored once, the reward aggregated from them
             kw = {"aggregate": req.aggregate} if req.aggregate is not None else {}
-            return [float(s) for s in scores], float(rm.score_solution(req.problem, req.steps, **kw))
+            scores, reward = steps_and_reward(rm, req.problem, req.steps, **kw)
+            return [float(s) for s in scores], float(reward)
 
         scores, reward = await scored(batcher.run_model(work))
         return ScoreStepsResponse(scores=scores, reward=reward)

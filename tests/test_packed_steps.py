@@ -1,0 +1,166 @@
+"""Process verdicts through the scoring engine (``InferenceEngine.read_probs``): packed == padded == each
+sequence alone through the HF forward, in fp32 (P within 1e-4), for prefix and full contexts (several read
+masks per sequence), sequences many times ModernBERT's local window, BERT with token types, an unmerged DoRA
+model, a model reading [CLS]; bf16 near-ties re-read in fp32; any batching gives the same verdicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinyrm import ProcessRewardModel
+from tinyrm.backbone import BackboneConfig, apply_dora, encoder_of, mask_logits, unwrap_peft
+from tinyrm.process.scoring import spec, verdicts
+
+from .process_helpers import BAD, GOOD, PROBLEM
+from .test_packed import windowed_modernbert  # noqa: F401 (fixture: local window 16)
+
+TOL = 1e-4
+
+
+def _items() -> list[tuple[str, list[str]]]:
+    """Solutions from one short step to steps of ~60 tokens: many times the 16-token window, mixed lengths."""
+    long = [step + " and so on, carefully" * (6 * k + 2) for k, step in enumerate(GOOD)]
+    return [(PROBLEM, GOOD), (PROBLEM, BAD[:1]), ("What is 2 * 5?", long), (PROBLEM + " Explain." * 4, BAD)]
+
+
+def _encodings(rm, context: str, owners: list[int] | None = None) -> list:
+    """What ``score_many`` builds: one sequence per step (prefix) or windows reading every step (full);
+    ``owners`` gets each sequence's solution."""
+    s = spec(rm)
+    out = []
+    for item, (problem, steps) in enumerate(_items()):
+        problem_ids, step_ids = s.encoder.tokenize(problem, steps)
+        if context == "full":
+            batch = s.encoder.encode_full(problem_ids, step_ids)
+        else:
+            batch = [s.encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))]
+        out += batch
+        if owners is not None:
+            owners += [item] * len(batch)
+    return out
+
+
+def _alone(rm, encodings) -> list[list[float]]:
+    """Each sequence on its own, no padding, through the model as it is (adapters unmerged): the reference."""
+    backbone, ids = unwrap_peft(rm.model), spec(rm).answer_ids
+    out = []
+    with torch.no_grad():
+        for e in encodings:
+            reads = [0] if rm.config.read == "cls" else e.mask_positions
+            types = None if e.token_type_ids is None else torch.tensor([e.token_type_ids])
+            logits = mask_logits(backbone, torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids)),
+                                 torch.tensor(reads), token_ids=ids, token_type_ids=types,
+                                 mask_rows=torch.zeros(len(reads), dtype=torch.long))
+            out.append(torch.softmax(logits.float(), -1)[:, 0].tolist())
+    return out
+
+
+def _both_ways(rm, encodings, **kw) -> tuple[list[list[float]], list[list[float]]]:
+    """(padded, packed) verdicts; checks which forward ran (the packed one never calls the HF encoder)."""
+    seen: list[int] = []
+    handle = encoder_of(rm.engine.prepared().model).register_forward_pre_hook(lambda *_: seen.append(1))
+    try:
+        rm.engine.config.attention = "padded"
+        padded = verdicts(rm, encodings, **kw)
+        assert seen and not rm.engine.uses_packed()
+        seen.clear()
+        rm.engine.config.attention = "packed"
+        packed = verdicts(rm, encodings, **kw)
+        assert not seen and rm.engine.uses_packed()
+    finally:
+        handle.remove()
+    return padded, packed
+
+
+def _flat(rows: list[list[float]]) -> list[float]:
+    return [p for row in rows for p in row]
+
+
+@pytest.fixture(params=["modernbert", "bert"])
+def step_model(request, windowed_modernbert, tiny_bert) -> str:  # noqa: F811
+    return windowed_modernbert if request.param == "modernbert" else tiny_bert
+
+
+@pytest.mark.parametrize("context", ["prefix", "full"])
+def test_step_verdicts_packed_equal_padded_and_each_alone(step_model: str, context: str) -> None:
+    rm = ProcessRewardModel.from_pretrained(step_model, device="cpu", max_length=160)
+    rm.engine.config.precision = "fp32"
+    owners: list[int] = []
+    encodings = _encodings(rm, context, owners)
+    lengths = [len(e.input_ids) for e in encodings]
+    assert max(lengths) > 6 * 16 and min(lengths) < 3 * 16  # beyond the local window, and mixed
+    if context == "full":
+        assert max(len(e.mask_positions) for e in encodings) >= 3  # several reads in one sequence
+    padded, packed = _both_ways(rm, encodings, batch_size=3)  # several passes, mixed widths
+    alone = _alone(rm, encodings)
+    assert [len(r) for r in padded] == [len(r) for r in packed] == [len(e.mask_positions) for e in encodings]
+    assert _flat(padded) == pytest.approx(_flat(alone), abs=TOL)
+    assert _flat(packed) == pytest.approx(_flat(alone), abs=TOL)
+    # the public API: every step's score is its verdict, wherever it was read
+    scores = rm.score_many(_items(), context=context)
+    assert [len(s) for s in scores] == [len(steps) for _, steps in _items()]
+    read = {(owner, t): p for owner, e, row in zip(owners, encodings, alone) for t, p in zip(e.targets, row)}
+    assert sorted(read) == [(i, k) for i, (_, steps) in enumerate(_items()) for k in range(len(steps))]
+    assert [scores[i][k] for i, k in sorted(read)] == pytest.approx([read[key] for key in sorted(read)], abs=TOL)
+
+
+def test_step_verdicts_of_an_unmerged_dora_model(windowed_modernbert: str) -> None:  # noqa: F811
+    """The engine scores a merged copy; the reference runs the adapters unmerged."""
+    rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
+    rm.model = apply_dora(rm.model, BackboneConfig(dora_rank=4, freeze_layers=1))
+    torch.manual_seed(3)
+    with torch.no_grad():  # adapters that change the output (lora_B starts at zero)
+        for name, param in rm.model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    rm.engine.config.precision = "fp32"
+    encodings = _encodings(rm, "full")
+    alone = _alone(rm, encodings)
+    base = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
+    assert _flat(alone) != pytest.approx(_flat(_alone(base, encodings)), abs=1e-3)  # the adapters matter
+    padded, packed = _both_ways(rm, encodings)
+    assert _flat(padded) == pytest.approx(_flat(alone), abs=TOL)
+    assert _flat(packed) == pytest.approx(_flat(alone), abs=TOL)
+
+
+def test_step_verdicts_read_at_cls(windowed_modernbert: str) -> None:  # noqa: F811
+    rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
+    rm.engine.config.precision = "fp32"
+    rm.config.read = "cls"
+    encodings = _encodings(rm, "prefix")
+    padded, packed = _both_ways(rm, encodings)
+    alone = _alone(rm, encodings)
+    assert _flat(padded) == pytest.approx(_flat(alone), abs=TOL)
+    assert _flat(packed) == pytest.approx(_flat(alone), abs=TOL)
+    with pytest.raises(ValueError, match="CLS"):  # several reads in one sequence cannot all be [CLS]
+        rm.engine.read_probs(_encodings(rm, "full"), spec(rm).answer_ids)
+
+
+def test_reduced_precision_reads_are_rechecked_in_fp32(windowed_modernbert: str) -> None:  # noqa: F811
+    rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
+    if rm.engine.dtype == torch.float32:
+        pytest.skip("this CPU has no native bf16: scoring runs in fp32 already")
+    encodings = _encodings(rm, "full")
+    rm.engine.config.precision = "fp32"
+    exact = _flat(verdicts(rm, encodings))
+    rm.engine.config.precision = "auto"
+    rm.engine.config.recheck_margin = 0.0
+    reduced = _flat(verdicts(rm, encodings))
+    assert reduced != exact and reduced == pytest.approx(exact, abs=2e-2)
+    rm.engine.config.recheck_margin = 1.0  # every read is a near-tie: every encoding re-read in fp32
+    rechecked = _flat(verdicts(rm, encodings))
+    assert rm.engine.rechecked == len(encodings)
+    assert rechecked == pytest.approx(exact, abs=1e-6)
+
+
+@pytest.mark.parametrize("limits", [{"batch_size": 1}, {"max_batch_tokens": 100}, {"batch_size": 64}])
+def test_any_batching_gives_the_same_verdicts(windowed_modernbert: str, limits: dict) -> None:  # noqa: F811
+    rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
+    rm.engine.config.precision = "fp32"
+    encodings = _encodings(rm, "prefix")
+    reference = _flat(_alone(rm, encodings))
+    for attention in ("padded", "packed"):
+        rm.engine.config.attention = attention
+        assert _flat(rm.engine.read_probs(encodings, spec(rm).answer_ids, **limits)) == pytest.approx(reference,
+                                                                                                      abs=TOL)
