@@ -11,10 +11,11 @@ one sequence per step; full, windows reading every step), timed on the same enco
   ``--batch-size`` rows under the engine's token budget; a warm-up call first (the engine's private
   bf16 copy is built once per model).
 
-Models: ``embedded`` (MiniLM, its zero-shot process prompt) and ``base`` (a random ModernBERT-base shape on
-the embedded tokenizer: the layout and cost of the paper's backbone, not its verdicts).
+Models: ``embedded`` (MiniLM, its zero-shot process prompt), ``base`` (a random ModernBERT-base shape on
+the embedded tokenizer: the layout and cost of the paper's backbone, not its verdicts) or a saved folder (a
+process model, e.g. ``benchmarks/process_rewards.py``'s ``runs/process-rewards/prm``; 64 solutions).
 
-    python benchmarks/step_scoring.py                       # both models, prefix and full (~4 min, 2 cores)
+    python benchmarks/step_scoring.py                       # both models, prefix and full (~2 min, 2 cores)
     python benchmarks/step_scoring.py --models embedded --solutions embedded=128
 """
 
@@ -45,6 +46,8 @@ METHODS = ("loop", "engine-padded", "engine-packed")
 
 
 def load_model(name: str, max_length: int) -> ProcessRewardModel:
+    if name not in DEFAULT_SOLUTIONS:  # a saved folder: a process / outcome model, or any cloze model zero-shot
+        return ProcessRewardModel.from_pretrained(name, device="cpu", max_length=max_length)
     if name == "embedded":
         return ProcessRewardModel.from_pretrained("default", device="cpu", max_length=max_length)
     from transformers import AutoTokenizer
@@ -81,6 +84,8 @@ def loop(rm: ProcessRewardModel, encodings: Sequence, batch_size: int) -> list[l
     for begin in range(0, len(order), batch_size):
         idx = order[begin : begin + batch_size]
         batch = collate([encodings[i] for i in idx], rm.tokenizer.pad_token_id or 0)
+        if rm.config.read == "cls":  # one verdict per sequence, read at [CLS]
+            batch["mask_positions"] = torch.zeros_like(batch["mask_positions"])
         logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
                              token_ids=s.answer_ids, token_type_ids=batch.get("token_type_ids"),
                              mask_rows=batch["mask_rows"])
@@ -105,7 +110,7 @@ def method(name: str, batch_size: int) -> Callable:
 def run(args: argparse.Namespace) -> dict:
     if not STEP_FILE.is_file():
         sys.exit(f"benchmarks/step_scoring.py needs the shared step file {STEP_FILE}")
-    solutions = dict(DEFAULT_SOLUTIONS)
+    solutions = {**dict.fromkeys(args.models, DEFAULT_SOLUTIONS["embedded"]), **DEFAULT_SOLUTIONS}
     for value in args.solutions:  # N (every model) or MODEL=N
         model, _, count = value.rpartition("=")
         solutions.update({model: int(count)} if model else dict.fromkeys(solutions, int(count)))
@@ -116,6 +121,9 @@ def run(args: argparse.Namespace) -> dict:
         n = solutions[model]
         items = [(r.question, r.steps) for r in rows[:n]]
         for context in args.contexts:
+            if context == "full" and rm.config.read == "cls":
+                print(f"{model}: reads its verdicts at [CLS], one per sequence: no full context", flush=True)
+                continue
             start = time.perf_counter()
             encodings = encodings_of(rm, items, context)
             encode_s = time.perf_counter() - start
@@ -146,12 +154,13 @@ def run(args: argparse.Namespace) -> dict:
         base = next((r for r in results if r["method"] == "loop" and r["model"] == row["model"]
                      and r["context"] == row["context"]), None)
         row["x_loop"] = None if base is None else base["seconds"] / row["seconds"]
-    return {"machine": speedlib.machine_info(), "config": vars(args), "rows": results}
+    return {"machine": speedlib.machine_info(), "config": vars(args), "note": args.note, "rows": results}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["embedded", "base"], choices=list(DEFAULT_SOLUTIONS))
+    p.add_argument("--models", nargs="+", default=["embedded", "base"], metavar="embedded|base|PATH",
+                   help="PATH: a saved model folder (a process model, or any cloze model judging zero-shot)")
     p.add_argument("--contexts", nargs="+", default=list(CONTEXTS), choices=list(CONTEXTS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                    help="the first is the reference of max|dP| (loop: fp32)")
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="sequences per pass at most (every method)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--note", default="", help="stored in the JSON (e.g. \"quiet machine\")")
     p.add_argument("--output", default="runs/bench/step_scoring.json")
     args = p.parse_args(argv)
     if args.threads:

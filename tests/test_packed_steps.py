@@ -164,3 +164,41 @@ def test_any_batching_gives_the_same_verdicts(windowed_modernbert: str, limits: 
         rm.engine.config.attention = attention
         assert _flat(rm.engine.read_probs(encodings, spec(rm).answer_ids, **limits)) == pytest.approx(reference,
                                                                                                       abs=TOL)
+
+
+def test_eval_process_takes_precision_and_attention_and_scores_once(windowed_modernbert: str, tmp_path,  # noqa: F811
+                                                                    monkeypatch, capsys) -> None:
+    """``tinyrm eval --objective process``: --precision and --attention reach the engine (packed == padded),
+    every step is scored once (the solution figures aggregate the same scores), --orders auto is refused."""
+    import json
+
+    from tinyrm.cli import main
+    from tinyrm.inference.engine import InferenceEngine
+
+    from .process_helpers import rows_file
+
+    calls: list[str] = []
+    read_probs = InferenceEngine.read_probs
+
+    def counted(engine, *args, **kwargs):
+        calls.append(engine.config.attention)
+        assert engine.config.precision == "fp32"
+        return read_probs(engine, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceEngine, "read_probs", counted)
+    data = rows_file(tmp_path / "steps.jsonl")
+    base = ["eval", "--objective", "process", "--model", windowed_modernbert, "--data", str(data),
+            "--precision", "fp32", "--aggregate", "mean"]
+    results = {}
+    for attention in ("padded", "packed"):
+        out = tmp_path / f"{attention}.json"
+        assert main([*base, "--attention", attention, "--output", str(out)]) == 0
+        results[attention] = json.loads(out.read_text())
+    assert calls == ["padded", "packed"]  # one scoring of the steps per evaluation
+    for level in ("steps", "solutions"):
+        padded, packed = (results[a][level]["calibration"] for a in ("padded", "packed"))
+        assert packed["brier"] == pytest.approx(padded["brier"], abs=TOL)
+        assert packed["log_loss"] == pytest.approx(padded["log_loss"], abs=TOL)
+    capsys.readouterr()
+    assert main([*base, "--orders", "auto"]) == 2
+    assert "--orders auto" in capsys.readouterr().err

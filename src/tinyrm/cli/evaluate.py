@@ -21,7 +21,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reject_for(args, "--baseline")
         return eval_heuristic(args)
     if args.objective in ("process", "outcome"):
-        reject_for(args, f"--objective {args.objective}")
+        if orders == "auto":  # --precision and --attention set the scoring engine, which step verdicts use too
+            raise UsageError(f"--orders auto applies to the pairwise evaluation of a model, not to --objective "
+                             f"{args.objective}")
         if getattr(args, "predictions", None):
             raise UsageError(f"--predictions applies to pairwise evaluations, not to --objective {args.objective}")
         return eval_process(args)
@@ -128,7 +130,8 @@ def eval_process(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, objective=args.objective, context=getattr(args, "context", None),
         aggregate=getattr(args, "aggregate", None) or "min", batch_size=args.batch_size,
         max_length=args.max_length, skip_bad_rows=args.skip_bad_rows, output=args.output,
-        calibrated=getattr(args, "calibrated", True),
+        calibrated=getattr(args, "calibrated", True), precision=getattr(args, "precision", None),
+        attention=getattr(args, "attention", None),
     )
     results = evaluate(config)
     return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

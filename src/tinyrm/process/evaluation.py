@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 from ..evaluation.calibration import calibration
 from ..evaluation.results import write_results
+from ..inference.packed import apply_attention
+from ..inference.precision import apply_precision, check_precision
 from ..temperature import model_temperature, use_calibration
+from .aggregate import METHODS
 from .aggregate import aggregate as combine
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
@@ -54,6 +57,10 @@ class ProcessEvalConfig:
     skip_bad_rows: bool = False
     output: str | None = None
     calibrated: bool = True  # False: the raw probabilities even where tinyrm.json holds a temperature
+    # The scoring engine's settings (rm.engine.config; None: the model's): auto | bf16 | fp32 | int8 and
+    # auto | packed | padded (docs/process.md#speed-the-scoring-engine)
+    precision: str | None = None
+    attention: str | None = None
 
 
 def evaluate_steps(rm: ProcessRewardModel, rows: Sequence[ProcessRow], context: str | None = None,
@@ -84,9 +91,15 @@ def step_metrics(rows: Sequence[ProcessRow], scores: Sequence[Sequence[float]], 
 
 
 def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggregate: str = "min",
-                       context: str | None = None, threshold: float = 0.5, batch_size: int = 32) -> dict:
-    scores = solution_scores(rm, [(r.question, r.steps) for r in rows], aggregate=aggregate, context=context,
-                             threshold=threshold, batch_size=batch_size)
+                       context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
+                       step_scores: Sequence[Sequence[float]] | None = None) -> dict:
+    """Solution-level metrics; ``step_scores``: the rows' step scores already computed (``score_many``, same
+    context), aggregated instead of scoring every step again (an outcome model still gives its own verdict)."""
+    if step_scores is not None and rm.spec.objective != "outcome" and aggregate in METHODS:
+        scores = [combine(s, aggregate, threshold=threshold) for s in step_scores]
+    else:
+        scores = solution_scores(rm, [(r.question, r.steps) for r in rows], aggregate=aggregate, context=context,
+                                 threshold=threshold, batch_size=batch_size)
     if aggregate == "first_error":  # a step count: "no step flagged" is the positive verdict
         scores = [float(s == len(r.steps)) for s, r in zip(scores, rows)]
     return {"solutions": binary_metrics(scores, [r.solution_correct for r in rows], threshold)}
@@ -96,15 +109,20 @@ def evaluate(config: ProcessEvalConfig) -> dict:
     rows = load_rows(config.data, skip_bad_rows=config.skip_bad_rows).rows
     rm = use_calibration(ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length),
                          config.calibrated)
+    apply_attention(apply_precision(rm, check_precision(config.precision, rm.device)), config.attention)
     s = rm.spec
     context = resolve_context(s, config.context)
     results: dict = {"model": rm.name, "model_objective": s.objective, "evaluation": config.objective,
                      "context": context, "threshold": config.threshold, "rows": len(rows)}
     if (temperature := model_temperature(rm, kind="step")) is not None:  # verdicts calibrated with it
         results["temperature"] = temperature
-    if config.objective == "process":
-        results.update(evaluate_steps(rm, rows, context, config.threshold, config.batch_size))
-    results.update(evaluate_solutions(rm, rows, config.aggregate, context, config.threshold, config.batch_size))
+    step_scores = None
+    if config.objective == "process":  # scored once: the solution metrics aggregate the same step scores
+        step_scores = score_many(rm, [(r.question, r.steps) for r in rows], context=context,
+                                 batch_size=config.batch_size)
+        results.update(step_metrics(rows, step_scores, config.threshold))
+    results.update(evaluate_solutions(rm, rows, config.aggregate, context, config.threshold, config.batch_size,
+                                      step_scores))
     results["aggregate"] = "orm" if s.objective == "outcome" else config.aggregate
     if config.output:
         write_results(results, config.output)
