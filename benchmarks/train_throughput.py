@@ -21,6 +21,11 @@ objectives see ``--pairs-per-step`` pairs, i.e. twice as many sequences of <= 25
         --lengths natural --max-length 512   # packed vs padded on the train pairs as they are
     python benchmarks/train_throughput.py --random-shape base ...  # a random ModernBERT of that shape instead
     python benchmarks/train_throughput.py ... --freeze 11 --dora-rank 64 --dora-forward peft fused  # DoRA's forward
+    python benchmarks/train_throughput.py --objectives process --attention padded packed  # step verdicts
+
+``process`` rows train the process objective (prefix context, balanced class weights) on the shared
+MR-GSM8K step file as it is: one example is one judged step, so its "pairs" are examples (``--pairs-per-step``
+examples per step), at their natural lengths whatever ``--lengths`` says.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import speedlib  # noqa: E402
 import torch  # noqa: E402
 
 from tinyrm.backbone import DORA_FORWARDS  # noqa: E402
+
+STEP_FILE = speedlib.DATA / "process" / "mrgsm8k-steps.jsonl"
 
 
 def long_pairs(tokenizer, n: int, max_length: int, seed: int = 0) -> tuple[list, str]:
@@ -105,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--random-shape", choices=list(speedlib.SHAPES), default=None,
                    help="train a randomly initialised ModernBERT of this shape (--model's tokenizer) instead")
-    p.add_argument("--objectives", nargs="+", default=["cloze", "classifier"], choices=["cloze", "classifier"])
+    p.add_argument("--objectives", nargs="+", default=["cloze", "classifier"],
+                   choices=["cloze", "classifier", "process"],
+                   help="process: one example per judged step of the shared MR-GSM8K file (its rows count examples)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0, 3], help="layers frozen (embeddings + lowest K)")
     p.add_argument("--dora-rank", type=int, default=0, help="also DoRA adapters of this rank on every row (0 = off)")
     p.add_argument("--dora-forward", nargs="+", default=["fused"], choices=DORA_FORWARDS,
@@ -135,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = args.warmup_steps + args.steps
     n = total_steps * args.pairs_per_step
     pairs, source = (long_pairs(tokenizer, n, args.max_length) if args.lengths == "fill" else natural_pairs(n))
+    if "process" in args.objectives:
+        source += f"; process rows: {STEP_FILE} as it is"
     info = speedlib.machine_info()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyrm-train-bench-") as tmp:
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"{objective}-freeze{freeze}-{attention}-{forward}"
             micro = args.pairs_per_step * (2 if objective == "cloze" else 1)  # examples per step
             config = TrainConfig(
-                model=model, data=[str(data)], output=str(out), objective=objective,
+                model=model, data=[str(STEP_FILE if objective == "process" else data)], output=str(out),
+                objective=objective,
                 max_length=args.max_length, micro_batch_size=micro, batch_size=micro, max_steps=total_steps,
                 save_steps=0, lr=1e-4, warmup_ratio=0.0, freeze_layers=freeze, dora_rank=args.dora_rank,
                 precision=args.precision, attention=attention, dora_forward=forward,

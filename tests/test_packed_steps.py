@@ -1,7 +1,9 @@
 """Process verdicts through the scoring engine (``InferenceEngine.read_probs``): packed == padded == each
 sequence alone through the HF forward, in fp32 (P within 1e-4), for prefix and full contexts (several read
 masks per sequence), sequences many times ModernBERT's local window, BERT with token types, an unmerged DoRA
-model, a model reading [CLS]; bf16 near-ties re-read in fp32; any batching gives the same verdicts."""
+model, a model reading [CLS]; bf16 near-ties re-read in fp32; any batching gives the same verdicts; `tinyrm
+eval --objective process` with --precision / --attention. Then packed process training: one step's loss and
+gradients (class-weighted, full context, DoRA, [CLS]) and whole runs equal the padded ones."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from tinyrm.process.scoring import spec, verdicts
 
 from .process_helpers import BAD, GOOD, PROBLEM
 from .test_packed import windowed_modernbert  # noqa: F401 (fixture: local window 16)
+from .test_packed_train import _assert_same_step, backbones  # noqa: F401 (fixture: no dropout)
 
 TOL = 1e-4
 
@@ -202,3 +205,85 @@ def test_eval_process_takes_precision_and_attention_and_scores_once(windowed_mod
     capsys.readouterr()
     assert main([*base, "--orders", "auto"]) == 2
     assert "--orders auto" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- packed process training
+def _step_scorer(path: str, mode: str, weights, read: str = "mask"):
+    from tinyrm.backbone import load_mlm, prepare_for_training
+    from tinyrm.pairwise.model import ClozeScorer
+    from tinyrm.process.prompt import ANSWER_TOKENS
+    from tinyrm.process.train import WeightedClozeScorer
+    from tinyrm.prompt import resolve_answer_ids
+
+    tokenizer, mlm = load_mlm(path)
+    model = prepare_for_training(mlm, BackboneConfig(dora_rank=4 if mode == "dora" else 0,
+                                                     freeze_layers=1 if mode == "dora" else 0))
+    if mode == "dora":  # adapters that change the output (lora_B starts at zero)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.normal_(0, 0.2)
+    answers = resolve_answer_ids(tokenizer, ANSWER_TOKENS)
+    scorer = (ClozeScorer(model, answers, read=read) if weights is None
+              else WeightedClozeScorer(model, answers, weights, read=read))
+    return scorer.train(), tokenizer
+
+
+def _step_features(tokenizer, context: str) -> list[dict]:
+    """ProcessDataset's items for ``_items()``, labels alternating (index 0 = correct)."""
+    from tinyrm.process.prompt import PREFIXES, STEP_TEMPLATES, StepEncoder
+
+    encoder = StepEncoder(tokenizer, STEP_TEMPLATES["process"], PREFIXES["process"], 160)
+    features = []
+    for problem, steps in _items():
+        problem_ids, step_ids = encoder.tokenize(problem, steps)
+        encodings = (encoder.encode_full(problem_ids, step_ids) if context == "full"
+                     else [encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))])
+        features += [{"input_ids": e.input_ids, "encoding": e, "labels": [t % 2 for t in e.targets]}
+                     for e in encodings]
+    return features
+
+
+@pytest.mark.parametrize("kind", ["modernbert", "bert"])
+@pytest.mark.parametrize("context,mode,weights,read", [
+    ("prefix", "full", [1.0, 3.0], "mask"), ("full", "full", [1.0, 3.0], "mask"), ("full", "dora", None, "mask"),
+    ("prefix", "full", None, "cls")])
+def test_process_step_packed_equals_padded(backbones, kind: str, context: str, mode: str, weights,  # noqa: F811
+                                           read: str) -> None:
+    """One training step of the process objective: the loss and every trainable gradient of the packed batch
+    (``ProcessCollator(packed=True)``: every read mask in one stream) equal the padded batch's."""
+    from tinyrm.process.train import ProcessCollator
+
+    scorer, tokenizer = _step_scorer(backbones[kind], mode, weights, read)
+    features = _step_features(tokenizer, context)
+    if context == "full":
+        assert max(len(f["labels"]) for f in features) >= 3
+    collate = lambda features, packed: ProcessCollator(tokenizer.pad_token_id or 0, packed=packed)(features)  # noqa: E731
+    _assert_same_step(scorer, collate, features)
+
+
+@pytest.mark.parametrize("context", ["prefix", "full"])
+def test_train_process_packed_equals_padded(backbones, tmp_path, capsys, context: str) -> None:  # noqa: F811
+    import json
+
+    from safetensors.torch import load_file
+
+    from tinyrm.train import TrainConfig, train
+
+    from .process_helpers import rows_file
+
+    data = rows_file(tmp_path / "steps.jsonl")
+    losses, weights = {}, {}
+    for attention in ("padded", "packed"):
+        out = tmp_path / attention
+        train(TrainConfig(model=backbones["modernbert"], data=[str(data)], output=str(out), objective="process",
+                          context=context, batch_size=4, micro_batch_size=4, max_steps=3, max_length=96,
+                          save_steps=0, lr=1e-3, precision="fp32", seed=7, attention=attention))
+        assert f"attention: {attention}" in capsys.readouterr().out
+        losses[attention] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                             if "loss" in r]
+        weights[attention] = load_file(str(out / "model.safetensors"))
+    assert len(losses["packed"]) == 3 and losses["packed"] == pytest.approx(losses["padded"], abs=1e-5)
+    for key in weights["padded"]:
+        torch.testing.assert_close(weights["packed"][key], weights["padded"][key], atol=2e-5, rtol=1e-4, msg=key)

@@ -65,18 +65,9 @@ class ClozeScorer(nn.Module):
         """``mask_rows`` (with flattened ``mask_positions``) reads several masks per row (process rewards).
         With ``cu_seqlens`` the batch is packed (``ClozeCollator(packed=True)``, ``Packed.inputs``): one token
         stream, ``mask_positions`` in it, and the packed forward runs (``inference.packed``)."""
-        backbone = unwrap_peft(self.mlm)
         full_vocab = self.loss_kind == "full-vocab" and labels is not None
-        token_ids = None if full_vocab else self.answer_ids
-        if cu_seqlens is not None:
-            packed = Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen, seq_lengths, mask_positions,
-                                        token_type_ids)
-            logits = packed_mask_logits(backbone, packed, token_ids, packed.starts if self.read == "cls" else None)
-        else:
-            if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
-                mask_positions = torch.zeros_like(mask_positions)
-            logits = mask_logits(backbone, input_ids, attention_mask, mask_positions, token_ids=token_ids,
-                                 token_type_ids=token_type_ids, mask_rows=mask_rows)
+        logits = self.read_logits(input_ids, attention_mask, mask_positions, token_type_ids, mask_rows, position_ids,
+                                  cu_seqlens, max_seqlen, seq_lengths, full_vocab=full_vocab)
         out: dict[str, torch.Tensor] = {}
         if full_vocab:
             # The paper's objective: cross-entropy over the whole vocabulary at the mask.
@@ -86,6 +77,24 @@ class ClozeScorer(nn.Module):
             out["loss"] = F.cross_entropy(logits.float(), labels)
         out["logits"] = logits
         return out
+
+    def read_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    mask_positions: torch.Tensor | None, token_type_ids: torch.Tensor | None = None,
+                    mask_rows: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+                    seq_lengths: Sequence[int] | None = None, full_vocab: bool = False) -> torch.Tensor:
+        """The logits at every read position (the answer ids' or, ``full_vocab``, the whole vocabulary's), from
+        padded rows or a packed stream (``cu_seqlens``); [CLS] where ``read`` is cls."""
+        backbone = unwrap_peft(self.mlm)
+        token_ids = None if full_vocab else self.answer_ids
+        if cu_seqlens is not None:
+            packed = Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen, seq_lengths, mask_positions,
+                                        token_type_ids)
+            return packed_mask_logits(backbone, packed, token_ids, packed.starts if self.read == "cls" else None)
+        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
+            mask_positions = torch.zeros_like(mask_positions)
+        return mask_logits(backbone, input_ids, attention_mask, mask_positions, token_ids=token_ids,
+                           token_type_ids=token_type_ids, mask_rows=mask_rows)
 
 
 class RewardModel:

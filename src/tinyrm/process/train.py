@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..backbone import load_mlm, mask_logits, prepare_for_training, unwrap_peft
+from ..backbone import load_mlm, prepare_for_training
 from ..config import RewardConfig
 from ..data import DataError
+from ..inference.packed import packed_mlm_supported
+from ..inference.varlen import pack
 from ..pairwise.model import ClozeScorer
 from ..prompt import DEFAULT_PREFIX
 from ..training.config import TrainConfig, TrainResult, backbone_config, recorded_options
-from ..training.packing import padded_only
-from ..training.trainer import finish, fit, make_result, report_parameters
+from ..training.packing import packed_training
+from ..training.trainer import arguments_for, finish, fit, make_result, report_parameters
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
 from .prompt import (
@@ -134,18 +136,18 @@ class WeightedClozeScorer(ClozeScorer):
             raise ValueError(f"class_weight needs one weight per answer (2), got {len(class_weight)}")
         self.register_buffer("class_weight", torch.tensor([float(w) for w in class_weight]), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                mask_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                mask_positions: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, mask_rows: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, seq_lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        packing = (position_ids, cu_seqlens, max_seqlen, seq_lengths)  # a packed batch (ProcessCollator(packed=True))
         if labels is None:
-            return super().forward(input_ids, attention_mask, mask_positions, token_type_ids, None, mask_rows)
+            return super().forward(input_ids, attention_mask, mask_positions, token_type_ids, None, mask_rows,
+                                   *packing)
         full_vocab = self.loss_kind == "full-vocab"
-        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
-            mask_positions = torch.zeros_like(mask_positions)
-        logits = mask_logits(
-            unwrap_peft(self.mlm), input_ids, attention_mask, mask_positions,
-            token_ids=None if full_vocab else self.answer_ids, token_type_ids=token_type_ids, mask_rows=mask_rows,
-        )
+        logits = self.read_logits(input_ids, attention_mask, mask_positions, token_type_ids, mask_rows, *packing,
+                                  full_vocab=full_vocab)
         targets = self.answer_ids[labels] if full_vocab else labels
         per_mask = F.cross_entropy(logits.float(), targets, reduction="none")
         weights = self.class_weight[labels]
@@ -156,9 +158,11 @@ class WeightedClozeScorer(ClozeScorer):
 @dataclass
 class ProcessCollator:
     pad_id: int
+    packed: bool = False  # one token stream per micro-batch, every read mask in it (inference.varlen.pack)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate([f["encoding"] for f in features], self.pad_id)
+        encodings = [f["encoding"] for f in features]
+        batch = pack(encodings).inputs() if self.packed else collate(encodings, self.pad_id)
         batch["labels"] = torch.tensor([label for f in features for label in f["labels"]], dtype=torch.long)
         return batch
 
@@ -224,8 +228,9 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         logger.info("class weights: correct %.4f, incorrect %.4f (%s)", *weights, weighting)
         scorer = WeightedClozeScorer(rm.model, rm.answer_ids, weights, loss=config.loss, read=rm.config.read)
-    padded_only(config, f"the {config.objective} objective")
-    outcome = fit(scorer, dataset, ProcessCollator(rm.tokenizer.pad_token_id or 0), config)
+    args = arguments_for(config)
+    packed = packed_training(config, args.device, packed_mlm_supported(rm.model), rm.name)
+    outcome = fit(scorer, dataset, ProcessCollator(rm.tokenizer.pad_token_id or 0, packed=packed), config, args)
     result = make_result(config, outcome, 1, parameters, truncated=dataset.truncated, skipped=report.skipped)
 
     def save(scorer) -> None:

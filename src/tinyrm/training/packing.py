@@ -14,7 +14,8 @@
 Full fine-tuning, DoRA (adapters stay injected: the packed forward calls the model's own modules), frozen
 lower layers, the backbone's gradient checkpointing (run per layer as transformers would), bf16 autocast
 and DDP (the packed batch is plain tensors plus host ints, moved by the Trainer) all train packed. A model
-with no packed forward (another architecture, the process objective) trains padded, with a line saying so.
+with no packed forward (another architecture) trains padded, with a line saying so. Every objective has a
+packed step: cloze, classifier, token, and process / outcome (several read masks per sequence; session 16).
 The choice is a runtime one: it is left out of the options saved in ``tinyrm.json``.
 """
 
@@ -51,9 +52,3 @@ def packed_training(config: TrainConfig, device: torch.device | str, supported: 
         print(describe(packed, config.attention, device, supported))
     return packed
 
-
-def padded_only(config: TrainConfig, what: str) -> bool:
-    """For an objective with no packed step (``what``): always False, and a line when packed was asked for."""
-    if config.attention == "packed" and is_main_process():
-        print(f"attention: padded ({what} has no packed training step; --attention packed ignored)")
-    return False
