@@ -37,7 +37,8 @@ test-device-image: $(DEVICE_IMAGE_SITE)/.installed
 	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -c "import transformers as t, peft as p, tokenizers as k, huggingface_hub as h; \
 	    print('device image: transformers', t.__version__, 'peft', p.__version__, 'tokenizers', k.__version__, 'hub', h.__version__)"
 	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) -m pytest -q -p no:cacheprovider tests/test_packed.py \
-	    tests/test_packed_train.py tests/test_device_sync.py tests/test_gpu_path.py tests/test_varlen.py tests/test_dora.py
+	    tests/test_packed_train.py tests/test_packed_steps.py tests/test_device_sync.py tests/test_gpu_path.py \
+	    tests/test_varlen.py tests/test_dora.py
 	mkdir -p runs
 	PYTHONPATH=$(DEVICE_IMAGE_SITE) $(PY) benchmarks/gpu_path.py --smoke --output runs/bench/gpu_path-device-image.json \
 	    > runs/gpu_path-device-image.log 2>&1 || { tail -40 runs/gpu_path-device-image.log; exit 1; }
