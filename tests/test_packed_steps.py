@@ -145,8 +145,11 @@ def test_reduced_precision_reads_are_rechecked_in_fp32(windowed_modernbert: str)
     if rm.engine.dtype == torch.float32:
         pytest.skip("this CPU has no native bf16: scoring runs in fp32 already")
     encodings = _encodings(rm, "full")
-    rm.engine.config.precision = "fp32"
-    exact = _flat(verdicts(rm, encodings))
+    exact_rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160, precision="fp32")
+    assert exact_rm.engine.config.precision == "fp32"
+    exact = _flat(verdicts(exact_rm, encodings))
+    with pytest.raises(ValueError, match="precision"):
+        ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", precision="fp16")
     rm.engine.config.precision = "auto"
     rm.engine.config.recheck_margin = 0.0
     reduced = _flat(verdicts(rm, encodings))

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..backbone import load_saved_backbone, resolve_model_path
+from ..backbone import default_device, load_saved_backbone, resolve_model_path
 from ..config import CONFIG_FILE, RewardConfig
+from ..inference.precision import apply_precision, check_precision
 from ..pairwise.model import RewardModel
 from .prompt import CONTEXTS, OBJECTIVES, StepsInput
 from .scoring import ProcessSpec, rerank, score_many, score_solution, score_steps
@@ -23,9 +24,16 @@ class ProcessRewardModel(RewardModel):
     """
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str = "default", device: str | None = None,
+    def from_pretrained(cls, path_or_id: str = "default", device: str | None = None, precision: str | None = None,
                         **overrides) -> ProcessRewardModel:
-        """Overrides: ``max_length``, ``prefix``, ``context`` (prefix | full); ``None`` values are ignored."""
+        """Overrides: ``max_length``, ``prefix``, ``context`` (prefix | full); ``None`` values are ignored.
+        ``precision`` (auto | bf16 | fp32 | int8) sets ``engine.config.precision``, which step verdicts run at
+        (``RewardModel.from_pretrained``'s)."""
+        check_precision(precision, device or default_device())
+        return apply_precision(cls._from_folder(path_or_id, device, overrides), precision)
+
+    @classmethod
+    def _from_folder(cls, path_or_id: str, device: str | None, overrides: dict) -> ProcessRewardModel:
         path = resolve_model_path(path_or_id)
         if not (Path(path) / CONFIG_FILE).is_file():
             return cls._load_cloze(path, RewardConfig(base_model=str(path_or_id or "default")), str(path_or_id),
