@@ -64,15 +64,8 @@ def load_model(name: str, max_length: int) -> ProcessRewardModel:
 
 def encodings_of(rm: ProcessRewardModel, items: Sequence[tuple[str, list[str]]], context: str) -> list:
     """What ``score_many`` builds for these solutions."""
-    s = spec(rm)
-    out = []
-    for problem, steps in items:
-        problem_ids, step_ids = s.encoder.tokenize(problem, steps)
-        if context == "full":
-            out += s.encoder.encode_full(problem_ids, step_ids)
-        else:
-            out += [s.encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))]
-    return out
+    encoder = spec(rm).encoder
+    return [e for problem, steps in items for e in encoder.encode_solution(*encoder.tokenize(problem, steps), context)]
 
 
 @torch.inference_mode()

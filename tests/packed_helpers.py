@@ -12,6 +12,17 @@ import torch
 from tinyrm.tools.synthetic import generate
 
 
+def randomize_adapters(model: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
+    """DoRA/LoRA adapters that change the output (peft starts ``lora_B`` at zero): every ``lora_`` parameter
+    drawn from N(0, 0.2), seeded."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    return model
+
+
 def mixed_items(n: int, seed: int = 5) -> list[tuple[str, str, str]]:
     """Pairs from a few tokens to ~150: many times a 16-token local window, and very mixed."""
     out = []

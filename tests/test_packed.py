@@ -21,7 +21,7 @@ from tinyrm.inference.packed import apply_attention, packed_family, packed_mask_
 from tinyrm.inference.varlen import pack
 from tinyrm.pairwise.model import RewardModel
 
-from .packed_helpers import baseline_scorer, mixed_items
+from .packed_helpers import baseline_scorer, mixed_items, randomize_adapters
 
 TOL = 1e-4
 WINDOW = 16  # local_attention of the windowed ModernBERT: |i - j| <= 8 in its local layers
@@ -148,12 +148,7 @@ def test_equal_lengths_take_the_view_route(windowed_modernbert: str, monkeypatch
 
 def _dora_model(path: str) -> tuple[RewardModel, torch.nn.Module]:
     tokenizer, mlm = load_mlm(path)
-    peft = apply_dora(mlm, BackboneConfig(dora_rank=4, freeze_layers=1))
-    torch.manual_seed(3)
-    with torch.no_grad():  # adapters that change the output (lora_B starts at zero)
-        for name, param in peft.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.2)
+    peft = randomize_adapters(apply_dora(mlm, BackboneConfig(dora_rank=4, freeze_layers=1)))
     return RewardModel(peft, tokenizer, RewardConfig(base_model=path), device="cpu"), peft
 
 

@@ -14,6 +14,7 @@ from tinyrm import ProcessRewardModel
 from tinyrm.backbone import BackboneConfig, apply_dora, encoder_of, mask_logits, unwrap_peft
 from tinyrm.process.scoring import spec, verdicts
 
+from .packed_helpers import randomize_adapters
 from .process_helpers import BAD, GOOD, PROBLEM
 from .test_packed import windowed_modernbert  # noqa: F401 (fixture: local window 16)
 from .test_packed_train import _assert_same_step, backbones  # noqa: F401 (fixture: no dropout)
@@ -33,11 +34,7 @@ def _encodings(rm, context: str, owners: list[int] | None = None) -> list:
     s = spec(rm)
     out = []
     for item, (problem, steps) in enumerate(_items()):
-        problem_ids, step_ids = s.encoder.tokenize(problem, steps)
-        if context == "full":
-            batch = s.encoder.encode_full(problem_ids, step_ids)
-        else:
-            batch = [s.encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))]
+        batch = s.encoder.encode_solution(*s.encoder.tokenize(problem, steps), context)
         out += batch
         if owners is not None:
             owners += [item] * len(batch)
@@ -111,12 +108,7 @@ def test_step_verdicts_packed_equal_padded_and_each_alone(step_model: str, conte
 def test_step_verdicts_of_an_unmerged_dora_model(windowed_modernbert: str) -> None:  # noqa: F811
     """The engine scores a merged copy; the reference runs the adapters unmerged."""
     rm = ProcessRewardModel.from_pretrained(windowed_modernbert, device="cpu", max_length=160)
-    rm.model = apply_dora(rm.model, BackboneConfig(dora_rank=4, freeze_layers=1))
-    torch.manual_seed(3)
-    with torch.no_grad():  # adapters that change the output (lora_B starts at zero)
-        for name, param in rm.model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.2)
+    rm.model = randomize_adapters(apply_dora(rm.model, BackboneConfig(dora_rank=4, freeze_layers=1)))
     rm.engine.config.precision = "fp32"
     encodings = _encodings(rm, "full")
     alone = _alone(rm, encodings)
@@ -221,12 +213,8 @@ def _step_scorer(path: str, mode: str, weights, read: str = "mask"):
     tokenizer, mlm = load_mlm(path)
     model = prepare_for_training(mlm, BackboneConfig(dora_rank=4 if mode == "dora" else 0,
                                                      freeze_layers=1 if mode == "dora" else 0))
-    if mode == "dora":  # adapters that change the output (lora_B starts at zero)
-        torch.manual_seed(3)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.normal_(0, 0.2)
+    if mode == "dora":
+        randomize_adapters(model)
     answers = resolve_answer_ids(tokenizer, ANSWER_TOKENS)
     scorer = (ClozeScorer(model, answers, read=read) if weights is None
               else WeightedClozeScorer(model, answers, weights, read=read))
@@ -238,14 +226,8 @@ def _step_features(tokenizer, context: str) -> list[dict]:
     from tinyrm.process.prompt import PREFIXES, STEP_TEMPLATES, StepEncoder
 
     encoder = StepEncoder(tokenizer, STEP_TEMPLATES["process"], PREFIXES["process"], 160)
-    features = []
-    for problem, steps in _items():
-        problem_ids, step_ids = encoder.tokenize(problem, steps)
-        encodings = (encoder.encode_full(problem_ids, step_ids) if context == "full"
-                     else [encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))])
-        features += [{"input_ids": e.input_ids, "encoding": e, "labels": [t % 2 for t in e.targets]}
-                     for e in encodings]
-    return features
+    return [{"input_ids": e.input_ids, "encoding": e, "labels": [t % 2 for t in e.targets]}
+            for problem, steps in _items() for e in encoder.encode_solution(*encoder.tokenize(problem, steps), context)]
 
 
 @pytest.mark.parametrize("kind", ["modernbert", "bert"])

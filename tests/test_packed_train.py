@@ -26,7 +26,7 @@ from tinyrm.prompt import ClozeEncoder, get_template, resolve_answer_ids
 from tinyrm.tools.synthetic import generate, write_jsonl
 from tinyrm.train import TrainConfig, train
 
-from .packed_helpers import baseline_scorer, mixed_items
+from .packed_helpers import baseline_scorer, mixed_items, randomize_adapters
 
 WINDOW = 16  # the ModernBERT's local_attention: |i - j| <= 8 in its local layers
 GRAD_TOL = 1e-5
@@ -69,12 +69,8 @@ def _cloze_scorer(path: str, mode: str, read: str = "mask", loss: str = "pair"):
     tokenizer, mlm = load_mlm(path)
     config = BackboneConfig(dora_rank=4 if mode == "dora" else 0, freeze_layers=1 if mode in ("frozen", "dora") else 0)
     model = prepare_for_training(mlm, config)
-    if mode == "dora":  # adapters that change the output (lora_B starts at zero)
-        torch.manual_seed(3)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.normal_(0, 0.2)
+    if mode == "dora":
+        randomize_adapters(model)
     scorer = ClozeScorer(model, resolve_answer_ids(tokenizer, ("0", "1")), loss=loss, read=read)
     _no_dropout(scorer)
     return scorer.train(), tokenizer

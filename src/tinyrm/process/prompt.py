@@ -141,6 +141,12 @@ class StepEncoder:
         first = self.prefix_ids + problem
         return self._assemble(first, second, [len(second) - 1], [k], truncated)
 
+    def encode_solution(self, problem_ids: list[int], step_ids: list[list[int]], context: str) -> list[StepEncoded]:
+        """Sequences reading every step's verdict: one per step (``prefix``), or as few windows as fit (``full``)."""
+        if context == "full":
+            return self.encode_full(problem_ids, step_ids)
+        return [self.encode_step(problem_ids, step_ids, k) for k in range(len(step_ids))]
+
     def encode_full(self, problem_ids: list[int], step_ids: list[list[int]],
                     wanted: Sequence[int] | None = None) -> list[StepEncoded]:
         """Every step followed by its own mask, in as few windows as fit (one when it all fits).

@@ -103,11 +103,7 @@ def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context
     owners: list[int] = []
     solutions = [_steps(steps) for _, steps in items]
     for item, ((problem, _), steps) in enumerate(zip(items, solutions)):
-        problem_ids, step_ids = s.encoder.tokenize(problem, steps)
-        if context == "full":
-            batch = s.encoder.encode_full(problem_ids, step_ids)
-        else:
-            batch = [s.encoder.encode_step(problem_ids, step_ids, k) for k in range(len(steps))]
+        batch = s.encoder.encode_solution(*s.encoder.tokenize(problem, steps), context)
         encodings += batch
         owners += [item] * len(batch)
     scores = [[0.0] * len(steps) for steps in solutions]
