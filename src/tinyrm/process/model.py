@@ -10,8 +10,8 @@ from ..backbone import default_device, load_saved_backbone, resolve_model_path
 from ..config import CONFIG_FILE, RewardConfig
 from ..inference.precision import apply_precision, check_precision
 from ..pairwise.model import RewardModel
-from .prompt import CONTEXTS, OBJECTIVES, StepsInput
-from .scoring import ProcessSpec, rerank, score_many, score_solution, score_steps
+from .prompt import CONTEXTS, OBJECTIVES, StepEncoded, StepsInput
+from .scoring import ProcessSpec, rerank, score_many, score_solution, score_steps, verdicts
 from .scoring import spec as process_spec
 
 
@@ -65,6 +65,12 @@ class ProcessRewardModel(RewardModel):
     def spec(self) -> ProcessSpec:
         """Step template, encoder, answer ids, objective and context mode (rebuilt if the config changes)."""
         return process_spec(self)
+
+    def verdicts(self, encodings: Sequence[StepEncoded], batch_size: int = 32,
+                 calibrated: bool | None = None) -> list[list[float]]:
+        """P(step correct) at each read mask of each sequence (``tinyrm.process.scoring.verdicts``; what the
+        server's step calls run)."""
+        return verdicts(self, encodings, batch_size=batch_size, calibrated=calibrated)
 
     # ``calibrated``: with a temperature from ``tinyrm calibrate``, every step probability (and so every
     # aggregate) is sigmoid(logit(P) / T); False (or ``self.calibrated = False``) gives the raw P.

@@ -91,26 +91,44 @@ def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int 
     return [[next(probs) for _ in row] for row in per_encoding]
 
 
+@dataclass
+class StepBatch:
+    """The sequences that read every step of some (problem, steps) items (``encode_many``): ``owners[i]`` is
+    the item ``encodings[i]`` belongs to, ``solutions`` the items' steps as scored (split and cleaned)."""
+
+    encodings: list[StepEncoded]
+    owners: list[int]
+    solutions: list[list[str]]
+
+    def place(self, rows: Sequence[Sequence[float]]) -> list[list[float]]:
+        """Per item, P(step correct) for each of its steps, from the verdicts of ``encodings`` (``verdicts``)."""
+        scores = [[0.0] * len(steps) for steps in self.solutions]
+        for enc, owner, probs in zip(self.encodings, self.owners, rows):
+            for step, p in zip(enc.targets, probs):
+                scores[owner][step] = p
+        return scores
+
+
+def encode_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context: str | None = None) -> StepBatch:
+    """Every step of every (problem, steps) item as the sequences that read it (``StepEncoder.encode_solution``)."""
+    s = spec(rm)
+    context = resolve_context(s, context)
+    batch = StepBatch([], [], [_steps(steps) for _, steps in items])
+    for item, ((problem, _), steps) in enumerate(zip(items, batch.solutions)):
+        encodings = s.encoder.encode_solution(*s.encoder.tokenize(problem, steps), context)
+        batch.encodings += encodings
+        batch.owners += [item] * len(encodings)
+    return batch
+
+
 def score_many(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], context: str | None = None,
                batch_size: int = 32, calibrated: bool | None = None) -> list[list[float]]:
     """P(step correct) for every step of every (problem, steps) item, in one batched run.
 
     On an outcome model, step k's score is the ORM's verdict on the solution cut after step k.
     """
-    s = spec(rm)
-    context = resolve_context(s, context)
-    encodings: list[StepEncoded] = []
-    owners: list[int] = []
-    solutions = [_steps(steps) for _, steps in items]
-    for item, ((problem, _), steps) in enumerate(zip(items, solutions)):
-        batch = s.encoder.encode_solution(*s.encoder.tokenize(problem, steps), context)
-        encodings += batch
-        owners += [item] * len(batch)
-    scores = [[0.0] * len(steps) for steps in solutions]
-    for enc, owner, probs in zip(encodings, owners, verdicts(rm, encodings, batch_size, calibrated)):
-        for step, p in zip(enc.targets, probs):
-            scores[owner][step] = p
-    return scores
+    batch = encode_many(rm, items, context)
+    return batch.place(verdicts(rm, batch.encodings, batch_size, calibrated))
 
 
 def outcome_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], batch_size: int = 32,
@@ -149,20 +167,29 @@ def score_solution(rm: RewardModel, problem: str, steps: StepsInput, aggregate: 
                            calibrated=calibrated)[0]
 
 
+def solution_reward(rm: RewardModel, scores: Sequence[float], aggregate: str = "min", threshold: float = 0.5) -> float:
+    """A solution's reward from its step scores: their aggregate, or an outcome model's verdict on the whole
+    solution, which is its last step's (the same sequence). Needs at least one score for an outcome model."""
+    if aggregate not in METHODS:
+        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    if spec(rm).objective != "outcome":
+        return combine(list(scores), aggregate, threshold=threshold)
+    if not scores:
+        raise ValueError("an outcome model's reward needs at least one step")
+    return scores[-1]
+
+
 def steps_and_reward(rm: RewardModel, problem: str, steps: StepsInput, aggregate: str = "min",
                      context: str | None = None, threshold: float = 0.5,
                      calibrated: bool | None = None) -> tuple[list[float], float]:
-    """:func:`score_steps` and :func:`score_solution` of one solution from one scoring run: the step verdicts,
-    and their aggregate (an outcome model's verdict on the whole solution is its last step's: the same
-    sequence). What ``/v1/score_steps`` answers; calling the two functions scored every step twice."""
+    """:func:`score_steps` and :func:`score_solution` of one solution from one scoring run: the step verdicts
+    and :func:`solution_reward` of them (calling the two functions scores every step twice)."""
     if aggregate not in METHODS:
         raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
     scores = score_steps(rm, problem, steps, context=context, calibrated=calibrated)
-    if spec(rm).objective != "outcome":
-        return scores, combine(scores, aggregate, threshold=threshold)
-    if scores:
-        return scores, scores[-1]
-    return scores, outcome_scores(rm, [(problem, steps)], calibrated=calibrated)[0]  # no step: judged as ""
+    if not scores and spec(rm).objective == "outcome":  # no step: the solution judged as ""
+        return scores, outcome_scores(rm, [(problem, steps)], calibrated=calibrated)[0]
+    return scores, solution_reward(rm, scores, aggregate, threshold)
 
 
 def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from ..pairwise.rank import rank_candidates
 from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
-from ..process.scoring import steps_and_reward
+from ..process.scoring import encode_many, solution_reward
 from ..temperature import model_temperature
 from .batching import BatchedScorer, MicroBatcher
 from .docs_ui import install as install_docs_ui
@@ -153,7 +153,7 @@ def serves_steps(rm) -> bool:
     """Only a process/outcome checkpoint was trained for step verdicts (a ProcessRewardModel made from a
     pairwise one would answer with an untrained prompt): anything else gets 400 on /v1/score_steps."""
     objective = getattr(getattr(rm, "config", None), "objective", None)
-    has_methods = callable(getattr(rm, "score_steps", None)) and callable(getattr(rm, "score_solution", None))
+    has_methods = all(callable(getattr(rm, name, None)) for name in ("score_steps", "score_solution", "verdicts"))
     return has_methods and objective in STEP_OBJECTIVES
 
 
@@ -286,7 +286,8 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,
               include_in_schema=steps_served)  # listed only where the model scores steps
-    async def score_steps(req: ScoreStepsRequest) -> ScoreStepsResponse:
+    async def score_steps(req: ScoreStepsRequest, request: Request,
+                          x_request_timeout: RequestTimeout = None) -> ScoreStepsResponse:
         if not steps_served:
             objective = getattr(getattr(rm, "config", None), "objective", None)
             raise ApiError(400, f"the loaded model (objective {objective!r}) does not score steps; serve a process "
@@ -294,14 +295,25 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         if req.aggregate is not None and req.aggregate not in AGGREGATES:
             raise ApiError(422, f"unknown aggregate {req.aggregate!r}; choose from {', '.join(AGGREGATES)}",
                            "aggregate")
+        if len(req.steps) > config.max_items:
+            raise ApiError(422, f"too many steps: {len(req.steps)} > {config.max_items}", "steps")
+        # Shed at once if its steps cannot fit; tokenised on the model thread (which owns the tokenizer: after the
+        # call in flight at most), then scored through the batcher as any request is: sliced, merged with other
+        # step requests, under the deadline and the queue bound; each step once, the reward aggregated from them.
+        timeout, arrived = timeout_of(x_request_timeout), asyncio.get_running_loop().time()
 
-        def work() -> tuple[list[float], float]:  # the steps scored once, the reward aggregated from them
-            kw = {"aggregate": req.aggregate} if req.aggregate is not None else {}
-            scores, reward = steps_and_reward(rm, req.problem, req.steps, **kw)
-            return [float(s) for s in scores], float(reward)
+        async def encode():
+            batcher.admit(len(req.steps))  # one unit per step in prefix context; fewer in full
+            try:
+                return await asyncio.wait_for(batcher.run_model(encode_many, rm, [(req.problem, req.steps)]), timeout)
+            except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+                raise batcher.timed_out(timeout, "before its steps were tokenised") from None
 
-        scores, reward = await scored(batcher.run_model(work))
-        return ScoreStepsResponse(scores=scores, reward=reward)
+        steps = await scored(encode(), request)
+        rows = await scored(batcher.submit(steps.encodings, timeout_s=timeout, kind="steps", arrived=arrived), request)
+        scores = steps.place(rows)[0]
+        kw = {"aggregate": req.aggregate} if req.aggregate is not None else {}
+        return ScoreStepsResponse(scores=[float(x) for x in scores], reward=float(solution_reward(rm, scores, **kw)))
 
     return app
 

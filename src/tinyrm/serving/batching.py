@@ -15,6 +15,11 @@ the same way when its deadline passes (``timeout_s``: the server's ``--request-t
 the client's ``X-Request-Timeout``), and its slices not yet scored are dropped. A request whose
 client went away (its future cancelled) has its remaining slices dropped too.
 
+Step requests (``/v1/score_steps``, ``kind="steps"``) go through the same line: their units are the sequences
+that read the steps' verdicts (``process.scoring.encode_many``), scored by the model's ``verdicts`` in calls
+of their own kind, sliced, counted, timed out and shed as pairs are (a unit counts as a pair in the limits).
+Kinds (and ``both_orders`` values) take turns: a request of another kind than the last call's goes next.
+
 Shutdown (``stop``) refuses new work (503), finishes what is queued or being scored, then stops the
 loop; what cannot finish within ``drain_s`` gets an error.
 """
@@ -43,13 +48,20 @@ class Unavailable(RuntimeError):
         self.retry_after = retry_after
 
 
+def _size(item) -> int:
+    """A unit's length, to cut a request's slices from similar lengths: a pair's characters, a sequence's tokens."""
+    ids = getattr(item, "input_ids", None)
+    return len(ids) if ids is not None else sum(len(t) for t in item)
+
+
 @dataclass(eq=False)
 class _Request:
-    items: list[tuple[str, str, str]]
+    items: list  # pairs (prompt, a, b), or step sequences (kind "steps")
     both_orders: bool | None
     future: asyncio.Future
     arrived: float
-    results: list[float] = field(default_factory=list)
+    kind: str = "pairs"  # pairs: compare_batch; steps: the model's verdicts (one list per sequence)
+    results: list = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # the items in the order their slices are cut
     next: int = 0  # pairs handed to the model so far
     scored: int = 0  # pairs answered so far
@@ -58,9 +70,14 @@ class _Request:
         self.results = [0.0] * len(self.items)
         # Slices of similar lengths: the engine length-sorts only within a call, so slicing a large request in
         # input order would pad each call's passes to mixed lengths (answers go back to input order).
-        self.order = sorted(range(len(self.items)), key=lambda i: -sum(len(t) for t in self.items[i]))
+        self.order = sorted(range(len(self.items)), key=lambda i: -_size(self.items[i]))
 
-    def pairs(self, start: int, stop: int) -> list[tuple[str, str, str]]:
+    @property
+    def key(self) -> tuple[str, bool | None]:
+        """Requests with the same key share forward calls."""
+        return self.kind, self.both_orders
+
+    def pairs(self, start: int, stop: int) -> list:
         return [self.items[i] for i in self.order[start:stop]]
 
     @property
@@ -113,6 +130,7 @@ class MicroBatcher:
         self.busy = False
         self.closing = False
         self._batch: list[_Slice] = []  # the call being scored (stop() fails it if it cannot finish)
+        self._last_key: tuple[str, bool | None] | None = None  # the last call's kind and both_orders
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -169,35 +187,33 @@ class MicroBatcher:
         return int(min(60, max(1, math.ceil(self.outstanding_pairs / rate))))
 
     # ------------------------------------------------------------------ requests
-    async def submit(self, items: list[tuple[str, str, str]], both_orders: bool | None = None,
-                     timeout_s: float | None = None) -> list[float]:
-        """P(a better) per item. ``timeout_s``: this request's deadline (None: the server's)."""
+    async def submit(self, items: list, both_orders: bool | None = None, timeout_s: float | None = None,
+                     kind: str = "pairs", arrived: float | None = None) -> list:
+        """P(a better) per item. ``timeout_s``: this request's deadline (None: the server's), counted from
+        ``arrived`` (the loop's time; None: now) where the endpoint did work first. ``kind="steps"``: ``items`` are
+        step sequences (``process.scoring.encode_many``), and each gets its verdicts (a list)."""
         if not items:
             return []
         assert self.loop is not None and self._wakeup is not None, "batcher not started"
-        if self.closing:
-            raise Unavailable("server is shutting down")
-        limit = self.max_queued_pairs
-        if limit is not None and self.outstanding_pairs + len(items) > limit:
-            self.stats.shed += 1
-            retry = self.retry_after()
-            raise Unavailable(f"server overloaded: {self.outstanding_pairs} pairs accepted and not yet answered; "
-                              f"{len(items)} more would pass the limit of {limit} (retry in {retry} s)", retry)
+        self.admit(len(items))
         if both_orders is None:
             both_orders = self.default_both_orders
-        entry = _Request(list(items), both_orders, self.loop.create_future(), self.loop.time())
+        now = self.loop.time()
+        entry = _Request(list(items), both_orders, self.loop.create_future(), now if arrived is None else arrived, kind)
         self._pending.append(entry)
         self._wakeup.set()
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        left = None if timeout is None else max(timeout - (now - entry.arrived), 0.0)
         try:
             # shield: the deadline cancels the wait, and the request is failed below (not cancelled).
-            result = await asyncio.wait_for(asyncio.shield(entry.future), timeout)
+            result = await asyncio.wait_for(asyncio.shield(entry.future), left)
         except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
             if entry.future.done():
                 result = entry.future.result()  # it finished (or failed) as the deadline passed
             else:
+                unit = "pairs" if kind == "pairs" else "step sequences"
                 self._drop(entry, self.timed_out(
-                    timeout, f"with {len(entry.items) - entry.scored} of {len(entry.items)} pairs unanswered"))
+                    timeout, f"with {len(entry.items) - entry.scored} of {len(entry.items)} {unit} unanswered"))
                 raise entry.future.exception() from None
         except asyncio.CancelledError:  # the client went away (the app cancels its request)
             if entry.alive:
@@ -207,6 +223,18 @@ class MicroBatcher:
             raise
         self.stats.observe_latency(self.loop.time() - entry.arrived)
         return result
+
+    def admit(self, n: int) -> None:
+        """``Unavailable`` (counted in ``stats.shed``) unless ``n`` more pairs fit under ``max_queued_pairs`` now,
+        or while stopping; ``submit`` checks it, and an endpoint with work before it (tokenising steps) first."""
+        if self.closing:
+            raise Unavailable("server is shutting down")
+        limit = self.max_queued_pairs
+        if limit is not None and self.outstanding_pairs + n > limit:
+            self.stats.shed += 1
+            retry = self.retry_after()
+            raise Unavailable(f"server overloaded: {self.outstanding_pairs} pairs accepted and not yet answered; "
+                              f"{n} more would pass the limit of {limit} (retry in {retry} s)", retry)
 
     def timed_out(self, timeout_s: float, detail: str = "") -> Unavailable:
         """The error of a request past its deadline (counted in ``stats.timed_out``)."""
@@ -232,14 +260,22 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     # ------------------------------------------------------------------ the loop
-    def _take_call(self) -> list[_Slice]:
-        """Slices for one call: one slice per live request in line order (same ``both_orders`` as the
-        first), round after round, until ``max_batch_size`` pairs; the requests served go to the back."""
+    def _next_key(self) -> tuple[str, bool | None] | None:
+        """The kind (and ``both_orders``) of the next call: the first in line's, unless a request of another kind
+        than the last call's waits, which then goes next, so that it waits for the call in flight and not for
+        the other kind's queue. None: nothing waits."""
         live = [e for e in self._pending if e.alive and e.waiting]
         if not live:
+            return None
+        return next((e.key for e in live if e.key != self._last_key), live[0].key)
+
+    def _take_call(self, key: tuple[str, bool | None] | None) -> list[_Slice]:
+        """Slices for one call: one slice per live request of ``key`` in line order, round after round, until
+        ``max_batch_size`` pairs; the requests served go to the back."""
+        eligible = [e for e in self._pending if e.alive and e.waiting and e.key == key]
+        if not eligible:
             return []
-        key = live[0].both_orders
-        eligible = [e for e in live if e.both_orders == key]
+        self._last_key = key
         room, slices = self.max_batch_size, []
         served: dict[int, _Request] = {}
         while room > 0 and any(e.waiting for e in eligible):
@@ -265,11 +301,11 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            first = next(e for e in self._pending if e.waiting)
+            key = self._next_key()
             # Wait for company until a full call's worth is waiting or the oldest request has waited
             # max_wait (none comes once stop() began).
             oldest = min(e.arrived for e in self._pending if e.waiting)
-            while not self.closing and self._waiting_pairs(first.both_orders) < self.max_batch_size:
+            while not self.closing and self._waiting_pairs(key) < self.max_batch_size:
                 remaining = oldest + self.max_wait - self.loop.time()
                 if remaining <= 0:
                     break
@@ -279,25 +315,26 @@ class MicroBatcher:
                 except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
                     break
             try:
-                call = self._take_call()
+                call = self._take_call(key)
                 if call:
                     await self._score(call)
             except Exception:  # the batcher must outlive any single bad call
                 logger.exception("batcher iteration failed")
 
-    def _waiting_pairs(self, key: bool | None) -> int:
-        return sum(e.waiting for e in self._pending if e.both_orders == key and e.alive)
+    def _waiting_pairs(self, key: tuple[str, bool | None]) -> int:
+        return sum(e.waiting for e in self._pending if e.key == key and e.alive)
 
     async def _score(self, call: list[_Slice]) -> None:
         items = [item for s in call for item in s.request.pairs(s.start, s.stop)]
-        both = call[0].request.both_orders
+        kind, both = call[0].request.key
         rows = self.forward_batch_size
         started = time.perf_counter()
         self.busy = True
         self._batch = call
         try:
             probs = await self.loop.run_in_executor(
-                self.executor, lambda: self.rm.compare_batch(items, batch_size=rows, both_orders=both)
+                self.executor, lambda: self.rm.verdicts(items, batch_size=rows) if kind == "steps"
+                else self.rm.compare_batch(items, batch_size=rows, both_orders=both)
             )
         except Exception as error:  # a failing call fails its requests, never the server
             logger.exception("batch of %d pairs failed", len(items))
@@ -314,7 +351,7 @@ class MicroBatcher:
         for s in call:
             entry, n = s.request, s.stop - s.start
             for i, p in zip(entry.order[s.start : s.stop], probs[start : start + n]):
-                entry.results[i] = float(p)
+                entry.results[i] = p if kind == "steps" else float(p)
             entry.scored += n
             start += n
         for entry in requests.values():

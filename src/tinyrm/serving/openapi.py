@@ -33,7 +33,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 # (request schema, list field, ServeConfig limit)
 LIST_LIMITS = (("CompareBatchRequest", "items", "max_items"), ("RankRequest", "candidates", "max_candidates"),
-               ("RerankRequest", "documents", "max_documents"))
+               ("RerankRequest", "documents", "max_documents"), ("ScoreStepsRequest", "steps", "max_items"))
 
 
 def endpoints(serves_steps: bool) -> str:
