@@ -29,14 +29,24 @@ from .data import ProcessReport, ProcessRow, load_rows, parse_row, question_key,
 from .evaluation import ProcessEvalConfig, auroc, binary_metrics, evaluate, step_metrics
 from .model import ProcessRewardModel
 from .prompt import CONTEXTS, OBJECTIVES, STEP_TEMPLATES, StepEncoder, StepTemplate, collate
-from .scoring import outcome_scores, score_many, solution_scores, spec, steps_and_reward
+from .scoring import (
+    StepBatch,
+    encode_many,
+    outcome_scores,
+    score_many,
+    solution_reward,
+    solution_scores,
+    spec,
+    steps_and_reward,
+)
 from .steps import clean, split
 from .train import ProcessCollator, ProcessDataset, WeightedClozeScorer, class_weights, parse_class_weight, process_read
 
 __all__ = [
     "CONTEXTS", "METHODS", "OBJECTIVES", "STEP_TEMPLATES", "ProcessCollator", "ProcessDataset", "ProcessEvalConfig",
-    "ProcessReport", "ProcessRewardModel", "ProcessRow", "StepEncoder", "StepTemplate", "WeightedClozeScorer",
-    "auroc", "binary_metrics", "class_weights", "clean", "collate", "evaluate", "load_rows",
-    "outcome_scores", "parse_class_weight", "parse_row", "process_read", "question_key", "score_many",
-    "solution_scores", "spec", "split", "split_questions", "step_metrics", "steps_and_reward", "write_rows",
+    "ProcessReport", "ProcessRewardModel", "ProcessRow", "StepBatch", "StepEncoder", "StepTemplate",
+    "WeightedClozeScorer", "auroc", "binary_metrics", "class_weights", "clean", "collate", "encode_many",
+    "evaluate", "load_rows", "outcome_scores", "parse_class_weight", "parse_row", "process_read", "question_key",
+    "score_many", "solution_reward", "solution_scores", "spec", "split", "split_questions", "step_metrics",
+    "steps_and_reward", "write_rows",
 ]
