@@ -38,7 +38,7 @@ from tinyrm.backbone import mask_logits, unwrap_peft  # noqa: E402
 from tinyrm.config import RewardConfig  # noqa: E402
 from tinyrm.process.data import load_rows  # noqa: E402
 from tinyrm.process.prompt import CONTEXTS, collate  # noqa: E402
-from tinyrm.process.scoring import spec, verdicts  # noqa: E402
+from tinyrm.process.scoring import encode_many, spec, verdicts  # noqa: E402
 
 STEP_FILE = speedlib.DATA / "process" / "mrgsm8k-steps.jsonl"
 DEFAULT_SOLUTIONS = {"embedded": 64, "base": 12}
@@ -60,12 +60,6 @@ def load_model(name: str, max_length: int) -> ProcessRewardModel:
                                                          max_length=max_length), device="cpu")
     rm.name = "base"
     return rm
-
-
-def encodings_of(rm: ProcessRewardModel, items: Sequence[tuple[str, list[str]]], context: str) -> list:
-    """What ``score_many`` builds for these solutions."""
-    encoder = spec(rm).encoder
-    return [e for problem, steps in items for e in encoder.encode_solution(*encoder.tokenize(problem, steps), context)]
 
 
 @torch.inference_mode()
@@ -118,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"{model}: reads its verdicts at [CLS], one per sequence: no full context", flush=True)
                 continue
             start = time.perf_counter()
-            encodings = encodings_of(rm, items, context)
+            encodings = encode_many(rm, items, context).encodings  # what score_many scores
             encode_s = time.perf_counter() - start
             tokens = sum(len(e.input_ids) for e in encodings)
             reads = sum(len(e.mask_positions) for e in encodings)

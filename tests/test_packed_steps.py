@@ -12,7 +12,7 @@ import torch
 
 from tinyrm import ProcessRewardModel
 from tinyrm.backbone import BackboneConfig, apply_dora, encoder_of, mask_logits, unwrap_peft
-from tinyrm.process.scoring import spec, verdicts
+from tinyrm.process.scoring import encode_many, spec, verdicts
 
 from .packed_helpers import randomize_adapters
 from .process_helpers import BAD, GOOD, PROBLEM
@@ -28,17 +28,9 @@ def _items() -> list[tuple[str, list[str]]]:
     return [(PROBLEM, GOOD), (PROBLEM, BAD[:1]), ("What is 2 * 5?", long), (PROBLEM + " Explain." * 4, BAD)]
 
 
-def _encodings(rm, context: str, owners: list[int] | None = None) -> list:
-    """What ``score_many`` builds: one sequence per step (prefix) or windows reading every step (full);
-    ``owners`` gets each sequence's solution."""
-    s = spec(rm)
-    out = []
-    for item, (problem, steps) in enumerate(_items()):
-        batch = s.encoder.encode_solution(*s.encoder.tokenize(problem, steps), context)
-        out += batch
-        if owners is not None:
-            owners += [item] * len(batch)
-    return out
+def _encodings(rm, context: str) -> list:
+    """What ``score_many`` scores: one sequence per step (prefix) or windows reading every step (full)."""
+    return encode_many(rm, _items(), context).encodings
 
 
 def _alone(rm, encodings) -> list[list[float]]:
@@ -86,8 +78,8 @@ def step_model(request, windowed_modernbert, tiny_bert) -> str:  # noqa: F811
 def test_step_verdicts_packed_equal_padded_and_each_alone(step_model: str, context: str) -> None:
     rm = ProcessRewardModel.from_pretrained(step_model, device="cpu", max_length=160)
     rm.engine.config.precision = "fp32"
-    owners: list[int] = []
-    encodings = _encodings(rm, context, owners)
+    batch = encode_many(rm, _items(), context)
+    encodings, owners = batch.encodings, batch.owners
     lengths = [len(e.input_ids) for e in encodings]
     assert max(lengths) > 6 * 16 and min(lengths) < 3 * 16  # beyond the local window, and mixed
     if context == "full":

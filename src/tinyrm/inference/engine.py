@@ -273,12 +273,13 @@ class InferenceEngine:
               dtype: torch.dtype | None = None) -> list[list[float]]:
         if not encodings:
             return []
-        device, prepared = self.rm.device, self.prepared(dtype)
-        token_ids = self.rm._answer_ids_t if token_ids is None else token_ids.to(device)
         read_cls = getattr(self.rm.config, "read", "mask") == "cls"
         if read_cls and any(len(e.mask_positions) != 1 for e in encodings):
-            raise ValueError("this model reads its verdict at [CLS], one per sequence: each encoding must read "
-                             "one mask")
+            raise ValueError("this model reads its verdict at [CLS], one per sequence: each sequence must read one "
+                             "mask (a process model: score it with context 'prefix'; a 'full' window reads several "
+                             "steps at once)")
+        device, prepared = self.rm.device, self.prepared(dtype)
+        token_ids = self.rm._answer_ids_t if token_ids is None else token_ids.to(device)
         regions = self.config.compile and prepared.dtype != INT8_DTYPE
         done: list[tuple[list[int], torch.Tensor]] = []
         for batch in host_batches(encodings, [[i] for i in range(len(encodings))], self.pad_id,

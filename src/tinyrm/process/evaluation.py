@@ -12,11 +12,10 @@ from ..evaluation.results import write_results
 from ..inference.packed import apply_attention
 from ..inference.precision import apply_precision, check_precision
 from ..temperature import model_temperature, use_calibration
-from .aggregate import METHODS
 from .aggregate import aggregate as combine
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
-from .scoring import resolve_context, score_many, solution_scores
+from .scoring import resolve_context, score_many, solution_reward, solution_scores
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
@@ -95,8 +94,8 @@ def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggre
                        step_scores: Sequence[Sequence[float]] | None = None) -> dict:
     """Solution-level metrics; ``step_scores``: the rows' step scores already computed (``score_many``, same
     context), aggregated instead of scoring every step again (an outcome model still gives its own verdict)."""
-    if step_scores is not None and rm.spec.objective != "outcome" and aggregate in METHODS:
-        scores = [combine(s, aggregate, threshold=threshold) for s in step_scores]
+    if step_scores is not None and rm.spec.objective != "outcome":
+        scores = [solution_reward(rm, s, aggregate, threshold) for s in step_scores]
     else:
         scores = solution_scores(rm, [(r.question, r.steps) for r in rows], aggregate=aggregate, context=context,
                                  threshold=threshold, batch_size=batch_size)

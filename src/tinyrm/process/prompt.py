@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
-from ..pairwise.data import pad_sequences
+# Right-padded tensors plus the flattened (row, column) of every read mask (``mask_rows``): the scoring
+# engine's collation, which takes several read masks per sequence.
+from ..inference.batches import collate  # noqa: F401 (tinyrm.process.collate)
 from ..prompt import keep_ends
 
 OBJECTIVES = ("process", "outcome")
@@ -190,15 +190,3 @@ class StepEncoder:
             nxt = end
         return encodings
 
-
-def collate(encodings: Sequence[StepEncoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors plus the flattened (row, column) of every read mask."""
-    batch = pad_sequences(encodings, pad_id)
-    rows: list[int] = []
-    cols: list[int] = []
-    for row, enc in enumerate(encodings):
-        rows += [row] * len(enc.mask_positions)
-        cols += enc.mask_positions
-    batch["mask_rows"] = torch.tensor(rows, dtype=torch.long)
-    batch["mask_positions"] = torch.tensor(cols, dtype=torch.long)
-    return batch

@@ -81,12 +81,8 @@ def verdicts(rm: RewardModel, encodings: Sequence[StepEncoded], batch_size: int 
     sequences under its token budget, its precision (bf16 where native, near-ties re-read in fp32) and its
     attention (packed where ``auto`` picks it). A process or outcome model calibrated by ``tinyrm calibrate``
     gives sigmoid(logit(P) / T) (``tinyrm.temperature``); ``calibrated=False`` (or ``rm.calibrated = False``)
-    the raw P."""
-    s = spec(rm)
-    if getattr(rm.config, "read", "mask") == "cls" and any(len(e.mask_positions) > 1 for e in encodings):
-        raise ValueError("this process model reads its verdict at [CLS], one per sequence: score it with "
-                         "context 'prefix' (a 'full' window reads several steps at once)")
-    per_encoding = rm.engine.read_probs(encodings, s.answer_ids, batch_size=batch_size)
+    the raw P. A model reading [CLS] reads one verdict per sequence: the engine refuses a ``full`` window."""
+    per_encoding = rm.engine.read_probs(encodings, spec(rm).answer_ids, batch_size=batch_size)
     probs = iter(calibrate_output(rm, [p for row in per_encoding for p in row], calibrated, kind="step"))
     return [[next(probs) for _ in row] for row in per_encoding]
 
