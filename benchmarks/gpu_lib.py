@@ -129,7 +129,7 @@ class BudgetRun:
 
 def hf_padded(model: nn.Module, rm, pairs: Sequence[Pair], batch_size: int) -> list[float]:
     """The plain loop: both orders, input order, padded batches, full logits, read at the mask."""
-    from tinyrm.pairwise.data import pad_batch
+    from tinyrm.inference.batches import collate
 
     encodings = [rm.encode(p, a, b) for p, a, b in pairs] + [rm.encode(p, b, a) for p, a, b in pairs]
     answer = torch.tensor(rm.answer_ids, device=rm.device)
@@ -137,7 +137,7 @@ def hf_padded(model: nn.Module, rm, pairs: Sequence[Pair], batch_size: int) -> l
     probs: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(encodings), batch_size):
-            batch = {k: v.to(rm.device) for k, v in pad_batch(encodings[start : start + batch_size], pad_id).items()}
+            batch = {k: v.to(rm.device) for k, v in collate(encodings[start : start + batch_size], pad_id).items()}
             positions = batch.pop("mask_positions")
             batch.pop("token_type_ids", None)
             logits = model(**batch).logits

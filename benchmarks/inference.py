@@ -42,8 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import speedlib  # noqa: E402
 import torch  # noqa: E402
 
+from tinyrm.inference.batches import collate  # noqa: E402
 from tinyrm.inference.precision import cpu_bf16_native  # noqa: E402
-from tinyrm.pairwise.data import pad_batch  # noqa: E402
 from tinyrm.pairwise.model import RewardModel  # noqa: E402
 from tinyrm.prompt import ClozeEncoder, Encoded, get_template  # noqa: E402
 
@@ -133,7 +133,7 @@ def hf_padded(rm: RewardModel, encoder: ClozeEncoder, pairs: Sequence[Pair], bat
     probs: list[float] = []
     with torch.no_grad():
         for start in range(0, len(encodings), batch_size):
-            batch = {k: v.to(rm.device) for k, v in pad_batch(encodings[start : start + batch_size], pad_id).items()}
+            batch = {k: v.to(rm.device) for k, v in collate(encodings[start : start + batch_size], pad_id).items()}
             positions = batch.pop("mask_positions")
             logits = rm.model(**batch).logits  # [B, T, V]
             rows = torch.arange(len(positions), device=rm.device)

@@ -19,9 +19,10 @@ from tinyrm.data import (
     load_pairs,
     stratified_sample,
 )
+from tinyrm.inference.batches import collate
 from tinyrm.pairwise.baselines.encoding import ResponseEncoder, pad_responses
 from tinyrm.pairwise.baselines.train import PairCollator, PairDataset
-from tinyrm.pairwise.data import ClozeCollator, ClozeDataset, pad_batch
+from tinyrm.pairwise.data import ClozeCollator, ClozeDataset
 from tinyrm.prompt import ClozeEncoder, get_template
 
 PREFIXES = {"reasoning": "Which response is more correct?"}
@@ -85,7 +86,7 @@ def test_cached_examples_and_batches_equal_the_encoders_own(model, pairs_file, t
     assert dataset.lengths == [len(enc.input_ids) for enc, _ in expected] and dataset.group_size == 2
 
     batch = ClozeCollator(0)([dataset[i] for i in range(6)])
-    reference = pad_batch([enc for enc, _ in expected[:6]], 0)
+    reference = collate([enc for enc, _ in expected[:6]], 0)
     assert set(batch) == {*reference, "labels"}
     assert ("token_type_ids" in batch) == (model == "tiny_bert")  # both layouts covered
     for key, value in reference.items():

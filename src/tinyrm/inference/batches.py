@@ -65,10 +65,10 @@ def pair_scores(probs: Sequence[float], n: int, both) -> list[float]:
     return [(probs[i] + 1.0 - probs[n + i]) / 2.0 for i in range(n)] if both else list(probs)
 
 
-def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the batch's longest row (each field filled into one preallocated array: building nested
-    Python lists and converting them cost the host ~4x more per token). Encodings with several read masks
-    (``mask_positions`` lists: process verdicts) give them flattened, with ``mask_rows`` (``backbone.mask_logits``)."""
+def pad_rows(encodings: Sequence, pad_id: int, fields: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Right-pad to the batch's longest row: ``input_ids`` (``pad_id``), ``attention_mask``, ``token_type_ids``
+    where the encodings have them and each of ``fields`` (0-filled). Each field is filled into one preallocated
+    array: building nested Python lists and converting them cost the host ~4x more per token."""
     lengths = np.fromiter((len(e.input_ids) for e in encodings), dtype=np.int64, count=len(encodings))
     width = int(lengths.max())
 
@@ -82,14 +82,23 @@ def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
         "input_ids": rows("input_ids", pad_id),
         "attention_mask": torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)),
     }
+    if encodings[0].token_type_ids is not None:
+        batch["token_type_ids"] = rows("token_type_ids", 0)
+    for name in fields:
+        batch[name] = rows(name, 0)
+    return batch
+
+
+def collate(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """``pad_rows`` and each row's read position. Encodings with several read masks (``mask_positions`` lists:
+    process verdicts) give them flattened, with ``mask_rows`` (``backbone.mask_logits``)."""
+    batch = pad_rows(encodings, pad_id)
     if getattr(encodings[0], "mask_positions", None) is not None:  # several read masks per row (process verdicts)
         batch["mask_rows"] = torch.tensor([i for i, e in enumerate(encodings) for _ in e.mask_positions],
                                           dtype=torch.long)
         batch["mask_positions"] = torch.tensor([m for e in encodings for m in e.mask_positions], dtype=torch.long)
     else:
         batch["mask_positions"] = torch.tensor([e.mask_position for e in encodings], dtype=torch.long)
-    if encodings[0].token_type_ids is not None:
-        batch["token_type_ids"] = rows("token_type_ids", 0)
     return batch
 
 

@@ -24,9 +24,7 @@ Which dtype ``precision`` means on a device is ``inference.precision``; int8 (CP
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from ..prompt import Encoded
 from .adaptive import AutoOrder, OrderStats
 from .batches import HostBatch, host_batches, pair_scores, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
 from .budget import default_batch_tokens
-from .packed import check_attention, packed_mask_logits, packed_mlm_supported, use_packed
+from .packed import check_attention, enable_flash_attention, packed_mask_logits, packed_mlm_supported, use_packed
 from .pipeline import gc_paused, run_pipeline
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
@@ -155,7 +153,7 @@ class InferenceEngine:
                     run.requires_grad_(False)
             else:
                 run = model
-            _enable_varlen_attention(run, self.rm.device)
+            enable_flash_attention(run, self.rm.device)
             answer_ids = self.rm._answer_ids_t
             read_cls = getattr(self.rm.config, "read", "mask") == "cls"
 
@@ -381,16 +379,3 @@ class InferenceEngine:
                                          budget)
             return run_pipeline(self, items, both, batch_size, budget, prefixes)
 
-
-def _enable_varlen_attention(model: nn.Module, device: torch.device) -> None:
-    """On GPU with flash-attn installed, use it: transformers then runs attention unpadded."""
-    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
-        return
-    if os.environ.get("TINYRM_NO_FLASH_ATTN"):
-        return
-    setter = getattr(unwrap_peft(model), "set_attn_implementation", None)
-    if callable(setter):
-        try:
-            setter("flash_attention_2")
-        except (ImportError, ValueError) as error:  # unsupported architecture or build
-            logger.info("flash attention not enabled: %s", error)

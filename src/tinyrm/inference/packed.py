@@ -26,7 +26,9 @@ measurements behind that).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from functools import partial
 
 import torch
@@ -306,3 +308,18 @@ def apply_attention(model, attention: str | None):
     if not applied:
         raise ValueError(f"attention {attention!r} does not apply to {type(model).__name__}")
     return model
+
+
+def enable_flash_attention(model: nn.Module, device: torch.device) -> None:
+    """On GPU with the ``flash-attn`` package installed, the padded forward uses it (transformers then runs
+    attention unpadded); ``TINYRM_NO_FLASH_ATTN`` keeps SDPA. The packed forward needs no package."""
+    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return
+    if os.environ.get("TINYRM_NO_FLASH_ATTN"):
+        return
+    setter = getattr(unwrap_peft(model), "set_attn_implementation", None)
+    if callable(setter):
+        try:
+            setter("flash_attention_2")
+        except (ImportError, ValueError) as error:  # unsupported architecture or build
+            logger.info("flash attention not enabled: %s", error)

@@ -22,6 +22,7 @@ from ..arrow import (
     tokenizer_signature,
 )
 from ..data import PreferencePair
+from ..inference.batches import collate
 from ..inference.varlen import pack
 from ..prompt import ClozeEncoder, Encoded, prefix_for_domain
 from ..training.config import TrainConfig
@@ -157,32 +158,6 @@ class ClozeDataset(EncodedRows):
         return {"input_ids": enc.input_ids, "encoding": enc, "labels": label, "pair": pair}
 
 
-def pad_sequences(encodings: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` (and ``token_type_ids`` if present) of any encodings into tensors."""
-    width = max(len(e.input_ids) for e in encodings)
-    input_ids = torch.full((len(encodings), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(encodings), width), dtype=torch.long)
-    has_types = encodings[0].token_type_ids is not None
-    types = torch.zeros((len(encodings), width), dtype=torch.long) if has_types else None
-    for row, enc in enumerate(encodings):
-        n = len(enc.input_ids)
-        input_ids[row, :n] = torch.tensor(enc.input_ids)
-        attention[row, :n] = 1
-        if types is not None:
-            types[row, :n] = torch.tensor(enc.token_type_ids)
-    batch = {"input_ids": input_ids, "attention_mask": attention}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
-
-
-def pad_batch(encodings: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors plus each row's mask position."""
-    batch = pad_sequences(encodings, pad_id)
-    batch["mask_positions"] = torch.tensor([e.mask_position for e in encodings], dtype=torch.long)
-    return batch
-
-
 @dataclass
 class ClozeCollator:
     """Right-padded rows, or with ``packed`` one packed batch (``Packed.inputs``: the flat token stream,
@@ -193,6 +168,6 @@ class ClozeCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         encodings = [f["encoding"] for f in features]
-        batch = pack(encodings).inputs() if self.packed else pad_batch(encodings, self.pad_id)
+        batch = pack(encodings).inputs() if self.packed else collate(encodings, self.pad_id)
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch

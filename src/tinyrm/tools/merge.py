@@ -18,8 +18,7 @@ import torch
 from ..backbone import mask_logits, unwrap_peft
 from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
-from ..inference.batches import pair_scores
-from ..pairwise.data import pad_batch
+from ..inference.batches import collate, pair_scores
 from ..pairwise.model import RewardModel
 
 # Config keys that differ between copies of one architecture without changing the weights' meaning.
@@ -74,7 +73,7 @@ def direct_scores(rm: RewardModel, items: Sequence[tuple[str, str, str]], batch_
     probs = [0.0] * len(encodings)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = {k: v.to(rm.device) for k, v in pad_batch([encodings[i] for i in idx], rm.tokenizer.pad_token_id
+        batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], rm.tokenizer.pad_token_id
                                                              or 0).items()}
         logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
                              token_ids=answer_ids, token_type_ids=batch.get("token_type_ids"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...inference.batches import pad_rows
 from ...prompt import allocate_budget, keep_end, keep_ends
 
 
@@ -67,24 +68,7 @@ class ResponseEncoder:
 
 def pad_responses(encodings: Sequence[ResponseEncoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad encodings into input_ids / attention_mask / response_mask (/ token_type_ids)."""
-    width = max(len(e.input_ids) for e in encodings)
-    n = len(encodings)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    response = torch.zeros((n, width), dtype=torch.long)
-    has_types = encodings[0].token_type_ids is not None
-    types = torch.zeros((n, width), dtype=torch.long) if has_types else None
-    for row, enc in enumerate(encodings):
-        k = len(enc.input_ids)
-        input_ids[row, :k] = torch.tensor(enc.input_ids)
-        attention[row, :k] = 1
-        response[row, :k] = torch.tensor(enc.response_mask)
-        if types is not None:
-            types[row, :k] = torch.tensor(enc.token_type_ids)
-    batch = {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
+    return pad_rows(encodings, pad_id, ("response_mask",))
 
 
 def length_batches(order: list[int], lengths: list[int], batch_size: int | None,
