@@ -15,7 +15,9 @@ tree) and the mean batch the server formed (``/health``).
 3. shed: ms from sending an over-limit request to its 503 (a server with ``--max-items N
    --max-queued-pairs N`` busy with one N-item request), and whether ``Retry-After`` came with it;
 4. engines: the after load (1 and 2) on ``tinyrm serve --engine ray --replicas 1`` and ``2`` against the
-   single process (``--engines``; Ray ones by default when ``ray.serve`` imports).
+   single process (``--engines``; Ray ones by default when ``ray.serve`` imports);
+5. steps: 1-pair and short ``/v1/score_steps`` latency while a ``--steps-large``-step solution is scored, before
+   versus after, on a process checkpoint (``serve_steps.py``).
 
 Texts are HHH dev pairs truncated to ``--max-chars`` (synthetic pairs without ``../shared/data``).
 Every server, Ray's processes included, is stopped when its measurement ends, however it ends.
@@ -43,14 +45,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+import serve_steps
 from serve_lib import ClosedLoop, Server, batch_body, launch, load_pairs, percentile, wait_idle, warm_up
 from serve_report import report
 
-MEASURES = ("latency", "throughput", "shed", "engines")
+MEASURES = ("latency", "throughput", "shed", "engines", "steps")
 # The unsliced scheduler: one forward call takes whole requests up to 4,096 pairs (the old batcher took
 # any request larger than --max-batch-size whole and alone), so a 1-pair request waits for all of one.
 BEFORE = ["--max-batch-size", "4096", "--slice-pairs", "4096"]
-SMOKE = dict(duration_s=3.0, idle_s=1.0, large_items=100, load_items=8, shed_items=300, shed_tries=5,
+SMOKE = dict(duration_s=3.0, idle_s=1.0, large_items=100, steps_large=12, load_items=8, shed_items=300, shed_tries=5,
              max_chars=64, clients=4, max_requests=200)
 T0 = time.time()
 
@@ -86,6 +89,9 @@ class LoadConfig:
     # Generous: under the unsliced scheduler a 1-pair request waits for a whole large request (3,000 pairs
     # of the embedded model take ~8-12 min on one CPU core), and must not hit its deadline doing so.
     request_timeout_s: float = 1800.0
+    server_args: str = ""  # more `tinyrm serve` flags for every server (before's scheduler flags still win)
+    steps_large: int = 200  # steps: the long solution's steps (one sequence each)
+    steps_model: str | None = None  # steps: a process checkpoint (None: the embedded model trained one step)
     smoke: bool = False
 
 
@@ -297,8 +303,9 @@ def under_load(config: LoadConfig, pairs: list[dict]) -> list[dict]:
     # These texts make large bodies: raise the 1 MB default so the item counts are what is measured.
     biggest = max(len(bodies.large), len(bodies.shed), max(map(len, bodies.load)))
     max_bytes = max(1_000_000, int(1.25 * biggest))
+    # --graceful-timeout 5: nothing is in flight when a server is stopped, but the shed filler
     common = ["--request-timeout", f"{config.request_timeout_s:g}", "--max-request-bytes", str(max_bytes),
-              "--graceful-timeout", "5"]  # nothing is in flight when a server is stopped, but the shed filler
+              "--graceful-timeout", "5", *config.server_args.split()]
     rows: list[dict] = []
     before_after = bool(measures & {"latency", "throughput"})
     forward = None
@@ -313,7 +320,10 @@ def under_load(config: LoadConfig, pairs: list[dict]) -> list[dict]:
         rows += measure_shed(config, common, bodies, pairs)
     for engine in others:
         rows += run_server(config, engine, "after", common, phases, bodies, pairs)[0]
+    if "steps" in measures:
+        rows += serve_steps.run(config, common, BEFORE, pairs, progress)
     report(config, rows, max_bytes, forward, BEFORE)
+    serve_steps.report(config, rows)
     return rows
 
 
@@ -348,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="latency: end at --duration even if no large request was answered yet (default: the "
                         "first one is waited for, which takes one large request's time, minutes on a CPU)")
     g.add_argument("--request-timeout", type=float, default=d.request_timeout_s, dest="request_timeout_s")
+    g.add_argument("--server-args", default="", metavar="FLAGS",
+                   help='more tinyrm serve flags for every server, e.g. --server-args="--max-batch-size 16"')
+    g.add_argument("--steps-large", type=int, default=d.steps_large, help="steps: the long solution's steps")
+    g.add_argument("--steps-model", default=None, metavar="DIR",
+                   help="steps: a process checkpoint (default: the embedded model trained one step on MR-GSM8K)")
     smoke = ", ".join(f"{k}={v}" for k, v in SMOKE.items())
     p.add_argument("--smoke", action="store_true", help=f"a quick check of the code, not a measurement: {smoke}")
     config = LoadConfig(**vars(p.parse_args(argv)))

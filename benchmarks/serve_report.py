@@ -22,6 +22,7 @@ def report(config, rows: list[dict], max_bytes: int, forward: int | None, before
     print(f"Server --threads {config.threads} per process (per Ray replica), --request-timeout "
           f"{config.request_timeout_s:g} s, --max-request-bytes {max_bytes}"
           f"{' (raised from 1 MB: the large bodies of these texts need it)' if max_bytes > 1_000_000 else ''}, "
+          f"{'other flags: ' + config.server_args + ', ' if config.server_args else ''}"
           f"texts: HHH dev pairs truncated to {config.max_chars} characters, both orders.")
     if any(r["measure"] in ("latency", "throughput") for r in rows):
         print(f"**before** = the unsliced scheduler, emulated by `{' '.join(before)} --forward-batch-size {forward}`: "
