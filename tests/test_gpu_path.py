@@ -360,6 +360,9 @@ def test_targets_read_the_device_run(gpu_path):
     assert found["scoring MFU bf16, large, 64-512 tokens"]["verdict"] == "NOT met"  # 38% < 40%; padded rows not read
     rate = found["scoring pairs/s, base, 512 tokens (4x the old H200 runs)"]
     assert rate["figure"] == 1210.0 and rate["threshold"] == pytest.approx(4 * 259.6) and rate["verdict"] == "met"
+    assert rate["source"] == "tinyrm-packed-compiled; 1.21x tinyrm-padded in this run"
+    h100 = {t["target"]: t for t in targets.targets(_device_run("NVIDIA H100 80GB HBM3"))}[rate["target"]]
+    assert h100["verdict"] == "met (cross-card: the old runs were on an H200, this one on NVIDIA H100 80GB HBM3)"
     train = found["training MFU bf16, large DoRA r128, 12 frozen, 512 tokens"]
     assert (train["figure"], train["verdict"]) == (0.26, "met")  # the count the 12% was read with
     assert train["source"] == "packed step (executed FLOPs: 22.6%)"
