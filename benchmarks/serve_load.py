@@ -26,6 +26,7 @@ Every server, Ray's processes included, is stopped when its measurement ends, ho
     .venv/bin/python benchmarks/serve_load.py --clients 32 --duration 60 --model runs/my-model
     .venv/bin/python benchmarks/serve_load.py --scenario under-load --output under-load.json  # ~45-70 min
     .venv/bin/python benchmarks/serve_load.py --scenario under-load --smoke   # code check, 2-3 min on 2 cores
+    .venv/bin/python benchmarks/serve_load.py --scenario under-load --measures steps  # ~3 min on 2 cores
 
 The under-load run is long on a CPU: a latency measurement lasts until the first 3,000-item request is
 answered (``--abandon-large``: not after ``--duration``), and a throughput one until the round of
