@@ -194,6 +194,37 @@ def test_eval_process_takes_precision_and_attention_and_scores_once(windowed_mod
     assert "--orders auto" in capsys.readouterr().err
 
 
+def test_eval_process_of_an_outcome_model_reads_its_verdict_once(windowed_modernbert: str, tmp_path,  # noqa: F811
+                                                                   monkeypatch) -> None:
+    """An outcome model evaluated step by step: its solution figures are the last step's verdicts (the sequence
+    ``outcome_scores`` reads), equal to ``--objective outcome``'s, from the one scoring of the steps."""
+    import json
+
+    from tinyrm.cli import main
+    from tinyrm.inference.engine import InferenceEngine
+    from tinyrm.train import TrainConfig, train
+
+    from .process_helpers import rows_file
+
+    reads: list[int] = []
+    read_probs = InferenceEngine.read_probs
+    monkeypatch.setattr(InferenceEngine, "read_probs", lambda engine, encodings, *a, **k: reads.append(
+        len(encodings)) or read_probs(engine, encodings, *a, **k))
+    data, model = rows_file(tmp_path / "steps.jsonl"), tmp_path / "orm"
+    train(TrainConfig(model=windowed_modernbert, data=[str(data)], output=str(model), objective="outcome",
+                      batch_size=4, micro_batch_size=4, max_steps=1, max_length=128, save_steps=0))
+    results = {}
+    for objective in ("process", "outcome"):
+        out = tmp_path / f"{objective}.json"
+        assert main(["eval", "--objective", objective, "--model", str(model), "--data", str(data),
+                     "--precision", "fp32", "--output", str(out)]) == 0
+        results[objective] = json.loads(out.read_text())["solutions"]
+    assert results["process"]["n"] == results["outcome"]["n"] == 5
+    assert len(reads) == 2  # one engine read per evaluation: the steps (process), the solutions (outcome)
+    for key in ("brier", "log_loss"):
+        assert results["process"]["calibration"][key] == pytest.approx(results["outcome"]["calibration"][key], abs=TOL)
+
+
 # ----------------------------------------------------------------------------- packed process training
 def _step_scorer(path: str, mode: str, weights, read: str = "mask"):
     from tinyrm.backbone import load_mlm, prepare_for_training

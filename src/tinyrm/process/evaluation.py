@@ -93,8 +93,9 @@ def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggre
                        context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
                        step_scores: Sequence[Sequence[float]] | None = None) -> dict:
     """Solution-level metrics; ``step_scores``: the rows' step scores already computed (``score_many``, same
-    context), aggregated instead of scoring every step again (an outcome model still gives its own verdict)."""
-    if step_scores is not None and rm.spec.objective != "outcome":
+    context), turned into rewards by ``solution_reward`` instead of scoring again (an outcome model's: its last
+    step's verdict, the sequence ``outcome_scores`` would read; rows always have a step)."""
+    if step_scores is not None:
         scores = [solution_reward(rm, s, aggregate, threshold) for s in step_scores]
     else:
         scores = solution_scores(rm, [(r.question, r.steps) for r in rows], aggregate=aggregate, context=context,
