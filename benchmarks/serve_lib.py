@@ -342,3 +342,35 @@ class ClosedLoop:
                         return  # the server is gone: nothing more to measure
                     time.sleep(0.1)  # a refused or failed request: do not spin on the server
                 i += self.clients
+
+
+Request = tuple[str, Sequence[bytes], int]  # (path, bodies to cycle through, pairs or steps per request)
+
+
+def idle_p50_ms(server: Server, config, small: Sequence[Request], clients: int) -> list[float]:
+    """p50 latency (ms) of each kind in ``small`` with nothing else sent: ``clients`` closed-loop clients per kind,
+    all kinds at once, for ``config.idle_s``."""
+    stop = time.perf_counter() + config.idle_s
+    loops = [ClosedLoop(server.url, path, bodies, n, clients, stop, config.request_timeout_s + 60,
+                        server=server.process).start() for path, bodies, n in small]
+    return [loop.join().summary()["p50_ms"] for loop in loops]
+
+
+def while_large(server: Server, config, large: Request, small: Sequence[Request],
+                clients: int) -> tuple[list[LoopResult], LoopResult, float]:
+    """One client keeps a ``large`` request in flight while ``clients`` closed-loop clients per kind send ``small``
+    ones, for at least ``config.duration_s``: the first large request is waited for (its outcome is part of the
+    result; not with ``config.abandon_large``), one still in flight at the end of the duration after that is given
+    up (the server drops its remaining slices). The small clients run until both, and their requests in flight
+    then are waited for. Returns the small kinds' results, the large one's and the wall seconds."""
+    timeout = config.request_timeout_s + 60
+    t0 = time.perf_counter()
+    stop = t0 + config.duration_s
+    path, bodies, n = large
+    big = ClosedLoop(server.url, path, bodies, n, 1, stop, timeout, abandon=True, server=server.process,
+                     keep_first=not config.abandon_large).start()
+    time.sleep(min(0.5, config.duration_s / 4))  # the large request is in before the first small one
+    loops = [ClosedLoop(server.url, p, b, k, clients, stop, timeout, server=server.process,
+                        until=lambda: time.perf_counter() >= stop and big.done).start() for p, b, k in small]
+    results = [loop.join() for loop in loops]
+    return results, big.join(), time.perf_counter() - t0

@@ -47,7 +47,18 @@ from pathlib import Path
 
 import httpx
 import serve_steps
-from serve_lib import ClosedLoop, Server, batch_body, launch, load_pairs, percentile, wait_idle, warm_up
+from serve_lib import (
+    ClosedLoop,
+    Server,
+    batch_body,
+    idle_p50_ms,
+    launch,
+    load_pairs,
+    percentile,
+    wait_idle,
+    warm_up,
+    while_large,
+)
 from serve_report import report
 
 MEASURES = ("latency", "throughput", "shed", "engines", "steps")
@@ -168,26 +179,14 @@ def mean_call(before: dict | None, after: dict | None) -> float | None:
 
 
 def measure_latency(config: LoadConfig, server: Server, engine: str, bodies: Bodies) -> dict:
-    idle = ClosedLoop(server.url, "/v1/compare", bodies.small, 1, config.latency_clients,
-                      time.perf_counter() + config.idle_s, config.request_timeout_s + 60, server=server.process)
-    idle_res = idle.start().join()
-    t0 = time.perf_counter()
-    stop = t0 + config.duration_s
-    # The first large request is waited for (its outcome is part of the result; unless --abandon-large); one
-    # still in flight at the end of --duration after that is given up (the server drops its remaining
-    # slices). The 1-pair clients run until both, and their requests in flight then are waited for.
-    large = ClosedLoop(server.url, "/v1/compare_batch", [bodies.large], config.large_items, 1, stop,
-                       config.request_timeout_s + 60, abandon=True, server=server.process,
-                       keep_first=not config.abandon_large).start()
-    time.sleep(min(0.5, config.duration_s / 4))  # the large request is in before the first 1-pair one
-    small = ClosedLoop(server.url, "/v1/compare", bodies.small, 1, config.latency_clients, stop,
-                       config.request_timeout_s + 60, server=server.process,
-                       until=lambda: time.perf_counter() >= stop and large.done).start()
-    small_res, large_res = small.join(), large.join()
-    return {**small_res.summary(), "idle_p50_ms": idle_res.summary()["p50_ms"],
+    small = ("/v1/compare", bodies.small, 1)
+    idle_p50 = idle_p50_ms(server, config, [small], config.latency_clients)[0]
+    (small_res,), large_res, wall = while_large(server, config, ("/v1/compare_batch", [bodies.large],
+                                                                 config.large_items), [small], config.latency_clients)
+    return {**small_res.summary(), "idle_p50_ms": idle_p50,
             "large_outcomes": dict(large_res.outcomes),
             "large_mean_s": statistics.mean(large_res.latencies) if large_res.latencies else None,
-            "wall_s": time.perf_counter() - t0, "peak_rss_mb": server.tree.peak / 2**20}
+            "wall_s": wall, "peak_rss_mb": server.tree.peak / 2**20}
 
 
 def measure_throughput(config: LoadConfig, server: Server, engine: str, bodies: Bodies) -> dict:

@@ -16,11 +16,10 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_lib import SHARED, ClosedLoop, Server, fmt, launch, wait_idle, warm_up
+from serve_lib import SHARED, Server, fmt, idle_p50_ms, launch, wait_idle, warm_up, while_large
 
 SHORT_STEPS = 3
 STEP_FILE = SHARED / "process" / "mrgsm8k-steps.jsonl"
@@ -74,32 +73,15 @@ def process_checkpoint(rows: list[dict], directory: Path) -> str:
 def measure(config, server: Server, step_bodies: StepBodies) -> dict:
     """Idle latencies of both small kinds, then the same while the long solution is in flight (the first long
     request is waited for unless ``--abandon-large``; the small clients run until it and ``--duration`` end)."""
-    timeout = config.request_timeout_s + 60
-    idle_end = time.perf_counter() + config.idle_s
-    idle = [ClosedLoop(server.url, path, body, n, 1, idle_end, timeout, server=server.process).start()
-            for path, body, n in (("/v1/compare", step_bodies.pairs, 1),
-                                  ("/v1/score_steps", step_bodies.short, SHORT_STEPS))]
-    idle_pair, idle_short = (loop.join().summary()["p50_ms"] for loop in idle)
+    small = [("/v1/compare", step_bodies.pairs, 1), ("/v1/score_steps", step_bodies.short, SHORT_STEPS)]
+    idle_pair, idle_short = idle_p50_ms(server, config, small, 1)
     wait_idle(server, 1, config.request_timeout_s)
-    t0 = time.perf_counter()
-    stop = t0 + config.duration_s
-    large = ClosedLoop(server.url, "/v1/score_steps", [step_bodies.large], config.steps_large, 1, stop, timeout,
-                       abandon=True, server=server.process, keep_first=not config.abandon_large).start()
-    time.sleep(min(0.5, config.duration_s / 4))  # the long solution is in before the first small request
-
-    def until() -> bool:
-        return time.perf_counter() >= stop and large.done
-
-    small = [ClosedLoop(server.url, path, body, n, config.latency_clients, stop, timeout, server=server.process,
-                        until=until).start()
-             for path, body, n in (("/v1/compare", step_bodies.pairs, 1),
-                                   ("/v1/score_steps", step_bodies.short, SHORT_STEPS))]
-    pair_res, short_res = (loop.join() for loop in small)
-    large_res = large.join()
+    (pair_res, short_res), large_res, wall = while_large(
+        server, config, ("/v1/score_steps", [step_bodies.large], config.steps_large), small, config.latency_clients)
     return {**pair_res.summary("pair_"), **short_res.summary("steps_"), "idle_pair_p50_ms": idle_pair,
             "idle_steps_p50_ms": idle_short, "large_outcomes": dict(large_res.outcomes),
             "large_mean_s": statistics.mean(large_res.latencies) if large_res.latencies else None,
-            "wall_s": time.perf_counter() - t0, "peak_rss_mb": server.tree.peak / 2**20}
+            "wall_s": wall, "peak_rss_mb": server.tree.peak / 2**20}
 
 
 def run(config, common: list[str], before: list[str], pairs: list[dict], progress) -> list[dict]:
