@@ -9,11 +9,14 @@ import json
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
+import torch
 
 from tinyrm.serving.app import ServeConfig, create_app
+from tinyrm.serving.batching import MicroBatcher
 
 from .integration_helpers import save_opinionated_bert
 from .test_serve import serving_app
@@ -96,16 +99,19 @@ def test_a_small_request_waits_for_two_calls_not_for_a_maximum_size_one(stepped)
     """The documented maximum (4,096 items) is being scored; a 1-pair request sent meanwhile is answered after
     the call in flight and one more (which it shares with a slice of the large one). Then the large
     request's client hangs up: its remaining slices are dropped."""
-    config = ServeConfig()  # the documented limits: max_items 4096, 64 pairs a call, slices of 16
+    config = ServeConfig()  # the documented limits: max_items 4096; on a CPU calls of 16 pairs, slices of 4
     assert config.max_items == 4096
     app = create_app(stepped, config)
     batcher = app.state.batcher
+    call = batcher.max_batch_size
+    assert (call, batcher.slice_pairs) == (16, 4)  # the CPU defaults (64 and 16 on a GPU: the next test)
     with serving_app(app) as (url, _):
         large = raw_post(port_of(url), "/v1/compare_batch", {"items": pairs("large", config.max_items)})
         wait_for(lambda: len(stepped.calls) == 1, "the large request never reached the model")
-        # One call: 64 of its 4096 pairs, the longest first (slices are cut from the pairs sorted by length).
+        # One call: 16 of its 4096 pairs, the longest first (slices are cut from the pairs sorted by length).
         longest = sorted(range(config.max_items), key=lambda i: -len(f"large question {i}?large answer {i}no idea"))
-        assert stepped.calls[0] == [f"large answer {i}" for i in longest[:64]]
+        assert stepped.calls[0] == [f"large answer {i}" for i in longest[:call]]
+        assert httpx.get(f"{url}/health").json()["limits"]["max_batch_size"] == call
         answer: dict = {}
         small = threading.Thread(target=lambda: answer.update(r=httpx.post(
             f"{url}/v1/compare", json={"prompt": "2+2?", "a": "4", "b": "5"}, timeout=60)))
@@ -113,21 +119,34 @@ def test_a_small_request_waits_for_two_calls_not_for_a_maximum_size_one(stepped)
         wait_for(lambda: batcher.queued == 2, "the small request was not queued")
         stepped.step()  # the call in flight ends; the next one takes a slice of each request, round-robin
         wait_for(lambda: len(stepped.calls) == 2, "no second call")
-        assert "4" in stepped.calls[1] and len(stepped.calls[1]) == 64
+        assert "4" in stepped.calls[1] and len(stepped.calls[1]) == call
         stepped.step()
         small.join(timeout=60)
         assert answer["r"].status_code == 200, answer["r"].text
         assert answer["r"].json()["prob_a"] == pytest.approx(stepped.rm.compare("2+2?", "4", "5"), abs=1e-5)
-        assert batcher.stats.batches == 2  # answered after 2 calls, while 4096 - 127 large pairs still wait
-        assert batcher.outstanding_pairs == config.max_items - 64 - 63
+        assert batcher.stats.batches == 2  # answered after 2 calls, while 4096 - 31 large pairs still wait
+        assert batcher.outstanding_pairs == config.max_items - call - (call - 1)
         large.close()  # the large request's client goes away: its remaining slices are dropped
         wait_for(lambda: batcher.stats.disconnected == 1, "the disconnect was not seen")
         stepped.run_free()
         wait_for(lambda: not batcher.busy and batcher.outstanding_pairs == 0, "work left behind")
         scored_large = sum(len(c) for c in stepped.calls) - 1
-        assert scored_large < 64 * 4  # at most the call in flight when it left, not 4096 pairs
+        assert scored_large < call * 4  # at most the call in flight when it left, not 4096 pairs
         health = httpx.get(f"{url}/health").json()
         assert health["queued"] == 0 and health["queued_pairs"] == 0 and health["batching"]["disconnected"] == 1
+
+
+def test_call_and_pass_sizes_default_to_the_device():
+    """Wide calls on a GPU (64 pairs, both orders in one pass); on a CPU, where a call's time is what a small
+    request waits for, 16 pairs in passes of 8 sequences (docs/ranking-and-serving.md, "Under load"). Slices are a
+    quarter of a call, so a request arriving behind a large one shares the next call."""
+    for device, calls, rows in (("cpu", 16, 8), ("cuda", 64, 128)):
+        batcher = MicroBatcher(SimpleNamespace(device=torch.device(device)), None, 5)
+        assert (batcher.max_batch_size, batcher.forward_batch_size, batcher.slice_pairs) == (calls, rows, calls // 4)
+        batcher.executor.shutdown()
+    explicit = MicroBatcher(SimpleNamespace(device=torch.device("cuda")), 4, 5)
+    assert (explicit.max_batch_size, explicit.forward_batch_size, explicit.slice_pairs) == (4, 8, 1)
+    explicit.executor.shutdown()
 
 
 def test_concurrent_sliced_requests_get_exactly_their_own_answers(rm):

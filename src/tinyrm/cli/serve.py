@@ -142,7 +142,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--api-key", default=os.environ.get("TINYRM_API_KEY", d.api_key), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* and /v2/* (default: $TINYRM_API_KEY)")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="pairs merged per forward call")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="pairs (or step units) merged per forward call (default: 16 on CPU, 64 on GPU)")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a request waits for company")
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, help="larger bodies get 413")
     p.add_argument("--max-candidates", type=int, default=d.max_candidates, help="/v1/rank limit (422 beyond)")
@@ -162,7 +163,8 @@ def register(subparsers) -> None:
                    help="pairs accepted and not yet answered; a request that would pass it gets 503 at once "
                         "(at least --max-items)")
     p.add_argument("--slice-pairs", type=int, default=d.slice_pairs, metavar="N",
-                   help="pairs per slice of a request; forward calls take slices round-robin across requests")
+                   help="pairs per slice of a request; forward calls take slices round-robin across requests "
+                        "(default: a quarter of --max-batch-size: 4 on CPU, 16 on GPU)")
     p.add_argument("--engine", default=d.engine, choices=["local", "ray"],
                    help="local: this process (uvicorn); ray: Ray Serve replicas behind one address (tinyrm[ray])")
     p.add_argument("--replicas", type=int, default=d.replicas, metavar="N",

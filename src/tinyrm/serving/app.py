@@ -29,12 +29,13 @@ from ..process.aggregate import METHODS as AGGREGATES
 from ..process.prompt import OBJECTIVES as STEP_OBJECTIVES  # checkpoints trained to score solution steps
 from ..process.scoring import encode_many, solution_reward
 from ..temperature import model_temperature
-from .batching import BatchedScorer, MicroBatcher
+from .batching import MicroBatcher
 from .docs_ui import install as install_docs_ui
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
 from .metrics import metrics_text
 from .openapi import ERRORS
 from .openapi import install as install_openapi
+from .rerank import BatchedScorer
 from .rerank import rerank as rerank_documents
 from .schemas import (
     CompareBatchRequest,
@@ -60,7 +61,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # when set, /v1/* and /v2/* need "Authorization: Bearer KEY"
-    max_batch_size: int = 64  # pairs merged into one compare_batch call
+    # Pairs (or step units) merged into one forward call; None: 16 on a CPU, 64 on a GPU (batching.default_max_batch).
+    max_batch_size: int | None = None
     max_wait_ms: float = 5.0  # how long the oldest queued request may wait for company
     max_request_bytes: int = 1_000_000  # larger bodies get 413
     max_candidates: int = 64  # /v1/rank candidates limit (422 beyond)
@@ -74,7 +76,8 @@ class ServeConfig:
     # Pairs accepted and not yet answered (in flight or waiting); a request that would pass it gets 503 at once.
     # A maximum request (max_items) plus 2,048 pairs of everyone else's.
     max_queued_pairs: int = 6144
-    slice_pairs: int = 16  # pairs of one request per slice: a forward call takes slices round-robin
+    # Pairs of one request per slice (a forward call takes slices round-robin); None: a quarter of max_batch_size.
+    slice_pairs: int | None = None
     forward_batch_size: int | None = None  # rows per forward pass (None: 8 on CPU, 2 x max_batch_size on GPU)
     threads: int | None = None  # torch intra-op threads (None = torch default); 1 suits a shared CPU
     log_level: str = "info"
@@ -239,7 +242,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             "queued": batcher.queued,
             "queued_pairs": batcher.queued_pairs,
             "outstanding_pairs": batcher.outstanding_pairs,
-            "limits": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
+            "limits": {"max_batch_size": batcher.max_batch_size, "max_wait_ms": config.max_wait_ms,
                        "slice_pairs": batcher.slice_pairs, "max_queued_pairs": config.max_queued_pairs,
                        "request_timeout_s": config.request_timeout_s,
                        "forward_batch_size": batcher.forward_batch_size,
@@ -270,7 +273,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             raise ApiError(422, f"too many candidates: {len(req.candidates)} > {config.max_candidates}", "candidates")
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
         result = await scored(asyncio.to_thread(
-            rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * config.max_batch_size
+            rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * batcher.max_batch_size
         ), request, scorer.cancel)
         return RankResponse(ranking=result.ranking, scores=result.scores)
 
@@ -280,7 +283,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         if len(req.documents) > config.max_documents:
             raise ApiError(422, f"too many documents: {len(req.documents)} > {config.max_documents}", "documents")
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
-        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * config.max_batch_size),
+        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * batcher.max_batch_size),
                                request, scorer.cancel)
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 

@@ -97,26 +97,35 @@ class _Slice:
     stop: int
 
 
+def _on_cpu(rm) -> bool:
+    return getattr(getattr(rm, "device", None), "type", "cpu") == "cpu"
+
+
+def default_max_batch(rm) -> int:
+    """Pairs (or step units) per forward call: 64 on a GPU, where wide calls are the point; 16 on a CPU, where a
+    call's time is what a small request waits for and wider calls were measured no faster
+    (docs/ranking-and-serving.md: the load benchmark and "Under load"). Slices are a quarter of it."""
+    return 16 if _on_cpu(rm) else 64
+
+
 def default_forward_batch(rm, max_batch_size: int) -> int:
     """Rows per forward pass: the whole micro-batch (both orders) on a GPU; 8 on a CPU, where wide
     padded batches were measured slower than small length-sorted ones (docs/ranking-and-serving.md, load benchmark)."""
-    device = getattr(rm, "device", None)
-    if getattr(device, "type", "cpu") == "cpu":
-        return 8
-    return 2 * max_batch_size
+    return 8 if _on_cpu(rm) else 2 * max_batch_size
 
 
 class MicroBatcher:
     """Fair slices of the queued requests, merged into ``compare_batch`` calls on one model thread."""
 
-    def __init__(self, rm, max_batch_size: int, max_wait_ms: float, forward_batch_size: int | None = None,
+    def __init__(self, rm, max_batch_size: int | None, max_wait_ms: float, forward_batch_size: int | None = None,
                  slice_pairs: int | None = None, max_queued_pairs: int | None = None,
                  timeout_s: float | None = None) -> None:
         self.rm = rm
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size = max_batch_size or default_max_batch(rm)
         self.max_wait = max_wait_ms / 1000.0
         self.forward_batch_size = forward_batch_size or default_forward_batch(rm, max_batch_size)
-        self.slice_pairs = min(slice_pairs or max_batch_size, max_batch_size)
+        # A quarter of a call by default, so that a request arriving behind a large one shares the next call.
+        self.slice_pairs = min(slice_pairs or max(1, max_batch_size // 4), max_batch_size)
         self.max_queued_pairs = max_queued_pairs
         self.timeout_s = timeout_s
         # Requests that leave both_orders to the model share calls with those that spell it out.
@@ -361,35 +370,3 @@ class MicroBatcher:
                 if entry.alive:
                     entry.future.set_result(entry.results)
 
-
-class BatchedScorer:
-    """A scorer for ``tinyrm.pairwise.rank`` running in a worker thread: its comparisons go through the
-    batcher, under one deadline for the whole request (``deadline``: ``time.monotonic()``), and stop
-    at the next comparison once ``cancel()`` was called (the client went away)."""
-
-    def __init__(self, batcher: MicroBatcher, timeout_s: float) -> None:
-        self.batcher = batcher
-        self.timeout_s = timeout_s
-        self.deadline = time.monotonic() + timeout_s
-        self.cancelled = False
-        self._current = None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        current = self._current
-        if current is not None:
-            current.cancel()  # a concurrent.futures.Future: cancels the submit coroutine on the loop
-
-    def compare_batch(self, items, batch_size: int = 32, both_orders: bool | None = None) -> list[float]:
-        assert self.batcher.loop is not None
-        if self.cancelled:
-            raise asyncio.CancelledError("the client went away")
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise self.batcher.timed_out(self.timeout_s)
-        self._current = asyncio.run_coroutine_threadsafe(
-            self.batcher.submit(list(items), both_orders, timeout_s=left), self.batcher.loop)
-        try:
-            return self._current.result()
-        finally:
-            self._current = None

@@ -6,12 +6,19 @@ Bradley-Terry fit; each document's ``relevance_score`` is its win rate, the prob
 another document for this query, in [0, 1]. Results go best first with scores non-increasing
 (equal scores keep the request order). A request of n documents costs n(n - 1) sequences, hence the
 server's ``max_documents`` cap.
+
+``BatchedScorer`` runs the tournaments of ``/v1/rank`` and the rerank endpoints in a worker thread, their
+comparisons going through the batcher as any other request's pairs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from ..pairwise.groups import score_groups
 from ..pairwise.rank import PairwiseScorer
+from .batching import MicroBatcher
 from .schemas import RerankDocument, RerankRequest, RerankResult
 
 
@@ -24,3 +31,36 @@ def rerank(scorer: PairwiseScorer, req: RerankRequest, batch_size: int = 32) -> 
         order = order[: req.top_n]
     return [RerankResult(index=i, relevance_score=scores[i],
                          document=RerankDocument(text=texts[i]) if req.return_documents else None) for i in order]
+
+
+class BatchedScorer:
+    """A scorer for ``tinyrm.pairwise.rank`` running in a worker thread: its comparisons go through the
+    batcher, under one deadline for the whole request (``deadline``: ``time.monotonic()``), and stop
+    at the next comparison once ``cancel()`` was called (the client went away)."""
+
+    def __init__(self, batcher: MicroBatcher, timeout_s: float) -> None:
+        self.batcher = batcher
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.cancelled = False
+        self._current = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        current = self._current
+        if current is not None:
+            current.cancel()  # a concurrent.futures.Future: cancels the submit coroutine on the loop
+
+    def compare_batch(self, items, batch_size: int = 32, both_orders: bool | None = None) -> list[float]:
+        assert self.batcher.loop is not None
+        if self.cancelled:
+            raise asyncio.CancelledError("the client went away")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.batcher.timed_out(self.timeout_s)
+        self._current = asyncio.run_coroutine_threadsafe(
+            self.batcher.submit(list(items), both_orders, timeout_s=left), self.batcher.loop)
+        try:
+            return self._current.result()
+        finally:
+            self._current = None
