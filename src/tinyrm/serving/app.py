@@ -33,7 +33,7 @@ from .batching import MicroBatcher
 from .docs_ui import install as install_docs_ui
 from .guard import ApiError, GuardMiddleware, error_body, validation_response
 from .metrics import metrics_text
-from .openapi import ERRORS
+from .openapi import ERRORS, check_list_limit
 from .openapi import install as install_openapi
 from .rerank import BatchedScorer
 from .rerank import rerank as rerank_documents
@@ -261,16 +261,14 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/compare_batch", response_model=CompareBatchResponse, responses=ERRORS)
     async def compare_batch(req: CompareBatchRequest, request: Request,
                             x_request_timeout: RequestTimeout = None) -> CompareBatchResponse:
-        if len(req.items) > config.max_items:
-            raise ApiError(422, f"too many items: {len(req.items)} > {config.max_items}", "items")
+        check_list_limit(req, config)
         items = [(i.prompt, i.a, i.b) for i in req.items]
         probs = await scored(batcher.submit(items, req.both_orders, timeout_s=timeout_of(x_request_timeout)), request)
         return CompareBatchResponse(prob_a=probs)
 
     @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(req: RankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RankResponse:
-        if len(req.candidates) > config.max_candidates:
-            raise ApiError(422, f"too many candidates: {len(req.candidates)} > {config.max_candidates}", "candidates")
+        check_list_limit(req, config)
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
         result = await scored(asyncio.to_thread(
             rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * batcher.max_batch_size
@@ -280,8 +278,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
     @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
     async def rerank(req: RerankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RerankResponse:
-        if len(req.documents) > config.max_documents:
-            raise ApiError(422, f"too many documents: {len(req.documents)} > {config.max_documents}", "documents")
+        check_list_limit(req, config)
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
         results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * batcher.max_batch_size),
                                request, scorer.cancel)
@@ -298,8 +295,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         if req.aggregate is not None and req.aggregate not in AGGREGATES:
             raise ApiError(422, f"unknown aggregate {req.aggregate!r}; choose from {', '.join(AGGREGATES)}",
                            "aggregate")
-        if len(req.steps) > config.max_items:
-            raise ApiError(422, f"too many steps: {len(req.steps)} > {config.max_items}", "steps")
+        check_list_limit(req, config)
         # Shed at once if its steps cannot fit; tokenised on the model thread (which owns the tokenizer: after the
         # call in flight at most), then scored through the batcher as any request is: sliced, merged with other
         # step requests, under the deadline and the queue bound; each step once, the reward aggregated from them.

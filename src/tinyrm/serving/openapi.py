@@ -1,11 +1,11 @@
 """The served ``/openapi.json``, made true to this server (``tests/test_api_fuzz.py`` holds it to that).
 
 Every error answer is tinyrm's ``ErrorBody`` (``{"error", "field"?, "detail"?}``), FastAPI's
-``HTTPValidationError`` is gone; each POST endpoint lists the statuses it answers with (400, 413,
-422, 503, and 401 with the bearer scheme when a key is set); the configured list limits are
-``maxItems`` (longer lists get 422), the body limit is in the request body's description (413
-beyond); and only the endpoints the loaded model serves are listed: ``/v1/score_steps`` needs a
-process or outcome model (on a pairwise one it answers 400 and is left out of the document).
+``HTTPValidationError`` is gone; each POST endpoint lists the statuses it answers with (400, 413, 422, 503,
+and 401 with the bearer scheme when a key is set); the configured list limits are ``maxItems`` (longer lists
+get 422 from ``check_list_limit``, which reads the same table), the body limit is in the request body's
+description (413 beyond); and only the endpoints the loaded model serves are listed: ``/v1/score_steps`` needs
+a process or outcome model (on a pairwise one it answers 400 and is left out of the document).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .guard import PROTECTED
-from .schemas import ErrorBody
+from .guard import PROTECTED, ApiError
+from .schemas import CompareBatchRequest, ErrorBody, RankRequest, RerankRequest, ScoreStepsRequest
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 
@@ -31,9 +31,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                                              "retry after Retry-After seconds"},
 }
 
-# (request schema, list field, ServeConfig limit)
-LIST_LIMITS = (("CompareBatchRequest", "items", "max_items"), ("RankRequest", "candidates", "max_candidates"),
-               ("RerankRequest", "documents", "max_documents"), ("ScoreStepsRequest", "steps", "max_items"))
+# (request body, list field, ServeConfig limit): enforced by check_list_limit, the schema's maxItems.
+LIST_LIMITS = ((CompareBatchRequest, "items", "max_items"), (RankRequest, "candidates", "max_candidates"),
+               (RerankRequest, "documents", "max_documents"), (ScoreStepsRequest, "steps", "max_items"))
+
+
+def check_list_limit(req: Any, config) -> None:
+    """A 422 naming the field when ``req``'s list is longer than the server's limit for it (LIST_LIMITS)."""
+    for body, field, limit in LIST_LIMITS:
+        if isinstance(req, body):
+            n, most = len(getattr(req, field)), getattr(config, limit)
+            if n > most:
+                raise ApiError(422, f"too many {field}: {n} > {most}", field)
 
 
 def endpoints(serves_steps: bool) -> str:
@@ -56,9 +65,9 @@ def install(app: FastAPI, config, serves_steps: bool) -> None:
         schema = build()
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for name, field, limit in LIST_LIMITS:
-            if name in schemas:
-                schemas[name]["properties"][field]["maxItems"] = getattr(config, limit)
+        for body, field, limit in LIST_LIMITS:
+            if body.__name__ in schemas:
+                schemas[body.__name__]["properties"][field]["maxItems"] = getattr(config, limit)
         if config.api_key:
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in schema["paths"].items():
