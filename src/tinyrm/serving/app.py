@@ -269,10 +269,9 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(req: RankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RankResponse:
         check_list_limit(req, config)
-        scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
-        result = await scored(asyncio.to_thread(
-            rank_candidates, scorer, req.prompt, req.candidates, req.method, 2 * batcher.max_batch_size
-        ), request, scorer.cancel)
+        scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))  # the batcher sizes calls and passes
+        result = await scored(asyncio.to_thread(rank_candidates, scorer, req.prompt, req.candidates, req.method),
+                              request, scorer.cancel)
         return RankResponse(ranking=result.ranking, scores=result.scores)
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERRORS)
@@ -280,8 +279,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     async def rerank(req: RerankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RerankResponse:
         check_list_limit(req, config)
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
-        results = await scored(asyncio.to_thread(rerank_documents, scorer, req, 2 * batcher.max_batch_size),
-                               request, scorer.cancel)
+        results = await scored(asyncio.to_thread(rerank_documents, scorer, req), request, scorer.cancel)
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,

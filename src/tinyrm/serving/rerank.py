@@ -52,6 +52,7 @@ class BatchedScorer:
             current.cancel()  # a concurrent.futures.Future: cancels the submit coroutine on the loop
 
     def compare_batch(self, items, batch_size: int = 32, both_orders: bool | None = None) -> list[float]:
+        """The scorer protocol's call; ``batch_size`` is unused: the batcher sizes calls and forward passes."""
         assert self.batcher.loop is not None
         if self.cancelled:
             raise asyncio.CancelledError("the client went away")
