@@ -69,6 +69,14 @@ def test_a_backend_left_truncating_is_not_called_directly(tokenizer) -> None:
     assert rust_tokenizer(tokenizer) is not None
 
 
+@pytest.mark.parametrize("route", ["rust", "transformers"])
+def test_a_lone_surrogate_is_named_on_either_route(tokenizer, route, monkeypatch) -> None:
+    if route == "transformers":
+        monkeypatch.setattr(tokens, "rust_tokenizer", lambda _: None)
+    with pytest.raises(ValueError, match=r"lone surrogate \('\\ud800' at character 3 of 'bad\\ud800'\)"):
+        batch_ids(tokenizer, [("fine", "ok"), ("bad\ud800", "ok")], True, False)
+
+
 def _items() -> list[tuple[str, str, str]]:
     out = [(p, a, b) for p in TEXTS[:4] for a, b in zip(TEXTS[1:], TEXTS[2:])]
     return out + [("long " * 80, "answer " * 60, "other " * 50), ("a [MASK] prompt", "yes <mask>", "no")]

@@ -125,6 +125,9 @@ def test_step_requests_meet_the_queue_bound_the_step_limit_and_the_deadline(step
         assert "overloaded" in r.json()["error"] and batcher.stats.shed == 1
         r = httpx.post(f"{url}/v1/score_steps", json={"problem": PROBLEM, "steps": LONG[:9]}, timeout=60)
         assert r.status_code == 422 and r.json()["field"] == "steps", r.text
+        r = httpx.post(f"{url}/v1/score_steps", content=json.dumps({"problem": PROBLEM, "steps": ["1", "\ud800"]}),
+                       headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 422 and r.json()["field"] == "steps.1", r.text  # a lone surrogate is no text
         stepped.run_free()
         held.join(timeout=60)
         assert answers["held"].status_code == 200

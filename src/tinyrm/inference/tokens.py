@@ -38,6 +38,21 @@ def rust_tokenizer(tokenizer):
     return backend
 
 
+def check_texts(inputs: Sequence[TextOrPair]) -> None:
+    """Say which input a tokenizer refused: not a string, or a string with a lone surrogate (``"\\ud800"``,
+    which JSON can escape and Python holds, but no encoding writes). The tokenizer's own ``TypeError`` names
+    neither; this runs only after it failed."""
+    for item in inputs:
+        for text in item if isinstance(item, tuple) else (item,):
+            if not isinstance(text, str):
+                raise TypeError(f"expected text, got {type(text).__name__}: {text!r:.60}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"a text holds a lone surrogate ({text[error.start]!r} at character {error.start} "
+                                 f"of {text!r:.60}), which is not text") from None
+
+
 def batch_ids(tokenizer, inputs: Sequence[TextOrPair], add_special_tokens: bool,
               types: bool) -> tuple[list[list[int]], list[list[int]] | None]:
     """(input ids, token type ids or None) of each text or text pair in one batched call: the Rust tokenizer's
@@ -45,13 +60,21 @@ def batch_ids(tokenizer, inputs: Sequence[TextOrPair], add_special_tokens: bool,
     ``types``: also return token type ids (a tokenizer whose model reads them)."""
     backend = rust_tokenizer(tokenizer)
     if backend is not None:
-        rows = backend.encode_batch_fast(list(inputs), add_special_tokens=add_special_tokens)
+        try:
+            rows = backend.encode_batch_fast(list(inputs), add_special_tokens=add_special_tokens)
+        except TypeError:
+            check_texts(inputs)
+            raise
         return [row.ids for row in rows], [row.type_ids for row in rows] if types else None
     pairs = bool(inputs) and isinstance(inputs[0], tuple)
     first = [x[0] for x in inputs] if pairs else list(inputs)
     second = [x[1] for x in inputs] if pairs else None
     # verbose=False: over-long pieces are cut by the encoder, not passed on (no length warning).
-    encoded = tokenizer(first, second, add_special_tokens=add_special_tokens, verbose=False)
+    try:
+        encoded = tokenizer(first, second, add_special_tokens=add_special_tokens, verbose=False)
+    except (TypeError, ValueError):
+        check_texts(inputs)
+        raise
     found = encoded.get("token_type_ids") if types else None
     return [list(ids) for ids in encoded["input_ids"]], None if found is None else [list(t) for t in found]
 

@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from ..process.aggregate import METHODS as AGGREGATES
+
+
+def _text(value: str) -> str:
+    """JSON can escape a lone surrogate (``"\\ud800"``), which is no text: no tokenizer takes it, so it is a 422
+    naming the field here rather than a 500 from the model thread (the file readers reject it the same way)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a \\u escape makes a lone surrogate, which is not text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]  # every string the model reads
 
 
 class _Strict(BaseModel):
@@ -15,9 +28,9 @@ class _Strict(BaseModel):
 
 
 class CompareRequest(_Strict):
-    prompt: str
-    a: str
-    b: str
+    prompt: Text
+    a: Text
+    b: Text
     both_orders: bool | None = Field(None, description="average both presentation orders (default: the model's)")
 
 
@@ -26,9 +39,9 @@ class CompareResponse(BaseModel):
 
 
 class CompareItem(_Strict):
-    prompt: str
-    a: str
-    b: str
+    prompt: Text
+    a: Text
+    b: Text
 
 
 class CompareBatchRequest(_Strict):
@@ -41,8 +54,8 @@ class CompareBatchResponse(BaseModel):
 
 
 class RankRequest(_Strict):
-    prompt: str
-    candidates: list[str] = Field(min_length=1)
+    prompt: Text
+    candidates: list[Text] = Field(min_length=1)
     method: Literal["knockout", "round_robin"] = "knockout"
 
 
@@ -56,8 +69,8 @@ Aggregate = Annotated[str, WithJsonSchema({"type": "string", "enum": list(AGGREG
 
 
 class ScoreStepsRequest(_Strict):
-    problem: str
-    steps: list[str] = Field(min_length=1)
+    problem: Text
+    steps: list[Text] = Field(min_length=1)
     aggregate: Aggregate | None = Field(None, description="how step scores combine into the reward (model default)")
 
 
@@ -81,7 +94,7 @@ def _document_text(value: Any) -> Any:
     return value
 
 
-Document = Annotated[str, BeforeValidator(_document_text), WithJsonSchema({"anyOf": [
+Document = Annotated[str, BeforeValidator(_document_text), AfterValidator(_text), WithJsonSchema({"anyOf": [
     {"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
                           "additionalProperties": False}]})]
 
@@ -100,7 +113,7 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True, protected_namespaces=())
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
-    query: str
+    query: Text
     documents: list[Document] = Field(min_length=1, description='strings or {"text": string} objects')
     top_n: PositiveInteger | None = Field(None, description="return the best top_n (default: all)")
     return_documents: bool = Field(False, description='include each result\'s "document": {"text"}')
