@@ -5,6 +5,7 @@ lets through one at a time (``Stepped``), so every bound is stated in model call
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -169,6 +170,28 @@ def test_concurrent_sliced_requests_get_exactly_their_own_answers(rm):
         assert answers[tag].json()["prob_a"] == pytest.approx(rm.compare_batch(triples(pairs(tag, n))), abs=1e-5)
     assert stats.pairs == sum(sizes.values()) and stats.max_batch_pairs <= 16
     assert stats.slices >= sum(-(-n // 5) for n in sizes.values())  # every request cut into slices of <= 5
+
+
+def test_a_request_the_model_cannot_take_fails_alone_not_its_call(stepped):
+    """A call that fails is scored again request by request, so only the request that causes the failure gets
+    the error (the HTTP schemas keep a lone surrogate out; here one reaches the batcher directly)."""
+    async def scenario():
+        batcher = MicroBatcher(stepped, max_batch_size=16, max_wait_ms=1000)
+        await batcher.start()
+        good, bad, other = pairs("good", 3), [("p", "bad\ud800", "b")], pairs("other", 2)
+        tasks = [asyncio.create_task(batcher.submit(x)) for x in (triples(good), bad, triples(other))]
+        stepped.run_free()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    answers = asyncio.run(scenario())
+    assert answers[0] == pytest.approx(stepped.rm.compare_batch(triples(pairs("good", 3))), abs=1e-5)
+    assert answers[2] == pytest.approx(stepped.rm.compare_batch(triples(pairs("other", 2))), abs=1e-5)
+    assert isinstance(answers[1], ValueError) and "lone surrogate" in str(answers[1])
+    merged = [a for _, a, _ in triples(pairs("good", 3))] + ["bad\ud800"] + ["other answer 0", "other answer 1"]
+    assert [sorted(c) for c in stepped.calls] == [sorted(merged), sorted(merged[:3]), ["bad\ud800"],
+                                                  sorted(merged[4:])]
 
 
 def test_a_deadline_gives_503_with_retry_after_and_drops_the_rest(stepped):

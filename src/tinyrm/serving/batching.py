@@ -334,6 +334,9 @@ class MicroBatcher:
         return sum(e.waiting for e in self._pending if e.key == key and e.alive)
 
     async def _score(self, call: list[_Slice]) -> None:
+        """Score one call. If it fails and it merged several requests, each is scored again alone, so a request
+        the model cannot take (or an error that one of them causes) fails only that request, not its
+        neighbours in the call."""
         items = [item for s in call for item in s.request.pairs(s.start, s.stop)]
         kind, both = call[0].request.key
         rows = self.forward_batch_size
@@ -346,8 +349,15 @@ class MicroBatcher:
                 else self.rm.compare_batch(items, batch_size=rows, both_orders=both)
             )
         except Exception as error:  # a failing call fails its requests, never the server
+            requests = list({id(s.request): s.request for s in call if s.request.alive}.values())
+            if len(requests) > 1:
+                logger.warning("batch of %d pairs from %d requests failed (%s: %s); scoring each alone",
+                               len(items), len(requests), type(error).__name__, error)
+                for entry in requests:
+                    await self._score([s for s in call if s.request is entry])
+                return
             logger.exception("batch of %d pairs failed", len(items))
-            for entry in {id(s.request): s.request for s in call}.values():
+            for entry in requests:
                 self._drop(entry, error)
             return
         finally:
