@@ -211,6 +211,18 @@ def test_invalid_budget(tiny_bert: str) -> None:
         rm.compare_batch(_items(2), max_batch_tokens=0)
 
 
+def test_an_item_that_is_not_text_is_named_before_any_work(tiny_bert: str) -> None:
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    good = _items(2)
+    with pytest.raises(TypeError, match="item 2: b is NoneType, not str"):
+        rm.compare_batch([*good, ("p", "a", None)])
+    with pytest.raises(TypeError, match=r"item 0: expected \(prompt, a, b\)"):
+        rm.compare_batch([("p", "a")])
+    with pytest.raises(ValueError, match="lone surrogate"):
+        rm.compare("p", "a\udfff", "b")
+    assert rm.compare_batch([list(good[0])]) == rm.compare_batch(good[:1])  # a list is a pair too
+
+
 def test_eval_cli_max_batch_tokens(tiny_bert: str, pairs_file, tmp_path) -> None:
     from tinyrm.cli import main
 

@@ -41,7 +41,7 @@ from .packed import check_attention, enable_flash_attention, packed_mask_logits,
 from .pipeline import gc_paused, run_pipeline
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
-from .tokens import CachingClozeEncoder, PairInput
+from .tokens import CachingClozeEncoder, PairInput, check_pairs
 
 logger = logging.getLogger(__name__)
 __all__ = ["CachingClozeEncoder", "InferenceConfig", "InferenceEngine", "PairInput", "pair_units"]
@@ -366,6 +366,7 @@ class InferenceEngine:
         ``prefixes``: one instruction per item (None entries: the encoder's default prefix).
         """
         items = list(items)
+        check_pairs(items)
         # The budget resolved once ("auto": the device's free memory now) and handed down as a number, so the
         # chunks, the pipeline and the near-tie recheck do not each ask the device again.
         _, budget = self._limits(batch_size, max_batch_tokens)

@@ -38,6 +38,17 @@ def rust_tokenizer(tokenizer):
     return backend
 
 
+def check_pairs(items: Sequence[object]) -> None:
+    """``TypeError`` naming the item and field that is not text, before any work (the encoder's own error
+    would be a bare ``can only concatenate str``)."""
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise TypeError(f"item {i}: expected (prompt, a, b), got {item!r:.60}")
+        for name, text in zip(("prompt", "a", "b"), item):
+            if not isinstance(text, str):
+                raise TypeError(f"item {i}: {name} is {type(text).__name__}, not str")
+
+
 def check_texts(inputs: Sequence[TextOrPair]) -> None:
     """Say which input a tokenizer refused: not a string, or a string with a lone surrogate (``"\\ud800"``,
     which JSON can escape and Python holds, but no encoding writes). The tokenizer's own ``TypeError`` names
