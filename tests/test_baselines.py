@@ -243,6 +243,8 @@ def test_response_encoder_truncates_safely(tiny_bert):
         "input_ids"])
     with pytest.raises(ValueError, match="max_length"):
         ResponseEncoder(tokenizer, max_length=3)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        encoder.encode("Hi?", "Yes\ud800.")
 
 
 def test_eval_cli_on_a_baseline_model(tiny_bert, pairs_file, tmp_path, capsys):

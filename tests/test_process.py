@@ -113,6 +113,12 @@ def test_mask_text_in_user_input_adds_no_answer_slot(bert_rm):
     assert out.input_ids.count(bert_rm.tokenizer.mask_token_id) == 1
 
 
+def test_a_lone_surrogate_in_a_problem_or_step_is_named(bert_rm):
+    for problem, steps in (("what is 2\ud800?", ["4"]), ("what is 2+2?", ["so", "it is 4\udc00"])):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            bert_rm.score_steps(problem, steps)
+
+
 def test_full_mode_one_mask_per_step_and_windows(bert_rm):
     steps = [f"step {i} adds {i} apples to the basket" for i in range(8)]
     roomy = encoder_for(bert_rm, 512)

@@ -126,6 +126,34 @@ def get_template(name_or_template: str | PromptTemplate | dict) -> PromptTemplat
     return TEMPLATES[name_or_template]
 
 
+def check_texts(inputs: Sequence[str | tuple[str, str]]) -> None:
+    """Say which input a tokenizer refused: not a string, or a string with a lone surrogate (``"\\ud800"``,
+    which JSON can escape and Python holds, but no encoding writes). The tokenizer's own ``TypeError`` names
+    neither; this runs only after it failed."""
+    for item in inputs:
+        for text in item if isinstance(item, tuple) else (item,):
+            if not isinstance(text, str):
+                raise TypeError(f"expected text, got {type(text).__name__}: {text!r:.60}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"a text holds a lone surrogate ({text[error.start]!r} at character {error.start} "
+                                 f"of {text!r:.60}), which is not text") from None
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of one user text without special tokens (``[]`` for ``""``); a text the tokenizer refuses is
+    named (``check_texts``). ``verbose=False``: tinyrm truncates these pieces itself; transformers'
+    over-length warning would mislead."""
+    if not text:
+        return []
+    try:
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    except (TypeError, ValueError):
+        check_texts([text])
+        raise
+
+
 def resolve_answer_ids(tokenizer, answer_tokens: Sequence[str]) -> list[int]:
     """Token ids of the verbalizer words; each must be exactly one token."""
     ids: list[int] = []
@@ -204,10 +232,7 @@ class ClozeEncoder:
         self._literal_cache: dict[str, list[int]] = {}
 
     def _ids(self, text: str) -> list[int]:
-        if not text:
-            return []
-        # verbose=False: tinyrm truncates these pieces itself; transformers' over-length warning would mislead.
-        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return text_ids(self.tokenizer, text)
 
     def _pieces(self, parts: tuple[str, ...], values: dict[str, str]) -> list[tuple[str, str]]:
         """(slot-or-'literal', text) with whitespace moved onto the following piece, so that

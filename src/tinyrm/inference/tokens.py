@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..prompt import ClozeEncoder, Encoded
+from ..prompt import ClozeEncoder, Encoded, check_texts
 
 PairInput = tuple[str, str, str]
 TextOrPair = str | tuple[str, str]
@@ -47,21 +47,6 @@ def check_pairs(items: Sequence[object]) -> None:
         for name, text in zip(("prompt", "a", "b"), item):
             if not isinstance(text, str):
                 raise TypeError(f"item {i}: {name} is {type(text).__name__}, not str")
-
-
-def check_texts(inputs: Sequence[TextOrPair]) -> None:
-    """Say which input a tokenizer refused: not a string, or a string with a lone surrogate (``"\\ud800"``,
-    which JSON can escape and Python holds, but no encoding writes). The tokenizer's own ``TypeError`` names
-    neither; this runs only after it failed."""
-    for item in inputs:
-        for text in item if isinstance(item, tuple) else (item,):
-            if not isinstance(text, str):
-                raise TypeError(f"expected text, got {type(text).__name__}: {text!r:.60}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as error:
-                raise ValueError(f"a text holds a lone surrogate ({text[error.start]!r} at character {error.start} "
-                                 f"of {text!r:.60}), which is not text") from None
 
 
 def batch_ids(tokenizer, inputs: Sequence[TextOrPair], add_special_tokens: bool,

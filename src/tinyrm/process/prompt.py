@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # Right-padded tensors plus the flattened (row, column) of every read mask (``mask_rows``): the scoring
 # engine's collation, which takes several read masks per sequence.
 from ..inference.batches import collate  # noqa: F401 (tinyrm.process.collate)
-from ..prompt import keep_ends
+from ..prompt import keep_ends, text_ids
 
 OBJECTIVES = ("process", "outcome")
 CONTEXTS = ("prefix", "full")
@@ -90,9 +90,7 @@ class StepEncoder:
                              f"verdict question alone need {self.base + len(self.verdict_ids)} tokens")
 
     def _ids(self, text: str) -> list[int]:
-        if not text:
-            return []
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # cut by tinyrm
+        ids = text_ids(self.tokenizer, text)  # cut by tinyrm
         return [t for t in ids if t != self.mask_id]  # user text must not add an answer slot
 
     def tokenize(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[list[int]]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ...inference.batches import pad_rows
-from ...prompt import allocate_budget, keep_end, keep_ends
+from ...prompt import allocate_budget, keep_end, keep_ends, text_ids
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ResponseEncoder:
         self.avail = max_length - fixed
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
+        return text_ids(self.tokenizer, text)
 
     def encode(self, prompt: str, response: str) -> ResponseEncoded:
         p_ids, r_ids = self._ids(prompt), self._ids(response)
