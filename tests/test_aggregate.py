@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tinyrm.process.aggregate import METHODS, aggregate
+from tinyrm.process.aggregate import METHODS, aggregate, rank_key
 
 SCORES = [0.9, 0.6, 0.3, 0.8]
 
@@ -43,6 +43,14 @@ def test_geometric_mean_has_no_length_penalty_but_product_does():
     assert aggregate(long, "geometric_mean") == pytest.approx(aggregate(short, "geometric_mean"))
     assert aggregate([0.5, 0.0], "geometric_mean") == 0.0
     assert math.isfinite(aggregate([1e-5] * 500, "geometric_mean"))
+
+
+def test_rank_key_orders_products_that_underflow():
+    weak, weaker = [0.01] * 170, [0.009] * 170  # both products are 0.0 in floating point
+    assert aggregate(weak, "product") == aggregate(weaker, "product") == 0.0
+    assert rank_key(weak, "product") > rank_key(weaker, "product") > rank_key([0.5, 0.0], "product") == -math.inf
+    assert rank_key([0.3, 0.9], "min") == aggregate([0.3, 0.9], "min")
+    assert rank_key([0.3, 0.9], "first_error", 0.5) == 0.0
 
 
 def test_bad_input():

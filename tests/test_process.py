@@ -5,7 +5,9 @@ import pytest
 from tinyrm import ProcessRewardModel, RewardModel
 from tinyrm.cli import main
 from tinyrm.data import DataError
+from tinyrm.process.aggregate import aggregate
 from tinyrm.process.data import load_rows, parse_row, split_questions, step_labels
+from tinyrm.process.evaluation import evaluate_solutions
 from tinyrm.process.prompt import STEP_TEMPLATES, StepEncoder
 from tinyrm.process.scoring import spec
 from tinyrm.process.train import (
@@ -33,6 +35,9 @@ def test_parse_row_cleans_steps_and_carries_labels():
     assert row.steps == ["a = 2", "The answer is: 2"]
     assert row.labels == [True, False]
     assert row.first_error == 1
+    # a repeat that is the annotated first error stays, with its label (the located error is kept)
+    row = parse_row({"question": "q", "steps": ["a", "a", "b"], "first_error_step": 2, "solution_correct": False})
+    assert (row.steps, row.labels, row.first_error) == (["a", "a", "b"], [True, False, None], 1)
 
 
 @pytest.mark.parametrize(("row", "message"), [
@@ -163,6 +168,20 @@ def test_solution_scores_and_rerank(bert_rm):
     assert [s for _, s in ranking] == sorted((s for _, s in ranking), reverse=True)
     with pytest.raises(ValueError, match="aggregation"):
         bert_rm.score_solution(PROBLEM, BAD, aggregate="median")
+    with pytest.raises(ValueError, match="aggregation"):
+        bert_rm.rerank(PROBLEM, [BAD], aggregate="median")
+    steps = [bert_rm.score_steps(PROBLEM, c) for c in (BAD, GOOD)]
+    for threshold in (0.0, 1.0):  # first_error's threshold reaches the method
+        ranked = bert_rm.rerank(PROBLEM, [BAD, GOOD], aggregate="first_error", threshold=threshold)
+        assert sorted(s for _, s in ranked) == sorted(aggregate(s, "first_error", threshold) for s in steps)
+
+
+def test_zero_shot_process_scoring_takes_its_context_and_prefix(tiny_bert):
+    rm = ProcessRewardModel.from_pretrained(tiny_bert, device="cpu", context="full", prefix="Grade each step.")
+    assert rm.spec.context == "full" and rm.spec.encoder.prefix == "Grade each step."
+    assert rm.score_steps(PROBLEM, GOOD) == pytest.approx(rm.score_steps(PROBLEM, GOOD, context="full"), abs=1e-6)
+    with pytest.raises(ValueError, match="context must be one of"):
+        ProcessRewardModel.from_pretrained(tiny_bert, device="cpu", context="window")
 
 
 def test_dataset_trains_only_labelled_steps(bert_rm, tmp_path):
@@ -202,12 +221,16 @@ def test_train_load_and_eval(tiny_bert, tmp_path, objective, context, capsys):
         assert 0.0 <= results["steps"]["auroc"] <= 1.0
 
 
-def test_outcome_model_refuses_full_context(tiny_bert, tmp_path):
-    out = tmp_path / "orm"
-    train(TrainConfig(model=tiny_bert, data=[str(rows_file(tmp_path / "p.jsonl"))], output=str(out),
+def test_outcome_model_refuses_full_context_and_ignores_the_aggregate(tiny_bert, tmp_path):
+    out, data = tmp_path / "orm", rows_file(tmp_path / "p.jsonl")
+    train(TrainConfig(model=tiny_bert, data=[str(data)], output=str(out),
                       objective="outcome", batch_size=4, micro_batch_size=4, max_steps=1, max_length=128, save_steps=0))
+    orm = ProcessRewardModel.from_pretrained(str(out), device="cpu")
     with pytest.raises(ValueError, match="full"):
-        ProcessRewardModel.from_pretrained(str(out), device="cpu").score_steps(PROBLEM, GOOD, context="full")
+        orm.score_steps(PROBLEM, GOOD, context="full")
+    # Its verdict is the solution's score whatever the aggregate: first_error must not read it as a step count.
+    rows = load_rows([str(data)]).rows
+    assert evaluate_solutions(orm, rows, "first_error") == evaluate_solutions(orm, rows, "min")
 
 
 def test_shared_mrgsm8k_rows():

@@ -49,3 +49,12 @@ def aggregate(scores: Sequence[float], method: str = "min", threshold: float = 0
     if min(values) == 0.0:
         return 0.0
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def rank_key(scores: Sequence[float], method: str = "min", threshold: float = 0.5) -> float:
+    """What to sort solutions by under ``method``: its aggregate, except ``product``'s logarithm (the product
+    underflows to 0.0 on long or sharply calibrated solutions, which would tie solutions that differ)."""
+    value = aggregate(scores, method, threshold)  # checks the method and the scores
+    if method != "product":
+        return value
+    return sum(math.log(s) if s > 0.0 else -math.inf for s in map(float, scores))

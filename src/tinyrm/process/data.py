@@ -44,12 +44,13 @@ def step_labels(n_steps: int, first_error_step: int | None, solution_correct: bo
 
 
 def normalise(steps: Sequence[str], labels: Sequence[bool | None]) -> tuple[list[str], list[bool | None]]:
-    """Clean each step, drop filler and repeated steps, carrying the labels along."""
+    """Clean each step, drop filler and repeated steps, carrying the labels along. A repeat that is the
+    annotated first error is kept: dropping it would lose the row's only located error."""
     out_steps: list[str] = []
     out_labels: list[bool | None] = []
     for step, label in zip(steps, labels):
         text = clean(step)
-        if is_filler(text) or (out_steps and text == out_steps[-1]):
+        if is_filler(text) or (out_steps and text == out_steps[-1] and label is not False):
             continue
         out_steps.append(text)
         out_labels.append(label)

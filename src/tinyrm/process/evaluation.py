@@ -12,6 +12,7 @@ from ..evaluation.results import write_results
 from ..inference.packed import apply_attention
 from ..inference.precision import apply_precision, check_precision
 from ..temperature import model_temperature, use_calibration
+from .aggregate import METHODS
 from .aggregate import aggregate as combine
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
@@ -100,12 +101,16 @@ def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggre
     else:
         scores = solution_scores(rm, [(r.question, r.steps) for r in rows], aggregate=aggregate, context=context,
                                  threshold=threshold, batch_size=batch_size)
-    if aggregate == "first_error":  # a step count: "no step flagged" is the positive verdict
+    # A step count: "no step flagged" is the positive verdict (an outcome model's score is its verdict whatever
+    # the aggregate).
+    if aggregate == "first_error" and rm.spec.objective != "outcome":
         scores = [float(s == len(r.steps)) for s, r in zip(scores, rows)]
     return {"solutions": binary_metrics(scores, [r.solution_correct for r in rows], threshold)}
 
 
 def evaluate(config: ProcessEvalConfig) -> dict:
+    if config.aggregate not in METHODS:  # before any row is read or step scored
+        raise ValueError(f"unknown aggregation {config.aggregate!r}; choose from {', '.join(METHODS)}")
     rows = load_rows(config.data, skip_bad_rows=config.skip_bad_rows).rows
     rm = use_calibration(ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length),
                          config.calibrated)

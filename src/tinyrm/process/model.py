@@ -35,12 +35,15 @@ class ProcessRewardModel(RewardModel):
     @classmethod
     def _from_folder(cls, path_or_id: str, device: str | None, overrides: dict) -> ProcessRewardModel:
         path = resolve_model_path(path_or_id)
-        if not (Path(path) / CONFIG_FILE).is_file():
-            return cls._load_cloze(path, RewardConfig(base_model=str(path_or_id or "default")), str(path_or_id),
-                                   device, overrides)
-        config = RewardConfig.load(path)
-        if config.objective == "cloze":
-            return cls._load_cloze(path, config, str(path_or_id), device, overrides)
+        saved = (Path(path) / CONFIG_FILE).is_file()
+        config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
+        if config.objective == "cloze":  # zero-shot: the process prompt; its context and prefix as given
+            process = {k: overrides.pop(k) for k in ("context", "prefix") if overrides.get(k) is not None}
+            if process.get("context", CONTEXTS[0]) not in CONTEXTS:
+                raise ValueError(f"context must be one of {', '.join(CONTEXTS)}, got {process['context']!r}")
+            rm = cls._load_cloze(path, config, str(path_or_id), device, overrides)
+            rm.config.extra.setdefault("process", {}).update(process)
+            return rm
         if config.objective not in OBJECTIVES:
             raise ValueError(f"{path}: a {config.objective!r} model does not judge steps; load it with tinyrm.load")
         for key, value in overrides.items():
@@ -91,8 +94,9 @@ class ProcessRewardModel(RewardModel):
                               calibrated=calibrated)
 
     def rerank(self, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
-               context: str | None = None, batch_size: int = 32,
+               context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
                calibrated: bool | None = None) -> list[tuple[int, float]]:
-        """``[(index, score), ...]`` best first over candidate solutions (step lists or texts)."""
-        return rerank(self, problem, candidates, aggregate=aggregate, context=context, batch_size=batch_size,
-                      calibrated=calibrated)
+        """``[(index, score), ...]`` best first over candidate solutions (step lists or texts); ``threshold``:
+        ``first_error``'s."""
+        return rerank(self, problem, candidates, aggregate=aggregate, context=context, threshold=threshold,
+                      batch_size=batch_size, calibrated=calibrated)

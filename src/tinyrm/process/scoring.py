@@ -12,7 +12,7 @@ import torch
 from ..pairwise.model import RewardModel
 from ..prompt import resolve_answer_ids
 from ..temperature import calibrate_output
-from .aggregate import METHODS
+from .aggregate import METHODS, rank_key
 from .aggregate import aggregate as combine
 from .prompt import (
     ANSWER_TOKENS,
@@ -47,8 +47,9 @@ def spec(rm: RewardModel) -> ProcessSpec:
     if config.objective in OBJECTIVES:
         template = StepTemplate.from_dict(config.template)
         prefix, answer_ids, objective = config.prefix, rm.answer_ids, config.objective
-    else:  # a pairwise checkpoint asked for step verdicts: the untrained process prompt
-        template, prefix, objective = STEP_TEMPLATES["process"], PREFIXES["process"], "process"
+    else:  # a pairwise checkpoint asked for step verdicts: the untrained process prompt (or a prefix given)
+        template, objective = STEP_TEMPLATES["process"], "process"
+        prefix = config.extra.get("process", {}).get("prefix", PREFIXES["process"])
         answer_ids = resolve_answer_ids(rm.tokenizer, ANSWER_TOKENS)
     context = config.extra.get("process", {}).get("context", "prefix")
     result = ProcessSpec(StepEncoder(rm.tokenizer, template, prefix, config.max_length),
@@ -191,7 +192,15 @@ def steps_and_reward(rm: RewardModel, problem: str, steps: StepsInput, aggregate
 def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggregate: str = "min",
            context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
            calibrated: bool | None = None) -> list[tuple[int, float]]:
-    """``[(index, score), ...]`` best first (ties keep the input order)."""
-    scores = solution_scores(rm, [(problem, c) for c in candidates], aggregate=aggregate, context=context,
-                             threshold=threshold, batch_size=batch_size, calibrated=calibrated)
-    return sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
+    """``[(index, score), ...]`` best first (ties keep the input order), sorted by
+    :func:`tinyrm.process.aggregate.rank_key` (``product``: by its logarithm, which does not underflow)."""
+    items = [(problem, c) for c in candidates]
+    if aggregate not in METHODS:
+        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    if spec(rm).objective == "outcome":
+        scores = keys = outcome_scores(rm, items, batch_size=batch_size, calibrated=calibrated)
+    else:
+        per_step = score_many(rm, items, context=context, batch_size=batch_size, calibrated=calibrated)
+        scores = [combine(s, aggregate, threshold=threshold) for s in per_step]
+        keys = [rank_key(s, aggregate, threshold) for s in per_step]
+    return [(i, scores[i]) for i in sorted(range(len(scores)), key=lambda i: (-keys[i], i))]
