@@ -10,7 +10,7 @@ from __future__ import annotations
 from email.utils import formatdate
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tinyrm.serving.client import RewardClient, RewardClientError, parse_retry_after
@@ -24,6 +24,7 @@ class Script:
     def __init__(self) -> None:
         self.answers: list[tuple[int, dict[str, str]]] = []
         self.calls = 0
+        self.deadlines: list[str | None] = []  # each request's X-Request-Timeout
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,17 @@ def peer():
     app = FastAPI()
 
     @app.post("/v1/compare")
-    async def compare() -> JSONResponse:
+    async def compare(request: Request) -> JSONResponse:
         script.calls += 1
+        script.deadlines.append(request.headers.get("x-request-timeout"))
         status, headers = script.answers.pop(0) if script.answers else (200, {})
         if status != 200:
             return JSONResponse(status_code=status, content={"error": "busy"}, headers=headers)
         return JSONResponse({"prob_a": 0.25})
+
+    @app.post("/v1/compare_batch")
+    async def broken() -> JSONResponse:  # an error body that is JSON but not tinyrm's object (a proxy's, say)
+        return JSONResponse(status_code=500, content="boom")
 
     with serving_app(app) as (url, _):
         yield url, script
@@ -45,7 +51,7 @@ def peer():
 
 def scripted(peer, answers: list[tuple[int, dict[str, str]]]) -> tuple[str, Script]:
     url, script = peer
-    script.answers, script.calls = list(answers), 0
+    script.answers, script.calls, script.deadlines = list(answers), 0, []
     return url, script
 
 
@@ -64,6 +70,8 @@ def test_503_retry_after_seconds_is_honoured(peer):
         assert client.compare("p", "a", "b") == 0.25
     assert script.calls == 3
     assert waits == [(1, 1.0), (2, 1.0)]
+    # each attempt told the server its deadline, under the client's 10 s read timeout
+    assert script.deadlines == ["9.000"] * 3
 
 
 def test_without_retry_after_the_client_backs_off_exponentially(peer):
@@ -97,15 +105,31 @@ def test_retry_after_over_the_cap_is_a_clear_error_at_once(peer):
 def test_gives_up_after_the_retries_even_with_retry_after(peer):
     url, script = scripted(peer, [(503, {"Retry-After": "0"})] * 5)
     waits: list[tuple[int, float]] = []
-    with client_for(url, waits, retries=2) as client, pytest.raises(RewardClientError, match="gave up after 3"):
+    with client_for(url, waits, retries=2) as client, pytest.raises(RewardClientError, match="gave up after 3") as info:
         client.compare("p", "a", "b")
     assert script.calls == 3 and waits == [(1, 0.0), (2, 0.0)]
+    assert info.value.status == 503  # overload, told apart from a server that never answered
+
+
+def test_an_error_body_that_is_not_an_object_is_shown_as_sent(peer):
+    url, _ = scripted(peer, [])
+    with client_for(url, []) as client, pytest.raises(RewardClientError, match='HTTP 500: "boom"') as info:
+        client.compare_batch([("p", "a", "b")])
+    assert info.value.status == 500
+
+
+def test_an_address_without_a_scheme_fails_at_once():
+    waits: list[tuple[int, float]] = []
+    with client_for("127.0.0.1:9", waits) as client, pytest.raises(RewardClientError, match="127.0.0.1:9"):
+        client.compare("p", "a", "b")
+    assert waits == []  # a setup error: no retry fixes it
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
     ("1", 1.0), (" 30 ", 30.0), ("1.5", 1.5), ("-3", 0.0),
     ("Thu, 01 Jan 1970 00:00:10 GMT", 5.0),  # 10 s after the epoch, seen from 5 s after it
     ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),  # in the past: at once
+    ("Thursday, 01-Jan-70 00:00:10 GMT", 5.0), ("Thu Jan  1 00:00:10 1970", 5.0),  # RFC 850 and asctime forms
     (None, None), ("", None), ("soon", None), ("nan", None), ("inf", None),
 ])
 def test_parse_retry_after(value, seconds):

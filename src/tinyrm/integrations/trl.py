@@ -7,8 +7,9 @@ TRL calls each reward function as ``reward(prompts=..., completions=..., complet
 the completions by prompt, wherever they sit in the batch, and scores each on one scale in [0, 1]:
 
 - by default, its **win rate in its group** (``tinyrm.pairwise.groups``): the Bradley-Terry probability
-  that it beats another (distinct) completion for the same prompt. A group's rewards average 0.5, so
-  the logged mean reward stays near 0.5; what trains the policy is the spread within each group.
+  that it beats another (distinct) completion for the same prompt. A group's distinct completions' rewards
+  average 0.5 (repeats repeat their reward), so the logged mean reward stays near 0.5; what trains the
+  policy is the spread within each group.
 - with ``reference_key="<column>"``, **P(completion better than the row's reference)** from that dataset
   column (a gold answer, the SFT model's answer, ...): an absolute signal that also serves groups of
   one. A row whose reference is None gets None (TRL: not applicable).

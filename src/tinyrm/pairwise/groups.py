@@ -5,8 +5,9 @@ a rerank request is one group (the query with its documents). Both want one scor
 a tournament result, so each candidate gets its **win rate**: the Bradley-Terry probability that it
 beats another member of its group, averaged over the other (distinct) members,
 ``mean_j sigmoid(theta_i - theta_j)``. It is 0.5 for a group of one or of identical candidates,
-higher is better, it orders candidates exactly as their strengths do, and a group's scores average
-0.5 (a pairwise model knows only who is better *within* the group).
+higher is better, it orders candidates exactly as their strengths do, and the scores of a group's
+distinct candidates average 0.5 (a pairwise model knows only who is better *within* the group; a
+repeated candidate repeats its score, so a group with repeats may average elsewhere).
 
 - ``round_robin``: every pair of distinct candidates of every group, both orders, in **one**
   ``compare_batch`` call for all groups; strengths from ``rank.round_robin`` (the Bradley-Terry fit).

@@ -11,6 +11,9 @@ for: it raises ``RewardClientError`` at once, saying how long the server asked t
 header, the wait is exponential backoff (``backoff``, then twice that, ... capped at ``max_backoff_s``).
 Other errors (401, 413, 422, 500, ...) raise ``RewardClientError`` at once with the server's message.
 ``on_retry(attempt, wait_s, reason)`` is called before each wait (logging, metrics, tests).
+Every request carries ``X-Request-Timeout`` a little under the client's own timeout, so the server drops
+work nobody will read and answers 503 before the client gives up on it (without it, a request longer
+than the timeout was scored to the server's deadline once per attempt and never answered).
 A ``RewardClient`` is also a scorer for ``tinyrm.pairwise.rank`` (it has ``compare_batch``).
 """
 
@@ -21,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -51,9 +55,10 @@ class RewardClientError(RuntimeError):
 class _Retryable(Exception):
     """One failed attempt worth another: no connection, a timeout, or a 429/502/503/504 answer."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s  # the answer's Retry-After, in seconds from now
+        self.status = status  # the answer's HTTP status (None: no answer)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -69,8 +74,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when.tzinfo is None:  # an HTTP date is GMT; a naive parse means it said so differently
-            return None
+        if when.tzinfo is None:  # the asctime form ("Sun Nov  6 08:49:37 1994") names no zone: it is GMT
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
@@ -101,14 +106,17 @@ class ClientConfig:
 
 
 class RewardClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0, retries: int = 3,
+    def __init__(self, url: str, api_key: str | None = None, timeout: float | None = 60.0, retries: int = 3,
                  backoff: float = 0.25, transport: httpx.BaseTransport | None = None,
                  max_retry_after: float = 30.0,
                  on_retry: Callable[[int, float, str], None] | None = None) -> None:
         self.config = ClientConfig(timeout_s=timeout, retries=retries, backoff_s=backoff,
                                    max_retry_after_s=max_retry_after)
         self.on_retry = on_retry  # (attempt just failed, seconds about to be waited, why)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # The server's deadline a little under ours: its 503 (with Retry-After) arrives before our read timeout.
+        headers = {} if timeout is None else {"X-Request-Timeout": f"{timeout - min(2.0, 0.1 * timeout):.3f}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> RewardClient:
@@ -124,6 +132,8 @@ class RewardClient:
     def _attempt(self, method: str, path: str, payload: dict | None) -> httpx.Response:
         try:
             response = self._http.request(method, path, json=payload)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:  # a setup error: no retry fixes it
+            raise RewardClientError(f"{method} {self._http.base_url}{path}: {error}") from error
         except (httpx.TransportError, httpx.TimeoutException) as error:
             raise _Retryable(f"{type(error).__name__}: {error}") from error
         if response.status_code in RETRY_STATUS:
@@ -134,7 +144,7 @@ class RewardClient:
                     f"{method} {path}: HTTP {status}: the server asked to wait {retry_after:g} s before "
                     f"retrying (Retry-After), over this client's max_retry_after of "
                     f"{self.config.max_retry_after_s:g} s; not retried ({response.text[:200]})", status)
-            raise _Retryable(f"HTTP {status}: {response.text[:200]}", retry_after)
+            raise _Retryable(f"HTTP {status}: {response.text[:200]}", retry_after, status)
         return response
 
     def _before_sleep(self, retry_state: RetryCallState) -> None:
@@ -158,12 +168,16 @@ class RewardClient:
             response = retrying(self._attempt, method, path, payload)
         except RetryError as error:
             last = error.last_attempt.exception()
-            raise RewardClientError(f"{method} {path}: gave up after {attempts} attempts ({last})") from last
+            status = last.status if isinstance(last, _Retryable) else None  # the last answer's, if one came
+            raise RewardClientError(f"{method} {path}: gave up after {attempts} attempts ({last})", status) from last
         if response.status_code >= 400:
             try:
                 body = response.json()
-                message, field = body.get("error", response.text), body.get("field")
             except ValueError:
+                body = None
+            if isinstance(body, dict):  # tinyrm's {"error", "field"?}; anything else is shown as sent
+                message, field = body.get("error", response.text), body.get("field")
+            else:
                 message, field = response.text, None
             raise RewardClientError(f"{method} {path}: HTTP {response.status_code}: {message}",
                                     response.status_code, field)
