@@ -195,6 +195,87 @@ def test_another_job_in_the_parts_folder_is_started_afresh(model, tmp_path):
     assert result.resumed_chunks == 0 and all("stale" not in row for row in read_output(out))
 
 
+def test_an_input_column_named_like_an_added_one_follows_one_rule_in_every_chunk(model, rm, tmp_path):
+    rows = [{"id": 0, "prompt": "q", "chosen": "good", "rejected": "bad", "scores": [4, 2], "best": "own"},
+            {"id": 1, "prompt": "s", "candidates": ["a", "bb"], "scores": [1, 3], "prob_a": 0.5},
+            {"id": 2, "prompt": "r", "a": "x", "b": "yy", "prob_chosen": 0.25},
+            {"id": 3, "prompt": "t", "chosen": "c", "rejected": "dd", "prob_chosen": 0.75}]
+    # The rule: a row whose kind adds the column gets the added value, any other keeps its own.
+    for source in (write_jsonl(rows, tmp_path / "in.jsonl"), write_parquet(rows, tmp_path / "in.parquet")):
+        for suffix in (".parquet", ".jsonl"):
+            for chunk_rows in (1, 2, 4):  # pairs alone, pairs with a set, all in one chunk
+                keep_best = chunk_rows == 2
+                out = tmp_path / f"{source.suffix[1:]}-{chunk_rows}{suffix}"
+                score(model=model, data=[str(source)], output=str(out), chunk_rows=chunk_rows, keep_best=keep_best,
+                      progress=False)
+                got = [{k: v for k, v in row.items() if v is not None} for row in read_output(out)]
+                assert_same_rows(got, expected(rm, rows, keep_best=keep_best), tol=1e-5)
+    # Text: a type the added scores (lists of floats) cannot share one Parquet column with.
+    rows[0]["scores"], rows[1]["scores"] = "mine", "theirs"
+    source = write_parquet(rows, tmp_path / "text.parquet")
+    with pytest.raises(DataError, match=r"^chunk 0: input column 'scores' \(string\) .*rename .*\.jsonl"):
+        score(model=model, data=[str(source)], output=str(tmp_path / "text-out.parquet"), progress=False)
+    score(model=model, data=[str(source)], output=str(tmp_path / "text.jsonl"), progress=False)
+    assert read_output(tmp_path / "text.jsonl")[0]["scores"] == "mine"
+
+
+def test_skipped_row_details_are_kept_up_to_what_is_shown_and_counted_whole(model, rm, tmp_path):
+    from tinyrm.scoring.chunk import score_chunk
+    from tinyrm.scoring.readers import plan_chunks, read_unit
+
+    lines = [json.dumps(row) for row in mixed_rows(3)] + [json.dumps({"prompt": f"p{i}"}) for i in range(150)]
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    config = ScoreConfig(model=model, data=[str(data)], output=str(tmp_path / "out.jsonl"), skip_bad_rows=True)
+    plan = plan_chunks([str(data)], 1000)
+    (chunk,) = read_unit(plan.units[0], plan.chunk_rows, True, None)
+    counts = score_chunk(rm, chunk, config).counts  # what part-N.json, the engines and Ray carry
+    assert counts["bad_rows"] == 150 and len(counts["skipped_rows"]) == 100
+    assert counts["skipped_rows"][-1] == [f"{data}:103", chunk.skipped[99][1]]
+    result = score(config, progress=False)
+    assert result.bad_rows == 150 and len(result.skipped_rows) == 100 and result.kept_rows == 3
+
+
+def test_a_value_the_joined_parquet_type_cannot_hold_stops_the_run_at_its_chunk(model, tmp_path):
+    rows = [{"id": 2**60 + 1, "prompt": "p", "chosen": "c", "rejected": "r"},
+            {"id": 1.5, "prompt": "p", "chosen": "c", "rejected": "r"},
+            {"id": 3, "prompt": "p", "chosen": "c", "rejected": "r"}]
+    data = write_jsonl(rows, tmp_path / "in.jsonl")
+    out = tmp_path / "out.parquet"
+    with pytest.raises(DataError, match=r"^chunk 1: chunk 0's column 'id': values of type int64 do not fit double"):
+        score(model=model, data=[str(data)], output=str(out), chunk_rows=1, progress=False)
+    assert sorted(p.name for p in parts_dir(out).glob("part-*.json")) == ["part-000000.json"] and not out.exists()
+    assert main(["score", "--model", model, "--data", str(data), "--output", str(out), "--chunk-rows", "1",
+                 "--no-progress"]) == 2  # resumed: stops at the same chunk, before the join
+    score(model=model, data=[str(data)], output=str(tmp_path / "out.jsonl"), chunk_rows=1, progress=False)
+    assert [row["id"] for row in read_output(tmp_path / "out.jsonl")] == [2**60 + 1, 1.5, 3]
+
+
+def test_the_fingerprint_holds_the_precision_the_chunks_are_scored_in(model, tmp_path):
+    from tinyrm.inference.precision import cpu_bf16_native
+    from tinyrm.scoring.job import describe
+    from tinyrm.scoring.parts import PartStore
+    from tinyrm.scoring.readers import plan_chunks
+
+    data = write_jsonl(mixed_rows(6), tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    plan = plan_chunks([str(data)], 1024)
+
+    def fingerprint(**options) -> str:
+        return describe(ScoreConfig(model=model, data=[str(data)], output=str(out), **options), plan, "jsonl")[0]
+
+    # auto is bf16 on a GPU, fp32 on most CPUs: the same arguments on another device are another job.
+    assert fingerprint(device="cpu") == fingerprint(device="cpu", precision="bf16" if cpu_bf16_native() else "fp32")
+    assert fingerprint(device="cpu") != fingerprint(device="cuda") == fingerprint(device="cuda", precision="auto")
+    assert fingerprint(engine="ray") != fingerprint(engine="ray", gpus_per_worker=1)
+    # A job stopped on a GPU, its chunk done in bf16, started again on the CPU: scored afresh, not resumed.
+    fp, job = describe(ScoreConfig(model=model, data=[str(data)], output=str(out), device="cuda"), plan, "jsonl")
+    store = PartStore.open(out, "jsonl", fp, plan.chunks, job)
+    store.commit(0, b'{"scored": "in bf16"}\n', {"rows": 6, "kept_rows": 1})
+    result = score(model=model, data=[str(data)], output=str(out), device="cpu", progress=False)
+    assert result.resumed_chunks == 0 and [row["id"] for row in read_output(out)] == list(range(6))
+
+
 SLOW_DRIVER = """
 import sys, time
 import tinyrm.scoring.local as local

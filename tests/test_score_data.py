@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -149,3 +150,58 @@ def test_a_failing_chunk_is_retried_and_a_bad_row_is_not(tmp_path):
     with pytest.raises(DataError):
         score_with_retries(flaky, chunk, config)
     assert flaky.failures == 0 and flaky.calls == 0  # raised once, not tried again
+
+
+class Killed(BaseException):
+    """What a kill at that instant leaves: the call stops there (a real SIGKILL at it is not reproducible)."""
+
+
+def test_a_kill_while_the_state_folder_is_built_or_removed_blocks_no_later_run(tmp_path, monkeypatch):
+    import shutil
+
+    from tinyrm.scoring import parts
+
+    out = tmp_path / "out.parquet"
+
+    def killed_at_job_json(path, data):
+        if path.name == parts.JOB_FILE:
+            raise Killed
+        return write_atomic(path, data)
+
+    write_atomic = parts.write_atomic
+    monkeypatch.setattr(parts, "write_atomic", killed_at_job_json)
+    with pytest.raises(Killed):  # killed after the folder was made, before job.json was in it
+        PartStore.open(out, "parquet", "fp", 1, {})
+    monkeypatch.undo()
+    store = PartStore.open(out, "parquet", "fp", 1, {})  # was: "exists and is not the state folder"
+    store.commit(0, encode_part("parquet", records=[{"id": 1}]), {"rows": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet.parts"]  # the killed run's leftover is gone
+
+    rmtree = shutil.rmtree
+
+    def killed_after_job_json(path, *args, **kwargs):  # rmtree may delete job.json first
+        (Path(path) / parts.JOB_FILE).unlink()
+        raise Killed
+
+    for remove in (store.remove, lambda: PartStore.open(out, "parquet", "another job", 1, {})):
+        monkeypatch.setattr(parts.shutil, "rmtree", killed_after_job_json)
+        with pytest.raises(Killed):
+            remove()
+        monkeypatch.setattr(parts.shutil, "rmtree", rmtree)
+        store = PartStore.open(out, "parquet", "fp", 1, {})
+        assert store.resumed == 0 and (store.dir / parts.JOB_FILE).is_file()
+        assert [p.name for p in tmp_path.iterdir()] == ["out.parquet.parts"]
+        store.commit(0, encode_part("parquet", records=[{"id": 1}]), {"rows": 1})
+
+
+@pytest.mark.parametrize("ids", [(2**60 + 1, 1.5), (1.5, 2**60 + 1)])
+def test_a_value_the_joined_type_cannot_hold_stops_at_its_chunk(tmp_path, ids):
+    store = PartStore.open(tmp_path / "out.parquet", "parquet", "fp", 3, {})
+    store.commit(0, encode_part("parquet", records=[{"id": ids[0]}]), {"rows": 1})
+    # The ints and the float unify (to double), but 2^60 + 1 has no double: found here, not at the join.
+    with pytest.raises(DataError, match=r"^chunk 1: .*column 'id': values of type int64 do not fit double.*\.jsonl"):
+        store.commit(1, encode_part("parquet", records=[{"id": ids[1]}]), {"rows": 1})
+    assert store.done() == {0}
+    big = store.part(ids.index(2**60 + 1))
+    with pytest.raises(DataError, match=rf"^{big}: column 'id': .*\.jsonl"):
+        join_parts([store.part(0), store.part(1)], tmp_path / "joined.parquet", "parquet")  # was a bare ArrowInvalid

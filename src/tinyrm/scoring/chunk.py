@@ -11,7 +11,9 @@ chunk scored by either gives the same rows. What a chunk adds to its rows:
   ``tinyrm rank`` gives them; ``keep_best`` replaces ``candidates`` by ``best`` (the best candidate) and
   ``best_index`` (its index in the input set).
 
-Every other column passes through; an added column the input already has is overwritten in place.
+Every other column passes through. An input column named like an added one (say a pair row's own
+``scores``) follows one rule in every chunk and both formats: a row whose kind adds the column holds the
+added value, any other row keeps its own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..data import DataError
 from ..evaluation.evaluate import accepts_domains
 from ..pairwise.rank import PairwiseScorer
-from .config import ScoreConfig, output_format
+from .config import SHOWN_SKIPPED, ScoreConfig, output_format
 from .readers import Chunk
 from .rows import AB, BEST, BEST_INDEX, PAIR, PROB_COLUMN, RANKING, SCORES, SET
 from .sets import rank_sets
@@ -86,46 +88,78 @@ def score_chunk(model: PairwiseScorer, chunk: Chunk, config: ScoreConfig) -> Chu
         "dropped_rows": len(keep) - len(kept),
         "candidates_kept": len(sizes) if config.keep_best else sum(sizes),
         "candidates_dropped": sum(sizes) - len(sizes) if config.keep_best else 0,
-        "skipped_rows": [list(entry) for entry in chunk.skipped],
+        # Only what the summary shows: the rest would grow part-N.json, memory and Ray messages with the input.
+        "skipped_rows": [list(entry) for entry in chunk.skipped[:SHOWN_SKIPPED]],
     }
+    fmt = output_format(config.output)
     if chunk.records is not None:
         rows = []
         for i in kept:
             row = dict(chunk.records[i])
-            row.update(added[i])
+            row.update(added[i])  # the kind's columns only: a row keeps its own value of any other
             if config.keep_best:  # every row, so the column is absent from the whole output
                 row.pop("candidates", None)
             rows.append(row)
-        data = encode_part(output_format(config.output), records=rows)
+        data = encode_part(fmt, records=rows)
     else:
         import pyarrow as pa
 
         kept_rows = pa.array(kept, type=pa.int64())  # typed: an empty list (every pair dropped) would be of type null
-        table = _add_columns(chunk.table.take(kept_rows) if len(kept) < chunk.table.num_rows else chunk.table,
-                             [added[i] for i in kept])
+        table = chunk.table.take(kept_rows) if len(kept) < chunk.table.num_rows else chunk.table
         if config.keep_best and "candidates" in table.column_names:
             table = table.drop_columns(["candidates"])
-        data = encode_part(output_format(config.output), table=table)
+        kept_added = [added[i] for i in kept]
+        if fmt == "jsonl":  # merged as Python values: a JSON line may hold an input value of any type
+            data = encode_part(fmt, records=_merge_rows(table.to_pylist(), kept_added))
+        else:
+            data = encode_part(fmt, table=_add_columns(table, kept_added, chunk.id))
     counts["seconds"] = round(time.perf_counter() - started, 4)
     return ChunkResult(chunk.id, data, counts)
 
 
-def _add_columns(table: pa.Table, added: list[dict[str, Any]]) -> pa.Table:
-    """``table`` with the added columns (those any row has; nulls for the others), typed the same in
-    every chunk; an existing column of the same name is replaced in place."""
+def _added_types() -> dict[str, pa.DataType]:
+    """The added columns in output order, typed the same in every chunk."""
     import pyarrow as pa
 
-    types = {"prob_chosen": pa.float64(), "prob_a": pa.float64(), SCORES: pa.list_(pa.float64()),
-             RANKING: pa.list_(pa.int64()), BEST: pa.string(), BEST_INDEX: pa.int64()}
-    for name, kind in types.items():
-        values = [extra.get(name) for extra in added]
-        if all(value is None for value in values):
+    return {"prob_chosen": pa.float64(), "prob_a": pa.float64(), SCORES: pa.list_(pa.float64()),
+            RANKING: pa.list_(pa.int64()), BEST: pa.string(), BEST_INDEX: pa.int64()}
+
+
+def _added_names(added: list[dict[str, Any]]) -> list[str]:
+    """The added columns some row of the chunk has, in output order."""
+    return [name for name in _added_types() if any(name in extra for extra in added)]
+
+
+def _merge_rows(rows: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (from an Arrow table) with the columns of ``_add_columns``: the same keys, in the same order."""
+    names = _added_names(added)
+    for row, extra in zip(rows, added):
+        for name in names:
+            row[name] = extra[name] if name in extra else row.get(name)
+    return rows
+
+
+def _add_columns(table: pa.Table, added: list[dict[str, Any]], chunk: int) -> pa.Table:
+    """``table`` with the added columns (those any row has; nulls for the others), typed the same in
+    every chunk; an input column of the same name stays in place, its value kept where the row's kind
+    does not add the column."""
+    import pyarrow as pa
+
+    types = _added_types()
+    for name in _added_names(added):
+        kind = types[name]
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([extra.get(name) for extra in added], type=kind))
             continue
-        column = pa.array(values, type=kind)
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, column)
-        else:
-            table = table.append_column(name, column)
+        own = table.column(name)
+        values = [extra[name] if name in extra else value for extra, value in zip(added, own.to_pylist())]
+        try:
+            column = pa.array(values, type=kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+            raise DataError(f"chunk {chunk}: input column {name!r} ({own.type}) holds values that the column scoring "
+                            f"adds under that name ({kind}) cannot hold ({error}); rename the input column, or write "
+                            "JSONL output (OUT ending in .jsonl)") from None
+        table = table.set_column(table.column_names.index(name), name, column)
     return table
 
 

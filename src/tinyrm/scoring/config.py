@@ -13,6 +13,7 @@ METHODS = ("knockout", "round_robin")  # how a candidate set is ranked (tinyrm.p
 FORMATS = ("parquet", "jsonl")
 DEFAULT_CHUNK_ROWS = 1024
 DEFAULT_RETRIES = 2
+SHOWN_SKIPPED = 100  # skipped-row locations kept per chunk and in the summary (the count is whole)
 
 
 @dataclass

@@ -37,6 +37,25 @@ def model_signature(model: str) -> list:
     return [str(path.resolve())] + [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def compute_precision(config: ScoreConfig) -> str:
+    """The precision the chunks are scored in: ``auto`` (the default) resolved on their device, so a run
+    resumed on another device does not mix bf16- and fp32-scored rows."""
+    precision = config.precision or "auto"
+    if precision != "auto":
+        return precision
+    if config.engine == "ray":
+        on_gpu = config.gpus_per_worker > 0
+    else:
+        from ..backbone import default_device
+
+        on_gpu = str(config.device or default_device()).startswith("cuda")
+    if on_gpu:  # not asked of the GPU here: a Ray driver may have none
+        return "auto on cuda"
+    from ..inference.precision import cpu_bf16_native
+
+    return "bf16" if cpu_bf16_native() else "fp32"
+
+
 def describe(config: ScoreConfig, plan: Plan, fmt: str) -> tuple[str, dict[str, Any]]:
     """The job's fingerprint and what it covers: what changes the output rows, not how they are computed
     (engine, workers, batch size), so a run may be resumed on another engine."""
@@ -44,7 +63,7 @@ def describe(config: ScoreConfig, plan: Plan, fmt: str) -> tuple[str, dict[str, 
         "state_format": STATE_FORMAT, "model": model_signature(config.model),
         "sources": [source_signature(source) for source in plan.sources], "chunk_rows": config.chunk_rows,
         "min_prob": config.min_prob, "keep_best": config.keep_best, "method": config.method,
-        "skip_bad_rows": config.skip_bad_rows, "precision": config.precision, "format": fmt,
+        "skip_bad_rows": config.skip_bad_rows, "precision": compute_precision(config), "format": fmt,
     }
     if not config.calibrated:  # raw probabilities change the output (a calibrated model's are in its files)
         job["calibrated"] = False

@@ -9,28 +9,54 @@ kill at any moment leaves either a finished chunk or none (a part without counts
 A run started with the same arguments on the same input finds the same fingerprint and skips the
 finished chunks; any other fingerprint means another job, whose folder is removed first. When every
 chunk is finished the parts are joined into ``OUT`` and the folder is removed.
+
+The folder is built under a temporary sibling name (``OUT.parts.PID.HEX.tmp``) and renamed into place
+once ``job.json`` is in it, and is renamed to such a name before it is deleted, so a kill never leaves
+an ``OUT.parts/`` without ``job.json`` (which would block every later run); a temporary folder left by a
+killed run is deleted by the next.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .writers import check_schema, join_parts, write_atomic
+from .config import SHOWN_SKIPPED
+from .writers import check_cast, check_schema, join_parts, temporary_name, write_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 JOB_FILE = "job.json"
-SHOWN_SKIPPED = 100  # skipped-row locations kept in the summary
 
 
 def parts_dir(output: str | Path) -> Path:
     return Path(f"{output}.parts")
+
+
+def remove_dir(path: Path) -> None:
+    """Delete ``path``: renamed away first, so a kill while deleting leaves no half-deleted ``path``."""
+    if not path.exists():
+        return
+    doomed = temporary_name(path)
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary folders (``temporary_name(path)``) that killed runs left beside ``path``."""
+    own = re.compile(rf"{re.escape(path.name)}\.\d+\.[0-9a-f]{{8}}\.tmp")  # not another output's folder
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        if own.fullmatch(leftover.name) and leftover.is_dir():
+            logger.info("removing %s, left by a killed run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 class PartStore:
@@ -51,6 +77,7 @@ class PartStore:
         """The job's folder: resumed when its fingerprint matches, else started afresh."""
         store = cls(Path(output), fmt, fingerprint, chunks)
         job_file = store.dir / JOB_FILE
+        remove_leftovers(store.dir)
         if store.dir.exists():
             if not job_file.is_file():
                 raise UsageError(f"{store.dir} exists and is not the state folder of a `tinyrm score` run; "
@@ -64,10 +91,12 @@ class PartStore:
                 store.resumed = len(store.counts)
                 return store
             logger.warning("%s holds a run with other arguments or other input: starting afresh", store.dir)
-            shutil.rmtree(store.dir)
-        store.dir.mkdir(parents=True)
+            remove_dir(store.dir)
+        building = temporary_name(store.dir)  # renamed into place once job.json is in it
+        building.mkdir(parents=True)
         document = {"format": STATE_FORMAT, "fingerprint": fingerprint, "chunks": chunks, "job": job}
-        write_atomic(job_file, (json.dumps(document, indent=1, default=str) + "\n").encode("utf-8"))
+        write_atomic(building / JOB_FILE, (json.dumps(document, indent=1, default=str) + "\n").encode("utf-8"))
+        os.rename(building, store.dir)
         return store
 
     def part(self, chunk: int) -> Path:
@@ -89,13 +118,25 @@ class PartStore:
         """Keep a finished chunk: its part, then its counts (the commit point)."""
         part = self.part(chunk)
         write_atomic(part, data)
-        if self.fmt == "parquet":  # a column whose type no longer joins stops the run here
-            if self._schema is None:
-                for done in sorted(self.counts):
-                    self._schema = check_schema(self._schema, self.part(done), done)
-            self._schema = check_schema(self._schema, part, chunk)
+        if self.fmt == "parquet":  # a column whose type no longer joins stops the run here, not at the join
+            self._check_joins(chunk)
         write_atomic(self._counts_file(chunk), (json.dumps(counts) + "\n").encode("utf-8"))
         self.counts[chunk] = counts
+
+    def _check_joins(self, chunk: int) -> None:
+        """Unify the new part's schema with the finished parts' and cast what the join will cast: the new
+        part's columns, and the finished parts' columns whose unified type this part changed."""
+        if self._schema is None:
+            for done in sorted(self.counts):
+                self._schema = check_schema(self._schema, self.part(done), done)
+        before = self._schema
+        schema = check_schema(before, self.part(chunk), chunk)
+        check_cast(self.part(chunk), schema, f"chunk {chunk}: ")
+        changed = [] if before is None else [f.name for f in before if schema.field(f.name).type != f.type]
+        if changed:
+            for done in sorted(self.counts):
+                check_cast(self.part(done), schema, f"chunk {chunk}: chunk {done}'s ", changed)
+        self._schema = schema
 
     def complete(self) -> bool:
         return len(self.counts) == self.chunks
@@ -121,4 +162,4 @@ class PartStore:
         join_parts([self.part(chunk) for chunk in range(self.chunks)], self.output, self.fmt)
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_dir(self.dir)

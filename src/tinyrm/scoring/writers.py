@@ -7,8 +7,9 @@
   JSONL parts are concatenated; Parquet parts are written with one schema, the union of theirs
   (``pyarrow.unify_schemas``, permissive: a column missing from a part is null there, an all-null
   column takes the type the others have, int widens to float), one part in memory at a time.
-- ``check_schema``: whether a new part's schema still joins the others, so a column whose values
-  change type between chunks stops the run at that chunk, not after the last one.
+- ``check_schema`` and ``check_cast``: whether a new part's schema still joins the others, and whether
+  the values the join will cast fit the joined type (an int above 2^53 does not fit a float), so a
+  column whose values change type between chunks stops the run at that chunk, not after the last one.
 """
 
 from __future__ import annotations
@@ -108,15 +109,40 @@ def check_schema(current: pa.Schema | None, part: Path, chunk: int) -> pa.Schema
     return schema if current is None else unify([current, schema], f"chunk {chunk}: ")
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def _cast(column: pa.ChunkedArray, field: pa.Field, where: str) -> pa.ChunkedArray:
+    """``column`` as ``field``'s type; ``DataError`` naming the column where a value does not fit."""
     import pyarrow as pa
 
-    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in schema]
-    arrays = []
-    for f, column in zip(schema, columns):
-        arrays.append(column if column.type == f.type else column.cast(f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    if column.type == field.type:
+        return column
+    try:
+        return column.cast(field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise DataError(f"{where}column {field.name!r}: values of type {column.type} do not fit {field.type}, the "
+                        f"type the chunks join to ({error}); write JSONL output (OUT ending in .jsonl), or give the "
+                        "column one type") from None
+
+
+def check_cast(part: Path, schema: pa.Schema, where: str = "", names: Sequence[str] | None = None) -> None:
+    """Cast the Parquet part's columns (only ``names`` if given) to ``schema``'s types as the join will,
+    reading only those whose type differs: ``DataError`` for a value that does not fit."""
+    import pyarrow.parquet as pq
+
+    own = pq.read_schema(part)
+    fields = [f for f in schema if f.name in own.names and (names is None or f.name in names)
+              and own.field(f.name).type != f.type]
+    if fields:
+        table = pq.read_table(part, columns=[f.name for f in fields])
+        for f in fields:
+            _cast(table.column(f.name), f, where)
+
+
+def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    import pyarrow as pa
+
+    columns = [_cast(table.column(f.name), f, where) if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def join_parts(parts: Sequence[Path], output: Path, fmt: str) -> None:
@@ -149,6 +175,6 @@ def _join_parquet(parts: Sequence[Path], tmp: Path) -> None:
         for part in parts:
             table = pq.read_table(part)
             if table.num_rows:
-                writer.write_table(_conform(table, schema))
+                writer.write_table(_conform(table, schema, f"{part}: "))
         if not parts:
             writer.write_table(schema.empty_table())
