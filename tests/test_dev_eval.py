@@ -29,6 +29,16 @@ def test_dev_scores_during_training_match_the_saved_model(tiny_bert, pairs_file,
     assert card["accuracy"] == pytest.approx(saved["accuracy"]) and card["n"] == len(pairs)
 
 
+def test_scoring_follows_weights_the_trainer_moved(tiny_bert):
+    """The Trainer moves the model (to the GPU) after it was built on the CPU; the dev scores must run where the
+    weights are (on a CUDA machine the test above runs that path whole). The meta device stands in here."""
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    rm.model.to("meta")
+    rm.follow_weights()
+    assert rm.device.type == "meta" and rm._answer_ids_t.device.type == "meta"
+    assert rm._answer_ids_t.shape == (len(rm.answer_ids),)
+
+
 def test_eval_data_is_refused_for_objectives_without_the_hook(tiny_bert, pairs_file, tmp_path):
     with pytest.raises(ValueError, match="--eval-data"):
         train(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "c"),

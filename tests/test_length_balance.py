@@ -45,6 +45,8 @@ def test_balanced_indices_hold_each_domain_half_and_half_in_couples():
     sample = length_balanced_indices(domains, directions, 4, seed=1)  # n: n // 2 couples, a share per domain
     assert len(sample) == 4 and Counter(domains[i] for i in sample) == {"a": 2, "b": 2}
     assert Counter(directions[i] for i in sample)[1] == Counter(directions[i] for i in sample)[-1]
+    with pytest.raises(ValueError, match="--max-pairs 1 with --length-balance"):  # 0 couples: say why, not "no pair"
+        length_balanced_indices(domains, directions, 1, seed=1)
 
 
 @pytest.mark.parametrize("max_pairs", [0, 16])

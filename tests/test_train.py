@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from tinyrm import RewardModel
 from tinyrm.backbone import load_mlm
+from tinyrm.errors import UsageError
 from tinyrm.train import TrainConfig, train
 
 
@@ -71,6 +72,13 @@ def test_resume_continues_with_the_same_data_order(tiny_bert, pairs_file, tmp_pa
 def test_resume_without_checkpoint_is_an_error(tiny_bert, pairs_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_config(tiny_bert, pairs_file, tmp_path / "empty", resume=True))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0, -0.1])
+def test_a_warmup_ratio_outside_0_1_is_refused(tiny_bert, pairs_file, tmp_path, ratio):
+    # transformers reads warmup_steps >= 1 as a step count: 1.0 would silently mean one warm-up step
+    with pytest.raises(UsageError, match=r"--warmup-ratio must be in \[0, 1\)"):
+        train(tiny_config(tiny_bert, pairs_file, tmp_path / "w", warmup_ratio=ratio))
 
 
 def test_full_vocab_loss_and_random_order(tiny_bert, pairs_file, tmp_path):

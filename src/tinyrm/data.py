@@ -360,6 +360,10 @@ def length_balanced_indices(domains: Sequence[str | None], directions: Sequence[
     """
     import random
 
+    if n == 1:  # n // 2 = 0 couples: nothing to train on, whatever the data
+        raise ValueError("--max-pairs 1 with --length-balance: pairs are kept in couples (one whose chosen response "
+                         "is the longer, one whose is the shorter), so ask for at least 2, or pass --no-length-balance")
+
     rng = random.Random(seed)
     cells: dict[tuple[str, int], list[int]] = {}
     for index, (domain, direction) in enumerate(zip(domains, directions, strict=True)):

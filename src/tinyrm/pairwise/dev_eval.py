@@ -36,6 +36,7 @@ class DevEvalCallback(TrainerCallback):
         was_training = model.training if model is not None else False
         if model is not None:
             model.eval()
+        self.rm.follow_weights()  # the Trainer moved them (to the GPU) after the model was built on the CPU
         try:
             with torch.no_grad():
                 results = evaluate_pairs(self.rm, self.pairs, batch_size=self.batch_size)

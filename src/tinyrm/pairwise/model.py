@@ -123,6 +123,14 @@ class RewardModel:
         # Scoring machinery (token-budget batches, bf16, ...); settings in ``self.engine.config``.
         self.engine = InferenceEngine(self)
 
+    def follow_weights(self) -> None:
+        """Score where the weights are now: ``device`` follows the model's parameters, which a Trainer moves
+        (to the GPU) after the model was built on the CPU (``--eval-data`` scores the live weights)."""
+        param = next(self.model.parameters(), None)
+        if param is not None and param.device != self.device:
+            self.device = param.device
+            self._answer_ids_t = self._answer_ids_t.to(self.device)
+
     # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, path_or_id: str = "default", device: str | None = None, precision: str | None = None,

@@ -106,7 +106,7 @@ def sft(config: SFTConfig) -> SFTResult:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
     from ..backbone import load_mlm
-    from ..training.arguments import bf16_available, gradient_accumulation, is_main_process
+    from ..training.arguments import bf16_available, gradient_accumulation, is_main_process, warmup_share
 
     set_seed(config.seed)
     texts = read_texts(config.data)
@@ -121,7 +121,7 @@ def sft(config: SFTConfig) -> SFTResult:
         output_dir=str(output), per_device_train_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=gradient_accumulation(config.batch_size, config.micro_batch_size, world_size),
         learning_rate=config.lr, weight_decay=config.weight_decay, num_train_epochs=config.epochs,
-        max_steps=config.max_steps, lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,
+        max_steps=config.max_steps, lr_scheduler_type="linear", warmup_steps=warmup_share(config.warmup_ratio),
         optim="adamw_torch", bf16=use_bf16, use_cpu=not torch.cuda.is_available(), logging_steps=1,
         save_strategy="no", seed=config.seed, data_seed=config.seed, report_to="none",
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,

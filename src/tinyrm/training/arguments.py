@@ -66,6 +66,14 @@ def report_to(value: str | Sequence[str] | None) -> str | list[str]:
     return list(dict.fromkeys(names))
 
 
+def warmup_share(ratio: float) -> float:
+    """``--warmup-ratio`` for ``TrainingArguments.warmup_steps``, which reads a value under 1 as a share of the
+    steps and 1 or more as a step count: 1.0 would silently mean one step, so only [0, 1) is a ratio."""
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"--warmup-ratio must be in [0, 1) (a share of the training steps), got {ratio:g}")
+    return ratio
+
+
 def training_arguments(config: TrainConfig, output: Path, accumulation: int):
     """TrainingArguments shared by every objective (AdamW, linear decay, clipping, bf16, seeds)."""
     from transformers import TrainingArguments
@@ -80,7 +88,7 @@ def training_arguments(config: TrainConfig, output: Path, accumulation: int):
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=warmup_share(config.warmup_ratio),
         max_grad_norm=config.max_grad_norm,
         optim="adamw_torch",
         bf16=use_bf16,
