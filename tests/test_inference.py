@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -250,3 +251,28 @@ def test_onnx_export_matches_torch(tiny_model: str, tmp_path) -> None:
     assert onnx_rm.compare_batch(items, max_batch_tokens=700) == pytest.approx(rm.compare_batch(items), abs=1e-4)
     with pytest.raises(FileNotFoundError, match="tinyrm export"):
         OnnxRewardModel.load(tmp_path / "missing")
+
+
+def test_onnx_export_of_a_model_reading_cls(tiny_bert: str, tmp_path) -> None:
+    """``read="cls"`` (what ``--read auto`` picks for a backbone without MLM-head weights, the embedded default):
+    the exported graph reads [CLS] as the engine does (it read the mask slot: |dP| 0.09 on the demo model)."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from tinyrm.inference.export import ExportConfig, OnnxRewardModel, export_onnx
+
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu", read="cls")
+    rm.engine.config.precision = "fp32"
+    path = export_onnx(ExportConfig(model=tiny_bert, output=str(tmp_path / "onnx")), rm=rm)
+    items = _items(6)
+    expected = rm.compare_batch(items)
+    assert OnnxRewardModel.load(path.parent).compare_batch(items) == pytest.approx(expected, abs=1e-5)
+    # The graph alone (another runtime's view): fed the mask slot, it reads [CLS] all the same.
+    enc = rm.encode(*items[0])
+    session = onnxruntime.InferenceSession(str(path))
+    inputs = {i.name for i in session.get_inputs()}
+    feed = {"input_ids": [enc.input_ids], "attention_mask": [[1] * len(enc.input_ids)],
+            "mask_positions": [enc.mask_position], "token_type_ids": [enc.token_type_ids or [0] * len(enc.input_ids)]}
+    logits = session.run(["logits"], {k: np.array(v, dtype=np.int64) for k, v in feed.items() if k in inputs})[0]
+    p_first = float(np.exp(logits[0, 0]) / np.exp(logits[0]).sum())
+    assert p_first == pytest.approx(rm.choice_probs([enc])[0], abs=1e-5)

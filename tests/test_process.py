@@ -216,6 +216,12 @@ def test_train_load_and_eval(tiny_bert, tmp_path, objective, context, capsys):
                  "--data", str(data), "--output", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["solutions"]["n"] == 5
+    flag = "process" if objective == "process" else "outcome"
+    # --max-batch-tokens reaches the verdicts (it was ignored here); --record is refused, not silently skipped
+    assert main(["eval", "--objective", flag, "--model", str(out), "--data", str(data), "--max-batch-tokens", "0"]) == 2
+    assert "max_batch_tokens must be" in capsys.readouterr().err
+    assert main(["eval", "--objective", flag, "--model", str(out), "--data", str(data), "--record"]) == 2
+    assert "--record records pairwise accuracy" in capsys.readouterr().err
     if objective == "process":
         assert results["steps"]["n"] == 10 and results["first_error_n"] == 2
         assert 0.0 <= results["steps"]["auroc"] <= 1.0

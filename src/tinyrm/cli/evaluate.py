@@ -19,8 +19,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return eval_rewardbench(args)
     if args.baseline:
         reject_for(args, "--baseline")
+        if getattr(args, "record", False):  # silently not written before
+            raise UsageError("--record writes a model's accuracy into its folder; --baseline has no model")
         return eval_heuristic(args)
     if args.objective in ("process", "outcome"):
+        if getattr(args, "record", False):
+            raise UsageError(f"--record records pairwise accuracy, not --objective {args.objective} metrics "
+                             "(keep them with --output)")
         if orders == "auto":  # --precision and --attention set the scoring engine, which step verdicts use too
             raise UsageError(f"--orders auto applies to the pairwise evaluation of a model, not to --objective "
                              f"{args.objective}")
@@ -131,7 +136,7 @@ def eval_process(args: argparse.Namespace) -> int:
         aggregate=getattr(args, "aggregate", None) or "min", batch_size=args.batch_size,
         max_length=args.max_length, skip_bad_rows=args.skip_bad_rows, output=args.output,
         calibrated=getattr(args, "calibrated", True), precision=getattr(args, "precision", None),
-        attention=getattr(args, "attention", None),
+        attention=getattr(args, "attention", None), max_batch_tokens=getattr(args, "max_batch_tokens", None),
     )
     results = evaluate(config)
     return show_results(results, results_table, args.output, bool(getattr(args, "json", False)))

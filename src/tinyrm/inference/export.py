@@ -42,15 +42,18 @@ class ExportConfig:
 
 
 class _MaskScorer(nn.Module):
-    """What gets traced: the answer logits at the mask, nothing else."""
+    """What gets traced: the answer logits at the mask (at [CLS] for a model that reads there,
+    ``RewardConfig.read``), nothing else."""
 
-    def __init__(self, mlm: nn.Module, answer_ids: list[int], token_types: bool) -> None:
+    def __init__(self, mlm: nn.Module, answer_ids: list[int], token_types: bool, read_cls: bool = False) -> None:
         super().__init__()
         self.mlm = mlm
-        self.token_types = token_types
+        self.token_types, self.read_cls = token_types, read_cls
         self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
 
     def forward(self, input_ids, attention_mask, mask_positions, token_type_ids=None):
+        if self.read_cls:  # as the engine does; the input stays, so every exported graph takes the same feed
+            mask_positions = torch.zeros_like(mask_positions)
         return mask_logits(self.mlm, input_ids, attention_mask, mask_positions, token_ids=self.answer_ids,
                            token_type_ids=token_type_ids if self.token_types else None)
 
@@ -79,7 +82,7 @@ def export_onnx(config: ExportConfig, rm: RewardModel | None = None) -> Path:
     mlm = mlm.float().eval().cpu()
     sample = rm.encode("What is two plus two?", "Four.", "Five, and here is a longer answer.")
     token_types = sample.token_type_ids is not None
-    scorer = _MaskScorer(mlm, rm.answer_ids, token_types)
+    scorer = _MaskScorer(mlm, rm.answer_ids, token_types, read_cls=getattr(rm.config, "read", "mask") == "cls")
     ids = torch.tensor([sample.input_ids, sample.input_ids])
     args: tuple = (ids, torch.ones_like(ids), torch.tensor([sample.mask_position] * 2))
     names = ["input_ids", "attention_mask", "mask_positions"]
@@ -116,8 +119,12 @@ class _OnnxEngine(InferenceEngine):
         if None not in self._slots:
             session = self.rm.session
             wanted = {i.name for i in session.get_inputs()}
+            # A graph exported before the [CLS] read was traced in read at the mask: fed position 0 it reads [CLS].
+            read_cls = getattr(self.rm.config, "read", "mask") == "cls"
 
             def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
+                if read_cls:
+                    mask_positions = torch.zeros_like(mask_positions)
                 mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # None: no padding
                 feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy(),
                         "mask_positions": mask_positions.numpy()}

@@ -61,6 +61,7 @@ class ProcessEvalConfig:
     # auto | packed | padded (docs/process.md#speed-the-scoring-engine)
     precision: str | None = None
     attention: str | None = None
+    max_batch_tokens: int | None = None  # rm.engine.config.max_batch_tokens for the verdicts (None: the model's)
 
 
 def evaluate_steps(rm: ProcessRewardModel, rows: Sequence[ProcessRow], context: str | None = None,
@@ -115,6 +116,8 @@ def evaluate(config: ProcessEvalConfig) -> dict:
     rm = use_calibration(ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length),
                          config.calibrated)
     apply_attention(apply_precision(rm, check_precision(config.precision, rm.device)), config.attention)
+    if config.max_batch_tokens is not None:
+        rm.engine.config.max_batch_tokens = config.max_batch_tokens
     s = rm.spec
     context = resolve_context(s, config.context)
     results: dict = {"model": rm.name, "model_objective": s.objective, "evaluation": config.objective,
