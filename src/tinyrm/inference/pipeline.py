@@ -1,14 +1,15 @@
 """The host pipeline of ``compare_batch``: the host builds batches ahead so that the device never waits on it.
 
-On with ``InferenceConfig.overlap`` = ``on`` (``auto``: on a CUDA device) and more pairs than one chunk.
-The pairs are cut into chunks of ``chunk_pairs``, the same chunks as before, so the same batches and the
-same results, in input order. Worker threads (``host_workers``; auto: a quarter of the cores, at most 4,
-on a CUDA host, else 1) each take a chunk and do all of its host work: tokenise it ahead
-(``CachingClozeEncoder.prefetch``: batched calls in which the Rust tokenizer releases the GIL and uses its
-own threads), encode both orders, plan the batches and collate or pack each one
-(``batches.host_batches``), into page-locked memory on a CUDA host. The calling thread only copies each
-batch to the device without blocking, runs the forward pass, and reads the chunk's results back once
-(``InferenceEngine.run_batches``). Up to ``host_workers + 1`` chunks are built ahead of the one running.
+On with ``InferenceConfig.overlap`` = ``on`` (``auto``: on a CUDA device) and more pairs than one chunk. The pairs
+are cut into chunks of ``chunk_pairs``, each planned on its own, results in input order: exactly what scoring
+those chunks one after another gives (the serial path plans a whole call at once, so its batches, and with dynamic
+int8 its results, can differ; docs/inference.md, "Host pipeline"). Worker threads (``host_workers``; auto: a
+quarter of the cores, at most 4, on a CUDA host, else 1) each take a chunk and do all of its host work: tokenise
+it ahead (``CachingClozeEncoder.prefetch``: batched calls in which the Rust tokenizer releases the GIL and uses
+its own threads), encode both orders, plan the batches and collate or pack each one (``batches.host_batches``),
+into page-locked memory on a CUDA host. The calling thread only copies each batch to the device without blocking,
+runs the forward pass, and reads the chunk's results back once (``InferenceEngine.run_batches``). Up to
+``host_workers + 1`` chunks are built ahead of the one running.
 
 Adaptive order (``both_orders="auto"``) needs the first order's results to choose the second: its workers
 encode ahead, and the calling thread plans and runs each chunk as the serial path does.
