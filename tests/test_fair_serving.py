@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -192,6 +193,81 @@ def test_a_request_the_model_cannot_take_fails_alone_not_its_call(stepped):
     merged = [a for _, a, _ in triples(pairs("good", 3))] + ["bad\ud800"] + ["other answer 0", "other answer 1"]
     assert [sorted(c) for c in stepped.calls] == [sorted(merged), sorted(merged[:3]), ["bad\ud800"],
                                                   sorted(merged[4:])]
+
+
+def test_a_failed_call_rescores_only_the_requests_still_waiting(stepped):
+    """The re-scoring after a failed call skips a request whose deadline passed meanwhile: no call for it."""
+    async def scenario():
+        batcher = MicroBatcher(stepped, max_batch_size=16, max_wait_ms=50)
+        await batcher.start()
+        good = asyncio.create_task(batcher.submit(triples(pairs("good", 2))))
+        bad = asyncio.create_task(batcher.submit([("p", "bad\ud800", "b")]))
+        late = asyncio.create_task(batcher.submit(triples(pairs("late", 1)), timeout_s=1.5))  # re-scored last
+        stepped.step(2)  # the merged call (it fails) and the first request's call alone
+        with pytest.raises(RuntimeError, match="timed out"):
+            await late  # its deadline passes while the next re-score (bad's) is held
+        stepped.run_free()
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good, bad = asyncio.run(scenario())
+    assert len(good) == 2 and isinstance(bad, ValueError)
+    merged = stepped.calls[0]
+    assert "late answer 0" in merged and "bad\ud800" in merged  # the path ran: late was in the failed call
+    assert ["late answer 0"] not in stepped.calls[1:]  # and got no call of its own after its deadline
+
+
+def test_a_tournament_waiting_for_a_thread_meets_its_deadline(stepped):
+    """Rank/rerank tournaments run in worker threads; one that waits for a free thread (all held by tournaments
+    waiting on the model) still gets its 503 at its deadline, not once a thread frees up (the model is held
+    throughout: no call is let through)."""
+    app = create_app(stepped, ServeConfig(max_wait_ms=1, request_timeout_s=60))
+    threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+    answers: dict[str, httpx.Response] = {}
+    with serving_app(app) as (url, _):
+        def rank(tag: str, timeout: str = "60") -> None:
+            answers[tag] = httpx.post(f"{url}/v1/rank", json={"prompt": tag, "candidates": ["a", "bb", "ccc"]},
+                                      headers={"X-Request-Timeout": timeout}, timeout=60)
+
+        holders = [threading.Thread(target=rank, args=(f"held {i}",)) for i in range(threads)]
+        for thread in holders:
+            thread.start()
+        batcher = app.state.batcher  # every thread's tournament is in line (or in the held call)
+        wait_for(lambda: sum(e.alive for e in batcher._pending) >= threads, "the tournaments never queued")
+        rank("late", timeout="0.5")
+        calls = len(stepped.calls)
+        stepped.run_free()
+        for thread in holders:
+            thread.join(timeout=120)
+    assert calls <= 1  # answered while the model was held
+    assert answers["late"].status_code == 503 and "timed out after 0.5 s" in answers["late"].json()["error"]
+    # ... and the held ones were answered once let through (before, the late one was answered only after the held
+    # call gave up on its permit and failed them all)
+    assert all(answers[f"held {i}"].status_code == 200 for i in range(threads))
+
+
+def test_a_reservation_counts_against_the_queue_bound_until_released(rm):
+    batcher = MicroBatcher(rm, 4, 5, max_queued_pairs=10)
+    with batcher.reserved(8):
+        assert batcher.outstanding_pairs == 8
+        with pytest.raises(RuntimeError, match="overloaded"):
+            batcher.admit(3)  # 8 held + 3 > 10: shed before any work
+        batcher.admit(2)
+    assert batcher.outstanding_pairs == 0 and batcher.stats.shed == 1
+    batcher.executor.shutdown()
+
+
+def test_a_round_robin_that_can_never_fit_is_a_422_not_an_endless_503(rm):
+    app = create_app(rm, ServeConfig(max_queued_pairs=4096, max_items=4096, max_candidates=100, max_documents=100))
+    many = [f"answer {i}" for i in range(100)]  # 4,950 pairs at once > 4,096
+    with serving_app(app) as (url, _):
+        r = httpx.post(f"{url}/v1/rank", json={"prompt": "p", "candidates": many, "method": "round_robin"}, timeout=60)
+        assert r.status_code == 422 and r.json()["field"] == "candidates", r.text
+        assert "4950 pairs at once, over this server's --max-queued-pairs 4096" in r.json()["error"]
+        r = httpx.post(f"{url}/v2/rerank", json={"query": "q", "documents": many}, timeout=60)
+        assert r.status_code == 422 and r.json()["field"] == "documents", r.text
+        assert app.state.batcher.stats.pairs == 0  # refused before any model work
 
 
 def test_a_deadline_gives_503_with_retry_after_and_drops_the_rest(stepped):

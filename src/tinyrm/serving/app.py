@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 
 ENGINES = ("local", "ray")  # tinyrm serve --engine
+# How long past its deadline a rank/rerank tournament may take to answer for itself (the batcher's 503) before the
+# endpoint answers instead: the tournament may still be waiting for a worker thread.
+TOURNAMENT_GRACE_S = 0.5
 
 
 @dataclass
@@ -224,6 +227,17 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
             retry = getattr(error, "retry_after", None) or batcher.retry_after()
             raise ApiError(503, str(error), headers={"Retry-After": str(retry)}) from error
 
+    async def tournament(scorer: BatchedScorer, run, *args):
+        """``run(scorer, *args)`` in a worker thread under the request's deadline, also while it waits for a
+        thread (the scorer checks it only between comparisons); a little grace, so that the batcher's own
+        deadline answers a tournament that is running."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(run, scorer, *args),
+                                          max(scorer.deadline - time.monotonic(), 0.0) + TOURNAMENT_GRACE_S)
+        except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+            scorer.cancel()  # a thread that starts later stops at its first comparison
+            raise batcher.timed_out(scorer.timeout_s, "before its tournament finished") from None
+
     def timeout_of(header: float | None) -> float:
         """This request's deadline: the server's, or less if the client asked (never more)."""
         return config.request_timeout_s if header is None else min(header, config.request_timeout_s)
@@ -270,7 +284,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     async def rank(req: RankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RankResponse:
         check_list_limit(req, config)
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))  # the batcher sizes calls and passes
-        result = await scored(asyncio.to_thread(rank_candidates, scorer, req.prompt, req.candidates, req.method),
+        result = await scored(tournament(scorer, rank_candidates, req.prompt, req.candidates, req.method),
                               request, scorer.cancel)
         return RankResponse(ranking=result.ranking, scores=result.scores)
 
@@ -279,7 +293,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     async def rerank(req: RerankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RerankResponse:
         check_list_limit(req, config)
         scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))
-        results = await scored(asyncio.to_thread(rerank_documents, scorer, req), request, scorer.cancel)
+        results = await scored(tournament(scorer, rerank_documents, req), request, scorer.cancel)
         return RerankResponse(model=getattr(rm, "name", type(rm).__name__), results=results)
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse, responses=ERRORS,
@@ -300,11 +314,14 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
         timeout, arrived = timeout_of(x_request_timeout), asyncio.get_running_loop().time()
 
         async def encode():
-            batcher.admit(len(req.steps))  # one unit per step in prefix context; fewer in full
-            try:
-                return await asyncio.wait_for(batcher.run_model(encode_many, rm, [(req.problem, req.steps)]), timeout)
-            except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
-                raise batcher.timed_out(timeout, "before its steps were tokenised") from None
+            # One unit per step in prefix context (fewer in full), held while tokenising: concurrent step requests
+            # see each other, so the one that cannot fit is shed before its tokenisation, not after it.
+            with batcher.reserved(len(req.steps)):
+                try:
+                    return await asyncio.wait_for(batcher.run_model(encode_many, rm, [(req.problem, req.steps)]),
+                                                  timeout)
+                except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+                    raise batcher.timed_out(timeout, "before its steps were tokenised") from None
 
         steps = await scored(encode(), request)
         rows = await scored(batcher.submit(steps.encodings, timeout_s=timeout, kind="steps", arrived=arrived), request)

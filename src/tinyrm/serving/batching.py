@@ -27,11 +27,12 @@ loop; what cannot finish within ``drain_s`` gets an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -140,6 +141,7 @@ class MicroBatcher:
         self.closing = False
         self._batch: list[_Slice] = []  # the call being scored (stop() fails it if it cannot finish)
         self._last_key: tuple[str, bool | None] | None = None  # the last call's kind and both_orders
+        self._reserved = 0  # units held by endpoints working before submit (``reserved``)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -186,7 +188,7 @@ class MicroBatcher:
     @property
     def outstanding_pairs(self) -> int:
         """Pairs accepted and not yet answered, in flight or waiting: what ``max_queued_pairs`` bounds."""
-        return sum(len(e.items) - e.scored for e in self._pending if e.alive)
+        return self._reserved + sum(len(e.items) - e.scored for e in self._pending if e.alive)
 
     def retry_after(self) -> int:
         """Whole seconds until what is accepted now should be answered, at the measured rate (1..60)."""
@@ -244,6 +246,17 @@ class MicroBatcher:
             retry = self.retry_after()
             raise Unavailable(f"server overloaded: {self.outstanding_pairs} pairs accepted and not yet answered; "
                               f"{n} more would pass the limit of {limit} (retry in {retry} s)", retry)
+
+    @contextlib.contextmanager
+    def reserved(self, n: int) -> Iterator[None]:
+        """Hold ``n`` units of the bound while an endpoint works before ``submit`` (tokenising steps on the model
+        thread), so that concurrent requests see them: one that cannot fit is shed before any such work."""
+        self.admit(n)
+        self._reserved += n
+        try:
+            yield
+        finally:
+            self._reserved -= n
 
     def timed_out(self, timeout_s: float, detail: str = "") -> Unavailable:
         """The error of a request past its deadline (counted in ``stats.timed_out``)."""
@@ -354,7 +367,8 @@ class MicroBatcher:
                 logger.warning("batch of %d pairs from %d requests failed (%s: %s); scoring each alone",
                                len(items), len(requests), type(error).__name__, error)
                 for entry in requests:
-                    await self._score([s for s in call if s.request is entry])
+                    if entry.alive:  # past its deadline or gone meanwhile: no call for it
+                        await self._score([s for s in call if s.request is entry])
                 return
             logger.exception("batch of %d pairs failed", len(items))
             for entry in requests:

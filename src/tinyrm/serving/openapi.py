@@ -43,6 +43,12 @@ def check_list_limit(req: Any, config) -> None:
             n, most = len(getattr(req, field)), getattr(config, limit)
             if n > most:
                 raise ApiError(422, f"too many {field}: {n} > {most}", field)
+            # A round robin submits all its pairs at once: past the queue bound it would be refused (503) for ever.
+            pairs = n * (n - 1) // 2
+            robin = isinstance(req, RerankRequest) or (isinstance(req, RankRequest) and req.method == "round_robin")
+            if robin and pairs > config.max_queued_pairs:
+                raise ApiError(422, f"too many {field} for a round robin here: {n} need {pairs} pairs at once, over "
+                                    f"this server's --max-queued-pairs {config.max_queued_pairs}", field)
 
 
 def endpoints(serves_steps: bool) -> str:
