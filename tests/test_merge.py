@@ -84,3 +84,56 @@ def test_average_refuses_incompatible(tiny_bert, tiny_modernbert, pairs_file, tm
     assert "different backbone" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert main(["merge", "--average", str(bert), str(bert), "--weights", "1", "--output", str(tmp_path / "z")]) == 2
     assert "got 1 weights for 2 checkpoints" in capsys.readouterr().err
+
+
+def test_direct_scores_read_at_cls_like_the_engine(tiny_bert, pairs_file, tmp_path):
+    cls_model = _train(tiny_bert, pairs_file, tmp_path / "cls", read="cls")
+    rm = RewardModel.from_pretrained(str(cls_model), precision="fp32")
+    assert rm.config.read == "cls"
+    items = [(p.prompt, p.chosen, p.rejected) for p in generate(8, seed=9)]
+    # merge --dora's check must score where the model reads, as every other scoring path does.
+    assert direct_scores(rm, items, both_orders=False) == pytest.approx(rm.compare_batch(items, both_orders=False),
+                                                                         abs=1e-5)
+
+
+def test_average_refuses_different_scoring_settings(tiny_bert, pairs_file, tmp_path):
+    from tinyrm.pairwise.route import RouteConfig, build_route
+
+    mask = _train(tiny_bert, pairs_file, tmp_path / "mask", max_steps=1)
+    cls_model = _train(tiny_bert, pairs_file, tmp_path / "cls", max_steps=1, read="cls")
+    with pytest.raises(IncompatibleCheckpoints, match="read 'cls' differs from .*'s 'mask'") as error:
+        average_checkpoints(AverageConfig(checkpoints=[str(mask), str(cls_model)], output=str(tmp_path / "x")))
+    assert str(mask) in str(error.value) and str(cls_model) in str(error.value)
+    tokens = _train(tiny_bert, pairs_file, tmp_path / "tokens", max_steps=1, answer_tokens=("no", "yes"))
+    with pytest.raises(IncompatibleCheckpoints, match="answer_tokens"):
+        average_checkpoints(AverageConfig(checkpoints=[str(mask), str(tokens)], output=str(tmp_path / "x")))
+    # A route bundle listed first gets the objective error, not a transformers one about its missing config.json.
+    bundle = tmp_path / "bundle"
+    build_route(RouteConfig(specialists={"chat": str(mask), "reasoning": str(tokens)}, data=[str(pairs_file)],
+                            output=str(bundle)))
+    with pytest.raises(IncompatibleCheckpoints, match="objective 'route'; only cloze reward models"):
+        average_checkpoints(AverageConfig(checkpoints=[str(bundle), str(mask)], output=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+
+
+def test_average_keeps_trained_settings_and_its_card_says_so(tiny_bert, pairs_file, tmp_path):
+    # Specialists trained with their own prefixes (the paper's WARM attempt) average; a plain masked LM
+    # listed first imposes no settings, so the trained folders' read position and prefix are kept.
+    safety = _train(tiny_bert, pairs_file, tmp_path / "safety", max_steps=1, read="cls",
+                    prefix="Which response is safer?")
+    reasoning = _train(tiny_bert, pairs_file, tmp_path / "reasoning", max_steps=1, read="cls",
+                       prefix="Which response is more correct?")
+    out = tmp_path / "avg"
+    rm = average_checkpoints(AverageConfig(checkpoints=[tiny_bert, str(safety), str(reasoning)], output=str(out)))
+    saved = json.loads((out / "tinyrm.json").read_text())
+    assert saved["read"] == "cls" and saved["prefix"] == "Which response is safer?"
+    assert saved["extra"]["averaged_from"] == [tiny_bert, str(safety), str(reasoning)]
+    assert saved["extra"]["differing_settings"]["prefix"] == {str(safety): "Which response is safer?",
+                                                              str(reasoning): "Which response is more correct?"}
+    assert rm.config.read == "cls" and "calibration" not in saved
+    card = (out / "README.md").read_text()
+    assert "Not trained by tinyrm" not in card
+    assert f"- weights: the weighted average (`tinyrm merge --average`, no training since) of `{tiny_bert}` " \
+           f"(0.333), `{safety}` (0.333), `{reasoning}` (0.333)" in card
+    assert f"scoring settings (tinyrm.json) from `{safety}`" in card and "- prefix differed (the first kept): " in card
+    assert card.index("## Training") < card.index("weighted average") < card.index("## Evaluation")

@@ -79,3 +79,27 @@ def test_route_errors(tmp_path, pairs_file):
         parse_specialists(["chat=a"])
     with pytest.raises(ValueError, match="not trained by `tinyrm train`"):
         train(TrainConfig(objective="route", data=[str(pairs_file)], output=str(tmp_path / "x")))
+
+
+def test_route_rebuilt_in_place_keeps_its_specialists(tiny_bert, tmp_path):
+    data = write_jsonl(_domain_pairs(16), tmp_path / "train.jsonl")
+    dirs = {}
+    for domain in ("reasoning", "safety"):
+        dirs[domain] = tmp_path / domain
+        train(TrainConfig(model=tiny_bert, data=[str(data)], output=str(dirs[domain]), batch_size=8,
+                          micro_batch_size=4, max_steps=1, max_length=96, save_steps=0, seed=len(domain)))
+    out = tmp_path / "bundle"
+    assert main(["route", "--specialists", f"reasoning={dirs['reasoning']}", f"safety={dirs['safety']}",
+                 "--data", str(data), "--output", str(out)]) == 0
+    item = ("What is 12 + 30?", "12 + 30 = 42", "12 + 30 = 44")
+    before = RewardModel.from_pretrained(str(out)).compare(*item, both_orders=False)
+    # Retrain the router on the bundle's own reasoning specialist (and replace the safety one from its source).
+    inside = out / "specialists" / "reasoning"
+    assert main(["route", "--specialists", f"reasoning={inside}", f"safety={dirs['safety']}", "--data", str(data),
+                 "--output", str(out), "--c", "1"]) == 0
+    assert (inside / "model.safetensors").is_file() and (inside / "tinyrm.json").is_file()
+    assert sorted(p.name for p in (out / "specialists").iterdir()) == ["reasoning", "safety"]  # no partial copy
+    rm = RewardModel.from_pretrained(str(out))
+    assert rm.compare(*item, both_orders=False) == pytest.approx(before, abs=1e-6)
+    sources = json.loads((out / "tinyrm.json").read_text())["extra"]["sources"]
+    assert sources == {"reasoning": str(dirs["reasoning"]), "safety": str(dirs["safety"])}

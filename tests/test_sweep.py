@@ -40,3 +40,38 @@ def test_sweep_runs_resumes_and_writes_best_recipe(tiny_bert, pairs_file, tmp_pa
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "sweep.json").read_text())["summary"]
     assert summary["best_number"] == best.number and summary["completed"] == 4
+
+
+def test_sweep_replaces_a_failed_first_trial_and_resumes_with_new_points(tiny_bert, pairs_file, tmp_path,
+                                                                         monkeypatch, capsys):
+    import tinyrm.train
+
+    real_train = tinyrm.train.train
+    calls = []
+
+    def out_of_memory_once(config):  # trial 0 fails as a CUDA OOM would; later trials train for real
+        calls.append(config.output)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_train(config)
+
+    monkeypatch.setattr(tinyrm.train, "train", out_of_memory_once)
+    out = tmp_path / "sweep"
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    common = ["sweep", "--model", tiny_bert, "--data", str(pairs_file), "--eval-data", str(pairs_file),
+              "--storage", storage, "--study-name", "f", "--output", str(out), "--max-steps", "1",
+              "--batch-size", "4", "--micro-batch-size", "4", "--max-length", "64", "--startup-trials", "10"]
+    # The failed trial neither ends the sweep nor counts: --trials 2 means two completed trials.
+    assert main([*common, "--trials", "2"]) == 0
+    assert "trial 0: accuracy failed" in capsys.readouterr().out
+    study = optuna.load_study(study_name="f", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert json.loads((out / "sweep.json").read_text())["summary"]["completed"] == 2
+
+    # Resumed while still in the random startup phase: the new trial is a fresh point, not trial 0 again.
+    assert main([*common, "--trials", "3"]) == 0
+    trials = optuna.load_study(study_name="f", storage=storage).trials
+    assert len(trials) == 4
+    assert trials[3].params != trials[0].params
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4

@@ -34,7 +34,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..tools.sweep import SweepConfig, run_sweep
+    from ..tools.sweep import SweepConfig, completed_trials, run_sweep
 
     config = SweepConfig(
         data=args.data, eval_data=args.eval_data, trials=args.trials, storage=args.storage,
@@ -47,8 +47,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def show(study, trial) -> None:
         value = "failed" if trial.value is None else f"{trial.value:.4f}"
-        console.print(f"trial {trial.number}: accuracy {value} {trial.params}  (best so far: "
-                      f"{study.best_value:.4f}, trial {study.best_trial.number})")
+        # study.best_trial raises until a trial has completed (a failed first trial would end the sweep).
+        best = (f"  (best so far: {study.best_value:.4f}, trial {study.best_trial.number})"
+                if completed_trials(study) else "  (none completed yet)")
+        console.print(f"trial {trial.number}: accuracy {value} {trial.params}{best}")
 
     summary = run_sweep(config, on_trial=show)
     console.print(f"best trial {summary.best_number}: accuracy {summary.best_accuracy:.4f} {summary.best_params}")

@@ -208,6 +208,21 @@ def routing_pairs(pairs: Sequence[PreferencePair], domains: Iterable[str]) -> tu
     return kept, len(pairs) - len(kept)
 
 
+def copy_specialist(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target``, replacing what is there only once the copy is complete."""
+    if target.exists() and source.resolve() == target.resolve():
+        return  # rebuilding a bundle from its own specialists: the folder is already in place
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    if partial.exists():  # left by an interrupted earlier build
+        shutil.rmtree(partial)
+    shutil.copytree(source, partial, ignore=_COPY_IGNORE)
+    if target.exists():
+        # The source may live inside the old target (a subfolder of it); it is copied by now.
+        shutil.rmtree(target)
+    partial.rename(target)
+
+
 def build_route(config: RouteConfig) -> RouteReport:
     """Train the router on ``config.data`` and write the bundle to ``config.output``."""
     for domain, directory in config.specialists.items():
@@ -228,17 +243,19 @@ def build_route(config: RouteConfig) -> RouteReport:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     specialists: dict[str, str] = {}
+    sources = dict(config.specialists)
+    earlier = RewardConfig.load(output).extra.get("sources", {}) if (output / CONFIG_FILE).is_file() else {}
     for domain, directory in config.specialists.items():
         target = output / SPECIALISTS_DIR / domain
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(directory, target, ignore=_COPY_IGNORE)
+        if target.exists() and Path(directory).resolve() == target.resolve() and domain in earlier:
+            sources[domain] = earlier[domain]  # rebuilt in place: keep naming where it came from
+        copy_specialist(Path(directory), target)
         specialists[domain] = f"{SPECIALISTS_DIR}/{domain}"
     router.save(output / ROUTER_FILE)
     report = RouteReport(output=str(output), counts=dict(sorted(counts.items())), train_accuracy=round(accuracy, 4),
                          skipped_other_domains=skipped)
     bundle = RewardConfig(objective="route", base_model=None, extra={
-        "specialists": specialists, "router": ROUTER_FILE, "sources": dict(config.specialists),
+        "specialists": specialists, "router": ROUTER_FILE, "sources": sources,
         "router_report": asdict(report),
     })
     bundle.save(output)

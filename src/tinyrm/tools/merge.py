@@ -3,11 +3,13 @@
 ``merge_dora`` uses peft's ``merge_and_unload`` and checks that the merged model scores a test
 set like the adapter model did (within ``tolerance``, fp32, adapters run unmerged), timing both.
 ``average_checkpoints`` is the paper's WARM attempt: a weighted mean of full fine-tunes of one
-backbone, refusing folders that do not share architecture, tokenizer and tensor shapes.
+backbone, refusing folders that do not share architecture, tokenizer, tensor shapes and the
+``tinyrm.json`` fields that decide how a model is scored (``SCORING_FIELDS``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
 from ..inference.batches import collate, pair_scores
 from ..pairwise.model import RewardModel
+
+logger = logging.getLogger(__name__)
 
 # Config keys that differ between copies of one architecture without changing the weights' meaning.
 _CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
@@ -75,7 +79,10 @@ def direct_scores(rm: RewardModel, items: Sequence[tuple[str, str, str]], batch_
         idx = order[start : start + batch_size]
         batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], rm.tokenizer.pad_token_id
                                                              or 0).items()}
-        logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
+        positions = batch["mask_positions"]
+        if rm.config.read == "cls":  # the head reads [CLS] (position 0), as the inference engine does
+            positions = torch.zeros_like(positions)
+        logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], positions,
                              token_ids=answer_ids, token_type_ids=batch.get("token_type_ids"))
         for i, p in zip(idx, torch.softmax(logits.float(), dim=-1)[:, 0].tolist()):
             probs[i] = p
@@ -130,6 +137,14 @@ class AverageConfig:
     weights: list[float] | None = None  # uniform when None; normalised to sum 1
 
 
+# tinyrm.json fields that decide how a model is scored: where the head reads, which tokens answer, how the input
+# is laid out (objective: only cloze models are averaged). Folders that differ in one are refused.
+SCORING_FIELDS = ("read", "answer_tokens", "template")
+# Fields that may differ (specialists trained with their own prefixes, the paper's WARM attempt, or cut at
+# different lengths): the average takes the first tinyrm.json's values and records the differences.
+FIRST_WINS = ("prefix", "domain_prefixes", "max_length", "truncation", "diff_context", "both_orders")
+
+
 class IncompatibleCheckpoints(ValueError):
     """Checkpoints that cannot be averaged (different backbone, tokenizer, shapes, adapters)."""
 
@@ -141,24 +156,66 @@ def _model_signature(directory: Path) -> dict:
     return {k: v for k, v in config.items() if k not in _CONFIG_NOISE}
 
 
-def check_compatible(directories: Sequence[Path]) -> None:
-    """Raise ``IncompatibleCheckpoints`` naming the first folder that differs from the first one."""
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def saved_configs(directories: Sequence[Path]) -> dict[Path, RewardConfig]:
+    """The ``tinyrm.json`` of each folder that has one (a plain masked LM has none and imposes nothing),
+    refusing kinds that cannot be averaged."""
+    configs: dict[Path, RewardConfig] = {}
+    for directory in directories:
+        if not (directory / CONFIG_FILE).is_file():
+            continue
+        saved = RewardConfig.load(directory)
+        if saved.objective != "cloze":
+            raise IncompatibleCheckpoints(f"{directory}: objective {saved.objective!r}; only cloze reward "
+                                          "models can be averaged")
+        if saved.adapter:
+            raise IncompatibleCheckpoints(f"{directory}: holds a DoRA adapter; fold it in first with "
+                                          f"`tinyrm merge --dora {directory} --output DIR`")
+        configs[directory] = saved
+    return configs
+
+
+def check_settings(configs: dict[Path, RewardConfig]) -> None:
+    """Refuse folders whose ``tinyrm.json`` differs in how the model is scored (see ``SCORING_FIELDS``)."""
+    if not configs:
+        return
+    (first, reference), *others = configs.items()
+    for directory, saved in others:
+        for name in SCORING_FIELDS:
+            mine, theirs = getattr(saved, name), getattr(reference, name)
+            if mine != theirs:
+                raise IncompatibleCheckpoints(
+                    f"{directory}: {name} {_shown(mine)} differs from {first}'s {_shown(theirs)} (tinyrm.json); "
+                    "the average would be scored as only one of them was trained")
+
+
+def differing_settings(configs: dict[Path, RewardConfig]) -> dict[str, dict[str, object]]:
+    """The ``FIRST_WINS`` fields that differ between folders, each as {folder: value}."""
+    found: dict[str, dict[str, object]] = {}
+    for name in FIRST_WINS:
+        values = {str(d): getattr(c, name) for d, c in configs.items()}
+        if any(v != next(iter(values.values())) for v in values.values()):
+            found[name] = values
+    return found
+
+
+def check_compatible(directories: Sequence[Path]) -> dict[Path, RewardConfig]:
+    """Raise ``IncompatibleCheckpoints`` naming the folder that differs; returns the folders' ``tinyrm.json``.
+
+    The ``tinyrm.json`` checks come first, so that a folder that is no cloze model (a route bundle has
+    no backbone config) gets its own error rather than one from transformers."""
     from transformers import AutoTokenizer
 
+    configs = saved_configs(directories)
+    check_settings(configs)
     first = directories[0]
     reference = _model_signature(first)
     vocab = AutoTokenizer.from_pretrained(first).get_vocab()
-    for directory in directories:
-        if (directory / CONFIG_FILE).is_file():
-            saved = RewardConfig.load(directory)
-            if saved.objective != "cloze":
-                raise IncompatibleCheckpoints(f"{directory}: objective {saved.objective!r}; only cloze reward "
-                                              "models can be averaged")
-            if saved.adapter:
-                raise IncompatibleCheckpoints(f"{directory}: holds a DoRA adapter; fold it in first with "
-                                              f"`tinyrm merge --dora {directory} --output DIR`")
-        if directory == first:
-            continue
+    for directory in directories[1:]:
         signature = _model_signature(directory)
         if signature != reference:
             keys = sorted(k for k in set(signature) | set(reference) if signature.get(k) != reference.get(k))
@@ -166,6 +223,7 @@ def check_compatible(directories: Sequence[Path]) -> None:
             raise IncompatibleCheckpoints(f"{directory}: different backbone from {first} ({details})")
         if AutoTokenizer.from_pretrained(directory).get_vocab() != vocab:
             raise IncompatibleCheckpoints(f"{directory}: different tokenizer vocabulary from {first}")
+    return configs
 
 
 def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -179,9 +237,29 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
+def describe_average(card: str, directories: Sequence[Path], weights: Sequence[float], settings_from: Path | None,
+                     differing: dict[str, dict[str, object]]) -> str:
+    """The card's training section rewritten to say the weights are an average (the generic card would
+    call them "not trained by tinyrm")."""
+    lines = ["- weights: the weighted average (`tinyrm merge --average`, no training since) of "
+             + ", ".join(f"`{d}` ({w:.3f})" for d, w in zip(directories, weights))]
+    lines.append(f"- scoring settings (tinyrm.json) from `{settings_from}`" if settings_from else
+                 "- scoring settings: tinyrm's defaults (no folder had a tinyrm.json)")
+    for name, values in differing.items():
+        shown = ", ".join(f"`{d}`: {_shown(v)}" for d, v in values.items())
+        lines.append(f"- {name} differed (the first kept): {shown}")
+    lines.append("- calibration: none (a temperature fitted to one checkpoint says nothing about the average)")
+    head, heading, rest = card.partition("## Training\n")
+    if not heading:
+        return card.rstrip("\n") + "\n\n## Training\n\n" + "\n".join(lines) + "\n"
+    _, next_heading, tail = rest.partition("\n## ")
+    return head + heading + "\n" + "\n".join(lines) + "\n" + next_heading + tail
+
+
 def average_checkpoints(config: AverageConfig) -> RewardModel:
-    """Weighted mean of the checkpoints' tensors, saved with the first checkpoint's prompt config."""
+    """Weighted mean of the checkpoints' tensors, saved with the first ``tinyrm.json``'s settings."""
     from ..backbone import load_mlm
+    from ..model_card import CARD_FILE
 
     if len(config.checkpoints) < 2:
         raise ValueError("merge --average needs at least two checkpoints")
@@ -189,7 +267,7 @@ def average_checkpoints(config: AverageConfig) -> RewardModel:
     for directory in directories:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such model folder")
-    check_compatible(directories)
+    configs = check_compatible(directories)
     weights = normalised_weights(config.weights, len(directories))
 
     tokenizer, base = load_mlm(str(directories[0]))
@@ -206,12 +284,22 @@ def average_checkpoints(config: AverageConfig) -> RewardModel:
                 raise IncompatibleCheckpoints(f"integer buffer {key} differs between checkpoints")
             averaged[key] = tensor
     base.load_state_dict(averaged)
-    first = directories[0]
-    reward_config = RewardConfig.load(first) if (first / CONFIG_FILE).is_file() else RewardConfig()
+    # A plain masked LM (no tinyrm.json) has no settings: take them from the first folder that has some.
+    settings_from = next(iter(configs), None)
+    reward_config = RewardConfig.load(settings_from) if settings_from else RewardConfig()
     reward_config.adapter = None
     reward_config.calibration = None  # a temperature fitted to one checkpoint says nothing about the average
+    differing = differing_settings(configs)
+    if differing:
+        logger.warning("merge --average: %s differ between the folders; using %s's", ", ".join(differing),
+                       settings_from)
     reward_config.extra = {"averaged_from": [str(d) for d in directories], "weights": weights}
+    if differing:
+        reward_config.extra["differing_settings"] = differing
     rm = RewardModel(base, tokenizer, reward_config, device="cpu")
     rm.save_pretrained(config.output)
+    card = Path(config.output) / CARD_FILE
+    card.write_text(describe_average(card.read_text(encoding="utf-8"), directories, weights, settings_from,
+                                     differing), encoding="utf-8")
     rm.name = config.output
     return rm

@@ -118,10 +118,13 @@ def open_study(config: SweepConfig, storage_url: str):
         else:  # optuna < 4.9
             retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
         storage = storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180, **retry)
+    study = optuna.create_study(study_name=config.study_name, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    # Seeded past the trials already stored: a resumed run reseeded with config.seed alone would draw
+    # the same random startup points again.
     startup = config.startup_trials if config.startup_trials is not None else min(10, max(2, config.trials // 3))
-    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=startup)
-    return optuna.create_study(study_name=config.study_name, storage=storage, sampler=sampler,
-                               direction="maximize", load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials), n_startup_trials=startup)
+    return study
 
 
 def make_objective(config: SweepConfig, train_files: list[str], eval_pairs: list[PreferencePair], n_layers: int):
@@ -212,6 +215,29 @@ def completed_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
+def failed_trials(study) -> list:
+    """Trials that ended without a value (pruned ones too, so the loop below always makes progress)."""
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED))
+
+
+def run_trials(study, objective, target: int, on_trial=None) -> None:
+    """Run trials until ``target`` are complete: a failed trial (a RuntimeError such as CUDA OOM) is
+    replaced, not counted. Gives up once ``target`` trials have failed in this run, so a failure that
+    hits every configuration cannot loop for ever; re-running the command continues from there."""
+    callbacks = [on_trial] if on_trial else []
+    failed_before = len(failed_trials(study))
+    while (remaining := target - len(completed_trials(study))) > 0:
+        failed = len(failed_trials(study)) - failed_before
+        if failed >= target:
+            logger.warning("stopping: %d trials failed in this run; %d of %d completed", failed,
+                           target - remaining, target)
+            return
+        study.optimize(objective, n_trials=min(remaining, target - failed), show_progress_bar=True,
+                       callbacks=callbacks, catch=(RuntimeError,))
+
+
 def run_sweep(config: SweepConfig, on_trial=None) -> SweepSummary:
     """Run (or resume) the study until ``config.trials`` trials are complete."""
     if config.trials < 1:
@@ -232,11 +258,7 @@ def run_sweep(config: SweepConfig, on_trial=None) -> SweepSummary:
 
     storage_url = config.storage or default_storage(output)
     study = open_study(config, storage_url)
-    remaining = config.trials - len(completed_trials(study))
-    if remaining > 0:
-        callbacks = [on_trial] if on_trial else []
-        study.optimize(make_objective(config, train_files, eval_pairs, n_layers), n_trials=remaining,
-                       show_progress_bar=True, callbacks=callbacks, catch=(RuntimeError,))
+    run_trials(study, make_objective(config, train_files, eval_pairs, n_layers), config.trials, on_trial)
     done = completed_trials(study)
     if not done:
         raise RuntimeError("no trial completed; see the errors above")
