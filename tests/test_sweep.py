@@ -9,12 +9,16 @@ from tinyrm.tools.sweep import DORA_RANKS, LR_RANGE, PREFIX_POOL
 from tinyrm.training.recipes import load_recipe
 
 
+def sweep_command(model: str, data, tmp_path, study: str, startup: int):
+    """(output folder, storage URL, the sweep's arguments but --trials) of a one-step sweep on ``data``."""
+    out, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep.db'}"
+    return out, storage, ["sweep", "--model", model, "--data", str(data), "--eval-data", str(data), "--storage",
+                          storage, "--study-name", study, "--output", str(out), "--max-steps", "1", "--batch-size",
+                          "4", "--micro-batch-size", "4", "--max-length", "64", "--startup-trials", str(startup)]
+
+
 def test_sweep_runs_resumes_and_writes_best_recipe(tiny_bert, pairs_file, tmp_path):
-    out = tmp_path / "sweep"
-    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
-    common = ["sweep", "--model", tiny_bert, "--data", str(pairs_file), "--eval-data", str(pairs_file),
-              "--storage", storage, "--study-name", "t", "--output", str(out), "--max-steps", "1",
-              "--batch-size", "4", "--micro-batch-size", "4", "--max-length", "64", "--startup-trials", "2"]
+    out, storage, common = sweep_command(tiny_bert, pairs_file, tmp_path, "t", startup=2)
     assert main([*common, "--trials", "3"]) == 0
     study = optuna.load_study(study_name="t", storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -56,11 +60,7 @@ def test_sweep_replaces_a_failed_first_trial_and_resumes_with_new_points(tiny_be
         return real_train(config)
 
     monkeypatch.setattr(tinyrm.train, "train", out_of_memory_once)
-    out = tmp_path / "sweep"
-    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
-    common = ["sweep", "--model", tiny_bert, "--data", str(pairs_file), "--eval-data", str(pairs_file),
-              "--storage", storage, "--study-name", "f", "--output", str(out), "--max-steps", "1",
-              "--batch-size", "4", "--micro-batch-size", "4", "--max-length", "64", "--startup-trials", "10"]
+    out, storage, common = sweep_command(tiny_bert, pairs_file, tmp_path, "f", startup=10)
     # The failed trial neither ends the sweep nor counts: --trials 2 means two completed trials.
     assert main([*common, "--trials", "2"]) == 0
     assert "trial 0: accuracy failed" in capsys.readouterr().out
