@@ -138,7 +138,31 @@ TRAIN_KEYS = ("lr", "epochs", "batch_size", "micro_batch_size", "max_length", "m
               "weight_decay", "dora_rank", "freeze_layers", "loss", "order", "precision", "seed", "max_pairs")
 
 
+def short_repr(value: object, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters, for one-line notes (a long prefix, a prefix map)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _averaged_lines(config) -> list[str]:
+    """What ``tinyrm merge --average`` made: whose weights, whose settings, what differed."""
+    extra = config.extra
+    lines = ["- weights: the weighted average (`tinyrm merge --average`, no training since) of "
+             + ", ".join(f"`{d}` ({w:.3f})" for d, w in zip(extra["averaged_from"], extra.get("weights") or []))]
+    settings_from = extra.get("settings_from")
+    lines.append(f"- scoring settings (tinyrm.json) from `{settings_from}`" if settings_from else
+                 "- scoring settings: tinyrm's defaults (no folder had a tinyrm.json)")
+    for name, values in (extra.get("differing_settings") or {}).items():
+        shown = ", ".join(f"`{d}`: {short_repr(v)}" for d, v in values.items())
+        lines.append(f"- {name} differed (the first kept): {shown}")
+    if not config.calibration:
+        lines.append("- calibration: none (a temperature fitted to one checkpoint says nothing about the average)")
+    return lines
+
+
 def _training_section(config) -> list[str]:
+    if config.extra.get("averaged_from"):
+        return ["## Training", "", *_averaged_lines(config)]
     train = config.extra.get("train") or {}
     result = config.extra.get("result") or {}
     files = _data_files(config)

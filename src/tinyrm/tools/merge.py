@@ -9,6 +9,7 @@ backbone, refusing folders that do not share architecture, tokenizer, tensor sha
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from ..backbone import mask_logits, unwrap_peft
 from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
 from ..inference.batches import collate, pair_scores
+from ..model_card import short_repr
 from ..pairwise.model import RewardModel
 
 logger = logging.getLogger(__name__)
@@ -156,11 +158,6 @@ def _model_signature(directory: Path) -> dict:
     return {k: v for k, v in config.items() if k not in _CONFIG_NOISE}
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def saved_configs(directories: Sequence[Path]) -> dict[Path, RewardConfig]:
     """The ``tinyrm.json`` of each folder that has one (a plain masked LM has none and imposes nothing),
     refusing kinds that cannot be averaged."""
@@ -189,8 +186,8 @@ def check_settings(configs: dict[Path, RewardConfig]) -> None:
             mine, theirs = getattr(saved, name), getattr(reference, name)
             if mine != theirs:
                 raise IncompatibleCheckpoints(
-                    f"{directory}: {name} {_shown(mine)} differs from {first}'s {_shown(theirs)} (tinyrm.json); "
-                    "the average would be scored as only one of them was trained")
+                    f"{directory}: {name} {short_repr(mine)} differs from {first}'s {short_repr(theirs)} "
+                    "(tinyrm.json); the average would be scored as only one of them was trained")
 
 
 def differing_settings(configs: dict[Path, RewardConfig]) -> dict[str, dict[str, object]]:
@@ -237,29 +234,9 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def describe_average(card: str, directories: Sequence[Path], weights: Sequence[float], settings_from: Path | None,
-                     differing: dict[str, dict[str, object]]) -> str:
-    """The card's training section rewritten to say the weights are an average (the generic card would
-    call them "not trained by tinyrm")."""
-    lines = ["- weights: the weighted average (`tinyrm merge --average`, no training since) of "
-             + ", ".join(f"`{d}` ({w:.3f})" for d, w in zip(directories, weights))]
-    lines.append(f"- scoring settings (tinyrm.json) from `{settings_from}`" if settings_from else
-                 "- scoring settings: tinyrm's defaults (no folder had a tinyrm.json)")
-    for name, values in differing.items():
-        shown = ", ".join(f"`{d}`: {_shown(v)}" for d, v in values.items())
-        lines.append(f"- {name} differed (the first kept): {shown}")
-    lines.append("- calibration: none (a temperature fitted to one checkpoint says nothing about the average)")
-    head, heading, rest = card.partition("## Training\n")
-    if not heading:
-        return card.rstrip("\n") + "\n\n## Training\n\n" + "\n".join(lines) + "\n"
-    _, next_heading, tail = rest.partition("\n## ")
-    return head + heading + "\n" + "\n".join(lines) + "\n" + next_heading + tail
-
-
 def average_checkpoints(config: AverageConfig) -> RewardModel:
     """Weighted mean of the checkpoints' tensors, saved with the first ``tinyrm.json``'s settings."""
     from ..backbone import load_mlm
-    from ..model_card import CARD_FILE
 
     if len(config.checkpoints) < 2:
         raise ValueError("merge --average needs at least two checkpoints")
@@ -286,20 +263,19 @@ def average_checkpoints(config: AverageConfig) -> RewardModel:
     base.load_state_dict(averaged)
     # A plain masked LM (no tinyrm.json) has no settings: take them from the first folder that has some.
     settings_from = next(iter(configs), None)
-    reward_config = RewardConfig.load(settings_from) if settings_from else RewardConfig()
+    reward_config = copy.deepcopy(configs[settings_from]) if settings_from else RewardConfig()
     reward_config.adapter = None
     reward_config.calibration = None  # a temperature fitted to one checkpoint says nothing about the average
     differing = differing_settings(configs)
     if differing:
         logger.warning("merge --average: %s differ between the folders; using %s's", ", ".join(differing),
                        settings_from)
-    reward_config.extra = {"averaged_from": [str(d) for d in directories], "weights": weights}
+    # What the model card's Training section describes (model_card: an average, not "not trained by tinyrm").
+    reward_config.extra = {"averaged_from": [str(d) for d in directories], "weights": weights,
+                           "settings_from": str(settings_from) if settings_from else None}
     if differing:
         reward_config.extra["differing_settings"] = differing
     rm = RewardModel(base, tokenizer, reward_config, device="cpu")
     rm.save_pretrained(config.output)
-    card = Path(config.output) / CARD_FILE
-    card.write_text(describe_average(card.read_text(encoding="utf-8"), directories, weights, settings_from,
-                                     differing), encoding="utf-8")
     rm.name = config.output
     return rm
