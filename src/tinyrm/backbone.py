@@ -210,6 +210,12 @@ def _accepts(module: nn.Module, name: str) -> bool:
     return name in inspect.signature(module.forward).parameters
 
 
+def read_positions(read: str | None, mask_positions: torch.Tensor) -> torch.Tensor:
+    """Where the head reads in padded rows: the mask slots, or position 0 ([CLS]) of each row for a model that
+    reads there (``RewardConfig.read == "cls"``). Every padded scoring path goes through this."""
+    return torch.zeros_like(mask_positions) if read == "cls" else mask_positions
+
+
 def mask_logits(
     mlm: nn.Module,
     input_ids: torch.Tensor,

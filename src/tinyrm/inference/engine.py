@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..backbone import mask_logits, unwrap_peft
+from ..backbone import mask_logits, read_positions, unwrap_peft
 from ..prompt import Encoded
 from .adaptive import AutoOrder, OrderStats
 from .batches import HostBatch, host_batches, pair_scores, pair_units, plan_batches  # noqa: F401 (plan_batches: re-exported)
@@ -155,12 +155,10 @@ class InferenceEngine:
                 run = model
             enable_flash_attention(run, self.rm.device)
             answer_ids = self.rm._answer_ids_t
-            read_cls = getattr(self.rm.config, "read", "mask") == "cls"
+            read = getattr(self.rm.config, "read", "mask")
 
             def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
-                if read_cls:  # the head reads [CLS] (RewardConfig.read), not the mask slot
-                    mask_positions = torch.zeros_like(mask_positions)
-                return mask_logits(run, input_ids, attention_mask, mask_positions,
+                return mask_logits(run, input_ids, attention_mask, read_positions(read, mask_positions),
                                    token_ids=answer_ids, token_type_ids=token_type_ids)
 
             packed = None
@@ -168,8 +166,8 @@ class InferenceEngine:
             regions = self.config.compile and dtype != INT8_DTYPE
             if packed_mlm_supported(run):
                 def packed(batch):  # the same logits from a packed batch (inference.packed)
-                    return packed_mask_logits(run, batch, answer_ids, batch.starts if read_cls else batch.mask_index,
-                                              compiled=regions)
+                    reads = batch.starts if read == "cls" else batch.mask_index
+                    return packed_mask_logits(run, batch, answer_ids, reads, compiled=regions)
 
             if self.config.compile:  # the padded forward: the whole model, dynamic in batch and width
                 forward = torch.compile(forward, dynamic=True)
@@ -271,7 +269,8 @@ class InferenceEngine:
               dtype: torch.dtype | None = None) -> list[list[float]]:
         if not encodings:
             return []
-        read_cls = getattr(self.rm.config, "read", "mask") == "cls"
+        read = getattr(self.rm.config, "read", "mask")
+        read_cls = read == "cls"
         if read_cls and any(len(e.mask_positions) != 1 for e in encodings):
             raise ValueError("this model reads its verdict at [CLS], one per sequence: each sequence must read one "
                              "mask (a process model: score it with context 'prefix'; a 'full' window reads several "
@@ -289,7 +288,7 @@ class InferenceEngine:
             else:
                 t = {k: v.to(device, non_blocking=True) for k, v in batch.padded.items()
                      if k != "attention_mask" or batch.padding}
-                positions = torch.zeros_like(t["mask_positions"]) if read_cls else t["mask_positions"]
+                positions = read_positions(read, t["mask_positions"])
                 logits = mask_logits(prepared.model, t["input_ids"], t.get("attention_mask"), positions,
                                      token_ids=token_ids, token_type_ids=t.get("token_type_ids"),
                                      mask_rows=t["mask_rows"])

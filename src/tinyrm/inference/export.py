@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbone import mask_logits, unwrap_peft
+from ..backbone import mask_logits, read_positions, unwrap_peft
 from ..config import RewardConfig
 from ..pairwise.model import RewardModel
 from ..prompt import get_template, resolve_answer_ids
@@ -45,17 +45,16 @@ class _MaskScorer(nn.Module):
     """What gets traced: the answer logits at the mask (at [CLS] for a model that reads there,
     ``RewardConfig.read``), nothing else."""
 
-    def __init__(self, mlm: nn.Module, answer_ids: list[int], token_types: bool, read_cls: bool = False) -> None:
+    def __init__(self, mlm: nn.Module, answer_ids: list[int], token_types: bool, read: str = "mask") -> None:
         super().__init__()
         self.mlm = mlm
-        self.token_types, self.read_cls = token_types, read_cls
+        self.token_types, self.read = token_types, read
         self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
 
     def forward(self, input_ids, attention_mask, mask_positions, token_type_ids=None):
-        if self.read_cls:  # as the engine does; the input stays, so every exported graph takes the same feed
-            mask_positions = torch.zeros_like(mask_positions)
-        return mask_logits(self.mlm, input_ids, attention_mask, mask_positions, token_ids=self.answer_ids,
-                           token_type_ids=token_type_ids if self.token_types else None)
+        # read_positions as the engine: the input stays, so every exported graph takes the same feed.
+        return mask_logits(self.mlm, input_ids, attention_mask, read_positions(self.read, mask_positions),
+                           token_ids=self.answer_ids, token_type_ids=token_type_ids if self.token_types else None)
 
 
 def _require_onnx():
@@ -82,7 +81,7 @@ def export_onnx(config: ExportConfig, rm: RewardModel | None = None) -> Path:
     mlm = mlm.float().eval().cpu()
     sample = rm.encode("What is two plus two?", "Four.", "Five, and here is a longer answer.")
     token_types = sample.token_type_ids is not None
-    scorer = _MaskScorer(mlm, rm.answer_ids, token_types, read_cls=getattr(rm.config, "read", "mask") == "cls")
+    scorer = _MaskScorer(mlm, rm.answer_ids, token_types, read=getattr(rm.config, "read", "mask"))
     ids = torch.tensor([sample.input_ids, sample.input_ids])
     args: tuple = (ids, torch.ones_like(ids), torch.tensor([sample.mask_position] * 2))
     names = ["input_ids", "attention_mask", "mask_positions"]
@@ -120,11 +119,10 @@ class _OnnxEngine(InferenceEngine):
             session = self.rm.session
             wanted = {i.name for i in session.get_inputs()}
             # A graph exported before the [CLS] read was traced in read at the mask: fed position 0 it reads [CLS].
-            read_cls = getattr(self.rm.config, "read", "mask") == "cls"
+            read = getattr(self.rm.config, "read", "mask")
 
             def forward(input_ids, attention_mask, mask_positions, token_type_ids=None):
-                if read_cls:
-                    mask_positions = torch.zeros_like(mask_positions)
+                mask_positions = read_positions(read, mask_positions)
                 mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # None: no padding
                 feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy(),
                         "mask_positions": mask_positions.numpy()}

@@ -19,6 +19,7 @@ from ..backbone import (
     default_device,
     load_saved_backbone,
     mask_logits,
+    read_positions,
     resolve_model_path,
     unwrap_peft,
 )
@@ -91,10 +92,9 @@ class ClozeScorer(nn.Module):
             packed = Packed.from_inputs(input_ids, position_ids, cu_seqlens, max_seqlen, seq_lengths, mask_positions,
                                         token_type_ids)
             return packed_mask_logits(backbone, packed, token_ids, packed.starts if self.read == "cls" else None)
-        if self.read == "cls":  # one read per row (with mask_rows: prefix-mode process rows), at [CLS]
-            mask_positions = torch.zeros_like(mask_positions)
-        return mask_logits(backbone, input_ids, attention_mask, mask_positions, token_ids=token_ids,
-                           token_type_ids=token_type_ids, mask_rows=mask_rows)
+        # One read per row at [CLS] for a cls model (with mask_rows: prefix-mode process rows).
+        return mask_logits(backbone, input_ids, attention_mask, read_positions(self.read, mask_positions),
+                           token_ids=token_ids, token_type_ids=token_type_ids, mask_rows=mask_rows)
 
 
 class RewardModel:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import mask_logits, unwrap_peft
+from ..backbone import mask_logits, read_positions, unwrap_peft
 from ..config import CONFIG_FILE, RewardConfig
 from ..data import PreferencePair, load_pairs
 from ..inference.batches import collate, pair_scores
@@ -81,9 +81,7 @@ def direct_scores(rm: RewardModel, items: Sequence[tuple[str, str, str]], batch_
         idx = order[start : start + batch_size]
         batch = {k: v.to(rm.device) for k, v in collate([encodings[i] for i in idx], rm.tokenizer.pad_token_id
                                                              or 0).items()}
-        positions = batch["mask_positions"]
-        if rm.config.read == "cls":  # the head reads [CLS] (position 0), as the inference engine does
-            positions = torch.zeros_like(positions)
+        positions = read_positions(rm.config.read, batch["mask_positions"])  # where the engine reads
         logits = mask_logits(backbone, batch["input_ids"], batch["attention_mask"], positions,
                              token_ids=answer_ids, token_type_ids=batch.get("token_type_ids"))
         for i, p in zip(idx, torch.softmax(logits.float(), dim=-1)[:, 0].tolist()):
