@@ -85,6 +85,19 @@ def validate_row(row: object) -> PreferencePair:
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = "a \\u escape makes a lone surrogate, which is not text"
+
+
+def is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (``"\\ud800"``): JSON can escape one and Python holds it, but
+    no encoding writes it and no tokenizer takes it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 MAX_DEPTH = 100  # JSON nesting a row may have
 
 
@@ -134,10 +147,8 @@ def _check_value(value: object) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("bad JSON (a \\u escape makes a lone surrogate, which is not text)") from None
+            if not is_text(item):
+                raise ValueError(f"bad JSON ({LONE_SURROGATE})")
         elif isinstance(item, (dict, list)):
             if depth > MAX_DEPTH:
                 raise ValueError(f"bad JSON (nested more than {MAX_DEPTH} deep)")

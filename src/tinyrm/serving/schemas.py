@@ -7,16 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from ..data import LONE_SURROGATE, is_text
 from ..process.aggregate import METHODS as AGGREGATES
 
 
 def _text(value: str) -> str:
-    """JSON can escape a lone surrogate (``"\\ud800"``), which is no text: no tokenizer takes it, so it is a 422
-    naming the field here rather than a 500 from the model thread (the file readers reject it the same way)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a \\u escape makes a lone surrogate, which is not text") from None
+    """A lone surrogate is a 422 naming the field here rather than a 500 from the model thread (the file readers
+    reject it the same way: ``tinyrm.data.is_text``)."""
+    if not is_text(value):
+        raise ValueError(LONE_SURROGATE)
     return value
 
 
