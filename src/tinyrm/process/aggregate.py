@@ -25,10 +25,16 @@ from collections.abc import Sequence
 METHODS = ("min", "product", "mean", "last", "geometric_mean", "first_error")
 
 
-def aggregate(scores: Sequence[float], method: str = "min", threshold: float = 0.5) -> float:
-    """Solution-level score from step scores in [0, 1] (see the module docstring for each method)."""
+def check_method(method: str) -> str:
+    """``method`` if it is one of ``METHODS``; else a ``ValueError`` listing them (callers check before scoring)."""
     if method not in METHODS:
         raise ValueError(f"unknown aggregation {method!r}; choose from {', '.join(METHODS)}")
+    return method
+
+
+def aggregate(scores: Sequence[float], method: str = "min", threshold: float = 0.5) -> float:
+    """Solution-level score from step scores in [0, 1] (see the module docstring for each method)."""
+    check_method(method)
     values = [float(s) for s in scores]
     for i, value in enumerate(values):
         if not 0.0 <= value <= 1.0:  # also rejects NaN

@@ -12,8 +12,8 @@ from ..evaluation.results import write_results
 from ..inference.packed import apply_attention
 from ..inference.precision import apply_precision, check_precision
 from ..temperature import model_temperature, use_calibration
-from .aggregate import METHODS
 from .aggregate import aggregate as combine
+from .aggregate import check_method
 from .data import ProcessRow, load_rows
 from .model import ProcessRewardModel
 from .scoring import resolve_context, score_many, solution_reward, solution_scores
@@ -110,8 +110,7 @@ def evaluate_solutions(rm: ProcessRewardModel, rows: Sequence[ProcessRow], aggre
 
 
 def evaluate(config: ProcessEvalConfig) -> dict:
-    if config.aggregate not in METHODS:  # before any row is read or step scored
-        raise ValueError(f"unknown aggregation {config.aggregate!r}; choose from {', '.join(METHODS)}")
+    check_method(config.aggregate)  # before any row is read or step scored
     rows = load_rows(config.data, skip_bad_rows=config.skip_bad_rows).rows
     rm = use_calibration(ProcessRewardModel.from_pretrained(config.model, max_length=config.max_length),
                          config.calibrated)

@@ -12,8 +12,8 @@ import torch
 from ..pairwise.model import RewardModel
 from ..prompt import resolve_answer_ids
 from ..temperature import calibrate_output
-from .aggregate import METHODS, rank_key
 from .aggregate import aggregate as combine
+from .aggregate import check_method, rank_key
 from .prompt import (
     ANSWER_TOKENS,
     CONTEXTS,
@@ -143,8 +143,7 @@ def solution_scores(rm: RewardModel, items: Sequence[tuple[str, StepsInput]], ag
                     context: str | None = None, threshold: float = 0.5, batch_size: int = 32,
                     calibrated: bool | None = None) -> list[float]:
     """One score per solution: the ORM verdict for outcome models, aggregated step scores otherwise."""
-    if aggregate not in METHODS:
-        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    check_method(aggregate)
     if spec(rm).objective == "outcome":
         return outcome_scores(rm, items, batch_size=batch_size, calibrated=calibrated)
     per_step = score_many(rm, items, context=context, batch_size=batch_size, calibrated=calibrated)
@@ -167,8 +166,7 @@ def score_solution(rm: RewardModel, problem: str, steps: StepsInput, aggregate: 
 def solution_reward(rm: RewardModel, scores: Sequence[float], aggregate: str = "min", threshold: float = 0.5) -> float:
     """A solution's reward from its step scores: their aggregate, or an outcome model's verdict on the whole
     solution, which is its last step's (the same sequence). Needs at least one score for an outcome model."""
-    if aggregate not in METHODS:
-        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    check_method(aggregate)
     if spec(rm).objective != "outcome":
         return combine(list(scores), aggregate, threshold=threshold)
     if not scores:
@@ -181,8 +179,7 @@ def steps_and_reward(rm: RewardModel, problem: str, steps: StepsInput, aggregate
                      calibrated: bool | None = None) -> tuple[list[float], float]:
     """:func:`score_steps` and :func:`score_solution` of one solution from one scoring run: the step verdicts
     and :func:`solution_reward` of them (calling the two functions scores every step twice)."""
-    if aggregate not in METHODS:
-        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    check_method(aggregate)
     scores = score_steps(rm, problem, steps, context=context, calibrated=calibrated)
     if not scores and spec(rm).objective == "outcome":  # no step: the solution judged as ""
         return scores, outcome_scores(rm, [(problem, steps)], calibrated=calibrated)[0]
@@ -195,8 +192,7 @@ def rerank(rm: RewardModel, problem: str, candidates: Sequence[StepsInput], aggr
     """``[(index, score), ...]`` best first (ties keep the input order), sorted by
     :func:`tinyrm.process.aggregate.rank_key` (``product``: by its logarithm, which does not underflow)."""
     items = [(problem, c) for c in candidates]
-    if aggregate not in METHODS:
-        raise ValueError(f"unknown aggregation {aggregate!r}; choose from {', '.join(METHODS)}")
+    check_method(aggregate)
     if spec(rm).objective == "outcome":
         scores = keys = outcome_scores(rm, items, batch_size=batch_size, calibrated=calibrated)
     else:
