@@ -107,6 +107,21 @@ def test_bradley_terry_hand_examples():
     np.testing.assert_allclose(theta, np.log(s) - np.log(s).mean(), atol=1e-6)
 
 
+def test_bradley_terry_converges_on_confident_judgements():
+    # Strengths tens of nats apart (a confident model's round robin): the fit must still solve the
+    # likelihood equations, wins_i = sum_j games_ij * sigmoid(theta_i - theta_j), not stop short.
+    true = np.random.default_rng(0).normal(0.0, 30.0, 64)
+    prob = 1.0 / (1.0 + np.exp(-(true[:, None] - true[None, :])))
+    np.fill_diagonal(prob, 0.0)
+    prior = RankConfig().bt_prior
+    theta = bradley_terry(prob, prior=prior)
+    wins = prob + prior
+    np.fill_diagonal(wins, 0.0)
+    games = wins + wins.T
+    expected = (games / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))).sum(axis=1)
+    np.testing.assert_allclose(expected, wins.sum(axis=1), atol=1e-6)
+
+
 def test_bradley_terry_prior_keeps_a_clean_sweep_finite():
     wins = np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     theta = bradley_terry(wins, prior=RankConfig().bt_prior)

@@ -6,7 +6,8 @@ tournament on top of it:
 - ``knockout``: single elimination, n - 1 matches (each judged in both orders), one batched
   ``compare_batch`` call per round. Cheap, good for large n, but only the winner is certain.
 - ``round_robin``: every pair (both orders) in batched passes, then a Bradley-Terry fit by
-  Zermelo / MM iterations; scores are log-strengths, ties broken by Copeland score.
+  Zermelo / MM iterations (Newton's method finishes where MM stalls); scores are log-strengths,
+  ties broken by Copeland score.
 
 Everything here takes any *scorer*: an object with ``compare_batch(items, batch_size=..., both_orders=...)``
 returning P(a better than b) per ``(prompt, a, b)`` - a ``RewardModel``, a ``RewardClient`` or a
@@ -33,7 +34,7 @@ class PairwiseScorer(Protocol):
 class RankConfig:
     method: str = "knockout"  # knockout | round_robin
     batch_size: int = 32  # sequences per forward pass, passed to compare_batch
-    bt_iterations: int = 1000  # Bradley-Terry MM iteration cap
+    bt_iterations: int = 1000  # Bradley-Terry MM iteration cap (then Newton, if not converged)
     bt_tolerance: float = 1e-9  # stop when no log-strength moves more than this
     bt_prior: float = 0.01  # pseudo-wins per side of each pair: keeps strengths finite on clean sweeps
 
@@ -120,6 +121,7 @@ def bradley_terry(
     games = w + w.T  # n_ij
     total_wins = w.sum(axis=1)
     strength = np.ones(n)
+    done = False
     for _ in range(iterations):
         denom = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
         new = np.where(denom > 0, total_wins / np.where(denom > 0, denom, 1.0), strength)
@@ -130,7 +132,41 @@ def bradley_terry(
         if done:
             break
     theta = np.log(strength)
+    if not done and (games + np.eye(n) > 0).all():
+        # MM slows to a crawl on confident judgements (strengths tens of nats apart); with every pair
+        # played the likelihood is strictly concave on mean-zero theta, so Newton finishes the job.
+        theta = _newton(theta, w, games, tolerance)
     return theta - theta.mean()
+
+
+def _newton(theta: np.ndarray, wins: np.ndarray, games: np.ndarray, tolerance: float, steps: int = 100) -> np.ndarray:
+    """Newton's method with backtracking on the Bradley-Terry log-likelihood, from ``theta``."""
+
+    def loglik(t: np.ndarray) -> float:
+        diff = t[:, None] - t[None, :]
+        return float((wins * -np.logaddexp(0.0, -diff)).sum())
+
+    n = len(theta)
+    current = loglik(theta)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
+        grad = wins.sum(axis=1) - (games * p).sum(axis=1)
+        curvature = games * p * p.T
+        hessian = np.diag(curvature.sum(axis=1)) - curvature + 1.0 / n  # + 11^T/n pins the mean
+        step = np.linalg.solve(hessian, grad)
+        scale = 1.0
+        while scale > 1e-8:
+            trial = theta + scale * step
+            value = loglik(trial)
+            if value >= current - 1e-12 * abs(current):
+                break
+            scale /= 2
+        else:
+            break
+        theta, current = trial, value
+        if np.abs(scale * step).max() < tolerance:
+            break
+    return theta
 
 
 def copeland(prob: np.ndarray) -> np.ndarray:
