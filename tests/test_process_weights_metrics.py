@@ -122,6 +122,13 @@ def test_first_error_accuracy_on_hand_made_scores():
     assert "first-error-step accuracy" in text and "0.3333" in text and "no-error accuracy" in text
 
 
+def test_metrics_without_labels_are_none_not_zero():
+    # No labelled step (or solution): no figure, which the table shows as "-", never an accuracy of 0.
+    empty = binary_metrics([], [])
+    assert empty["n"] == 0 and empty["accuracy"] is None and empty["balanced_accuracy"] is None
+    assert empty["auroc"] is None and empty["calibration"]["ece"] is None
+
+
 # ------------------------------------------------------------------ class-weighted training
 def test_balanced_training_saves_its_weights(tiny_bert, tmp_path):
     data = rows_file(tmp_path / "p.jsonl")

@@ -31,7 +31,8 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
 
 
 def binary_metrics(scores: Sequence[float], positives: Sequence[bool], threshold: float = 0.5) -> dict:
-    """Accuracy, balanced accuracy, AUROC and calibration of P(correct) against labels."""
+    """Accuracy, balanced accuracy, AUROC and calibration of P(correct) against labels (None where
+    nothing is labelled: no figure rather than 0)."""
     predicted = [s >= threshold for s in scores]
     hits_pos = sum(p and y for p, y in zip(predicted, positives))
     hits_neg = sum((not p) and (not y) for p, y in zip(predicted, positives))
@@ -39,8 +40,8 @@ def binary_metrics(scores: Sequence[float], positives: Sequence[bool], threshold
     n_neg = len(positives) - n_pos
     recalls = [r for r in (hits_pos / n_pos if n_pos else None, hits_neg / n_neg if n_neg else None) if r is not None]
     return {"n": len(positives), "n_correct": n_pos, "n_incorrect": n_neg,
-            "accuracy": (hits_pos + hits_neg) / len(positives) if positives else 0.0,
-            "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
+            "accuracy": (hits_pos + hits_neg) / len(positives) if positives else None,
+            "balanced_accuracy": sum(recalls) / len(recalls) if recalls else None,
             "auroc": auroc(scores, positives), "calibration": calibration(scores, [bool(y) for y in positives])}
 
 
