@@ -17,6 +17,7 @@ import pytest
 import tinyrm
 from tinyrm.cli import main
 from tinyrm.data import DataError
+from tinyrm.errors import UsageError
 from tinyrm.scoring import ScoreConfig, score
 from tinyrm.scoring.parts import parts_dir
 
@@ -304,6 +305,10 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_output(model, tm
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    # A second run on the same output while the first is alive stops at once and touches nothing.
+    with pytest.raises(UsageError, match=rf"pid {proc.pid}\) is writing --output {re.escape(str(resumed))}"):
+        score(model=model, data=[str(data)], output=str(resumed), chunk_rows=4, progress=False)
+    assert (parts / "job.json").is_file() and proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     proc.stderr.close()
@@ -314,7 +319,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_output(model, tm
     report = json.loads(capsys.readouterr().out)
     assert report["resumed_chunks"] == done and report["chunks"] == 12
     assert resumed.read_bytes() == whole.read_bytes()
-    assert not parts.exists()
+    assert not parts.exists() and not Path(f"{resumed}.lock").exists()  # the killed run's lock was taken over
     assert {k: v for k, v in report.items() if k in ("rows", "kept_rows", "dropped_rows", "pairs")} == \
         {k: v for k, v in summary(whole).items() if k in ("rows", "kept_rows", "dropped_rows", "pairs")}
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import UsageError
 from ..progress import progress_bar
 from .config import ScoreConfig, ScoreResult, check_config, output_format
-from .parts import STATE_FORMAT, PartStore, parts_dir
+from .parts import STATE_FORMAT, PartStore, output_lock, parts_dir
 from .readers import Plan, plan_chunks, source_signature
 from .writers import write_atomic
 
@@ -96,30 +96,31 @@ def score(config: ScoreConfig | None = None, /, **options: Any) -> ScoreResult:
     plan = plan_chunks(config.data, config.chunk_rows)
     _check_paths(config, plan)
     fingerprint, job = describe(config, plan, fmt)
-    store = PartStore.open(config.output, fmt, fingerprint, plan.chunks, job)
-    resumed_rows = sum(counts["rows"] for counts in store.counts.values())
-    started = time.perf_counter()
-    with _progress(config, plan, resumed_rows) as bar:
-        if config.engine == "ray":
-            from .ray_engine import run_ray as run
-        else:
-            from .local import run_local as run
-        run(config, plan, store, lambda counts: bar.update(counts["rows"]))
-    store.finish()
-    seconds = time.perf_counter() - started
-    totals = store.totals()
-    result = ScoreResult(
-        output=str(config.output), summary_path=str(summary_path(config.output)), model=config.model,
-        engine=config.engine, rows=totals.get("rows", 0), pairs=totals.get("pairs", 0),
-        ab_pairs=totals.get("ab_pairs", 0), candidate_sets=totals.get("candidate_sets", 0),
-        bad_rows=totals.get("bad_rows", 0), kept_rows=totals.get("kept_rows", 0),
-        dropped_rows=totals.get("dropped_rows", 0), candidates_kept=totals.get("candidates_kept", 0),
-        candidates_dropped=totals.get("candidates_dropped", 0), chunks=plan.chunks, resumed_chunks=store.resumed,
-        seconds=round(seconds, 3), rows_per_second=round((plan.rows - resumed_rows) / max(seconds, 1e-9), 2),
-        min_prob=config.min_prob, keep_best=config.keep_best, skipped_rows=totals["skipped_rows"],
-    )
-    summary = {**result.to_dict(), "data": plan.sources, "format": fmt, "method": config.method,
-               "chunk_rows": config.chunk_rows, "batch_size": config.batch_size}
-    write_atomic(summary_path(config.output), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
-    store.remove()
+    with output_lock(config.output):
+        store = PartStore.open(config.output, fmt, fingerprint, plan.chunks, job)
+        resumed_rows = sum(counts["rows"] for counts in store.counts.values())
+        started = time.perf_counter()
+        with _progress(config, plan, resumed_rows) as bar:
+            if config.engine == "ray":
+                from .ray_engine import run_ray as run
+            else:
+                from .local import run_local as run
+            run(config, plan, store, lambda counts: bar.update(counts["rows"]))
+        store.finish()
+        seconds = time.perf_counter() - started
+        totals = store.totals()
+        result = ScoreResult(
+            output=str(config.output), summary_path=str(summary_path(config.output)), model=config.model,
+            engine=config.engine, rows=totals.get("rows", 0), pairs=totals.get("pairs", 0),
+            ab_pairs=totals.get("ab_pairs", 0), candidate_sets=totals.get("candidate_sets", 0),
+            bad_rows=totals.get("bad_rows", 0), kept_rows=totals.get("kept_rows", 0),
+            dropped_rows=totals.get("dropped_rows", 0), candidates_kept=totals.get("candidates_kept", 0),
+            candidates_dropped=totals.get("candidates_dropped", 0), chunks=plan.chunks, resumed_chunks=store.resumed,
+            seconds=round(seconds, 3), rows_per_second=round((plan.rows - resumed_rows) / max(seconds, 1e-9), 2),
+            min_prob=config.min_prob, keep_best=config.keep_best, skipped_rows=totals["skipped_rows"],
+        )
+        summary = {**result.to_dict(), "data": plan.sources, "format": fmt, "method": config.method,
+                   "chunk_rows": config.chunk_rows, "batch_size": config.batch_size}
+        write_atomic(summary_path(config.output), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        store.remove()
     return result

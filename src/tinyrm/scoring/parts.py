@@ -24,6 +24,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,44 @@ def remove_leftovers(path: Path) -> None:
         if own.fullmatch(leftover.name) and leftover.is_dir():
             logger.info("removing %s, left by a killed run", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def output_lock(output: str | Path) -> Iterator[None]:
+    """Hold ``OUT.lock`` for a run; a second run on the same output raises a UsageError at once."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one run per output is left to the user
+        yield
+        return
+    path = Path(f"{output}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise UsageError(f"another `tinyrm score` (pid {owner}) is writing --output {output} ({path} is "
+                             "locked): wait for it to end or choose another --output") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # a run that just ended removed the file we locked: lock the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # removed while still locked, so no run can lock a stale file
+        handle.close()
 
 
 class PartStore:
