@@ -49,3 +49,21 @@ def test_help_lists_contract_flags(flag):
                  "--micro-batch-size", "--max-length", "--max-steps", "--dora-rank", "--freeze-layers",
                  "--seed", "--resume", "--dora-alpha", "--dora-targets", "--loss", "--skip-bad-rows"]:
         assert name in out
+
+
+def test_every_flag_of_every_command_is_documented():
+    # A flag the parser has and no page names is a flag nobody finds; -h / --help excepted.
+    import argparse
+    import re
+    from pathlib import Path
+
+    from tinyrm.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    documented = set(re.findall(r"--[a-z0-9][a-z0-9-]*", text))
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = sorted(f"{name} {flag}" for name, sub in subparsers.choices.items() for action in sub._actions
+                     for flag in action.option_strings if flag.startswith("--") and flag != "--help"
+                     and flag not in documented)
+    assert not missing, f"flags no docs page names: {missing}"

@@ -234,8 +234,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("demo", help="train the embedded model offline on synthetic pairs")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--n-train", type=int, default=2400)
-    p.add_argument("--n-test", type=int, default=400)
+    p.add_argument("--n-train", type=int, default=2400, help="synthetic training pairs")
+    p.add_argument("--n-test", type=int, default=400, help="synthetic held-out pairs")
     p.add_argument("--objective", default="auto", choices=["auto", "cloze", "classifier", "token"],
                    help="auto: what `tinyrm train --model default` picks (docs/training.md)")
     p.set_defaults(handler=cmd_demo)

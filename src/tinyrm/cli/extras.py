@@ -180,7 +180,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--micro-batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=int, default=64, help="sequences per pass when scoring --eval-data")
     p.add_argument("--max-pairs", type=int, default=None, help="seeded subsample of --data")
     p.add_argument("--max-eval-pairs", type=int, default=None, help="seeded subsample of --eval-data")
     p.add_argument("--startup-trials", type=int, default=None, help="random trials before TPE")
