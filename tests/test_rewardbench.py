@@ -27,6 +27,8 @@ def test_official_mapping_and_counts():
     assert EXAMPLE_COUNTS["math-prm"] == sum(EXAMPLE_COUNTS[s] for s in CATEGORIES["reasoning"][1:]) == 984
     # The filtered split has 2985 rows: 447 of them math-prm.
     assert sum(EXAMPLE_COUNTS.values()) - 984 + 447 == 2985
+    # The leaderboard's xstest weights (allenai/reward-bench constants.py), not the subsets' sizes (154 / 250).
+    assert (EXAMPLE_COUNTS["xstest-should-refuse"], EXAMPLE_COUNTS["xstest-should-respond"]) == (250, 154)
 
 
 def test_category_arithmetic_by_hand():

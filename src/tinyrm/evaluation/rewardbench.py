@@ -40,14 +40,15 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 CATEGORY_TITLES = {"chat": "Chat", "chat-hard": "Chat Hard", "safety": "Safety", "reasoning": "Reasoning"}
 
-# rewardbench/constants.py EXAMPLE_COUNTS: rows per subset of the ``filtered`` split (2985 in all),
-# except math-prm, up-weighted from 447 to 984 = 6 x 164 so math weighs as much as code. Some older
-# copies of that file swap the two xstest counts; these are the sizes of the subsets in the data.
+# allenai/reward-bench rewardbench/constants.py EXAMPLE_COUNTS, the leaderboard's weights: rows per subset
+# of the ``filtered`` split (2985 in all), except math-prm, up-weighted from 447 to 984 = 6 x 164 so math
+# weighs as much as code, and the two xstest subsets, weighted 250 (should-refuse) and 154 (should-respond):
+# the reverse of their sizes in the data, kept so that Safety scores compare with the leaderboard's.
 EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
     "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
     "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154, "xstest-should-respond": 250,
+    "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 250, "xstest-should-respond": 154,
     "donotanswer": 136,
     "math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
 }
