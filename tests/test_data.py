@@ -47,6 +47,16 @@ def test_files_mix_and_subset_defaults_to_stem(tmp_path):
         load_pairs([str(tmp_path / "none*.jsonl")])
 
 
+def test_a_file_is_the_file_named_even_with_glob_characters_and_is_read_once(tmp_path):
+    literal = write(tmp_path / "split[1].jsonl", [GOOD])
+    write(tmp_path / "split1.jsonl", [GOOD] * 5)  # what the name means as a pattern
+    report = load_pairs([str(literal)])
+    assert len(report.pairs) == 1 and report.per_file == {str(literal): 1}
+    # named twice (a glob and the file itself): read once, counted once
+    report = load_pairs([str(tmp_path / "*.jsonl"), str(tmp_path / "split1.jsonl")])
+    assert len(report.pairs) == 6 and sum(report.per_file.values()) == 6
+
+
 def test_hub_loader_on_local_datasets_folder(tmp_path):
     import datasets
 
@@ -54,5 +64,7 @@ def test_hub_loader_on_local_datasets_folder(tmp_path):
     datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
     pairs = load_pairs([f"hub:{tmp_path / 'ds'}:test"]).pairs
     assert [(p.prompt, p.chosen, p.subset) for p in pairs] == [("p1", "c1", "x"), ("p2", "c2", "y")]
+    with pytest.raises(DataError, match=r"no split 'train' in .*; it has test"):
+        load_pairs([f"hub:{tmp_path / 'ds'}:train"])
     assert parse_hub_spec("hub:allenai/reward-bench:filtered") == ("allenai/reward-bench", "filtered")
     assert parse_hub_spec("hub:Anthropic/hh-rlhf") == ("Anthropic/hh-rlhf", "train")

@@ -159,6 +159,19 @@ def test_a_changed_setting_or_file_rebuilds(tokenizer, pairs_file, tmp_path, cal
     assert calls["jsonl"] == 3
 
 
+def test_a_file_under_another_name_keeps_its_own_subset(tmp_path):
+    # Two links to one file: rows without a subset take the name they are read by, cached or not.
+    store = tmp_path / "store.jsonl"
+    store.write_text(GOOD + "\n")
+    for name in ("chat", "safety"):
+        (tmp_path / f"{name}.jsonl").symlink_to(store)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("chat", "safety"):
+        table = load_pair_table([str(tmp_path / f"{name}.jsonl")], cache_dir=cache)
+        assert table.dataset["subset"] == [name]
+
+
 def test_bad_rows_give_the_same_errors_and_counts_through_the_cache(tmp_path, caplog):
     path = tmp_path / "x.jsonl"
     path.write_text("\n".join([GOOD, "{not json", GOOD, json.dumps({"prompt": "p"})]) + "\n")

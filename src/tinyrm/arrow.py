@@ -86,15 +86,16 @@ def fingerprint(*parts: Any) -> str:
 
 
 def source_signature(source: str, load_hub: Callable[[str], Any] = load_hub_dataset) -> list:
-    """What identifies a source's content: resolved path, size and mtime (hub: the fingerprint of the
-    dataset ``load_hub`` returns)."""
+    """What identifies a source's content: resolved path, size and mtime, and the name it is given by,
+    since rows without a subset take the file's stem (hub: the fingerprint of the dataset ``load_hub``
+    returns)."""
     if source.startswith(HUB_PREFIX):
         return [source, load_hub(source)._fingerprint]
     path = Path(source)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [str(path.resolve()), path.name, stat.st_size, stat.st_mtime_ns]
 
 
 def tokenizer_signature(tokenizer) -> list:

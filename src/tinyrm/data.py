@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -242,7 +243,10 @@ def load_hub_dataset(spec: str, required: Sequence[str] = REQUIRED_FIELDS):
 
     name, split = parse_hub_spec(spec)
     if Path(name).is_dir() and (Path(name) / "dataset_dict.json").exists():
-        dataset = datasets.load_from_disk(name)[split]
+        splits = datasets.load_from_disk(name)
+        if split not in splits:
+            raise DataError(f"{spec}: no split {split!r} in {name}; it has {', '.join(splits)}")
+        dataset = splits[split]
     elif Path(name).is_dir() and (Path(name) / "dataset_info.json").exists():
         dataset = datasets.load_from_disk(name)
     else:
@@ -281,16 +285,27 @@ def read_hub(spec: str, skip_bad_rows: bool = False) -> LoadReport:
 
 
 def expand_sources(sources: Iterable[str]) -> list[str]:
-    """Expand globs; keep hub specs; a pattern that matches nothing is an error."""
+    """Expand globs; keep hub specs; a pattern that matches nothing is an error. A file that exists
+    under the name given is that file, even if the name has glob characters (``split[1].jsonl``); a
+    file named twice (``data/*.jsonl data/a.jsonl``) is read once."""
     expanded: list[str] = []
+    seen: set[str] = set()
     for source in sources:
         if source.startswith(HUB_PREFIX):
-            expanded.append(source)
-            continue
-        matches = sorted(glob.glob(source)) if any(ch in source for ch in "*?[") else [source]
-        if not matches:
-            raise DataError(f"{source}: pattern matches no file")
-        expanded.extend(matches)
+            matches = [source]
+        elif Path(source).exists() or not any(ch in source for ch in "*?["):
+            matches = [source]
+        else:
+            matches = sorted(glob.glob(source))
+            if not matches:
+                raise DataError(f"{source}: pattern matches no file")
+        for match in matches:
+            key = match if match.startswith(HUB_PREFIX) else os.path.abspath(match)
+            if key in seen:
+                logger.warning("%s is named twice in the data; it is read once", match)
+                continue
+            seen.add(key)
+            expanded.append(match)
     return expanded
 
 
