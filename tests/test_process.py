@@ -45,6 +45,8 @@ def test_parse_row_cleans_steps_and_carries_labels():
     ({"question": "q", "steps": ["a"], "first_error_step": 1, "solution_correct": True}, "solution_correct"),
     ({"question": "q", "steps": [], "first_error_step": None, "solution_correct": True}, "steps"),
     ({"question": "", "steps": ["a"], "first_error_step": None, "solution_correct": True}, "question"),
+    ({"question": "q", "steps": ["a"], "first_error_step": None, "solution_correct": True,
+      "reference_solution": 42}, "'reference_solution' must be a string or a list of step strings, got int"),
 ])
 def test_bad_rows_name_the_problem(row, message):
     with pytest.raises(ValueError, match=message):
@@ -62,6 +64,19 @@ def test_load_rows_adds_references_and_reports_file_line(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:4: 'steps'"):
         load_rows([str(bad)])
     assert load_rows([str(bad)], skip_bad_rows=True).skipped == 1
+
+
+def test_a_reference_on_a_later_row_or_as_a_list_of_steps_is_kept(tmp_path):
+    base = {"steps": ["x"], "first_error_step": 1, "solution_correct": False}
+    path = tmp_path / "refs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "What is 2+2?", **base},  # no reference on the question's first row
+        {"question": "What is 2+2?", **base, "reference_solution": "2 + 2 = 4\nThe answer is: 4"},
+        {"question": "What is 3+3?", **base, "reference_solution": ["3 + 3 = 6", "The answer is: 6"]},
+    ]) + "\n")
+    references = [r for r in load_rows([str(path)]).rows if r.kind == "reference"]
+    assert [(r.question, r.steps) for r in references] == [
+        ("What is 2+2?", ["2 + 2 = 4", "The answer is: 4"]), ("What is 3+3?", ["3 + 3 = 6", "The answer is: 6"])]
 
 
 def test_split_holds_out_questions(tmp_path):

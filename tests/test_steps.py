@@ -33,5 +33,9 @@ def test_lines_fallback_single_and_empty():
 def test_clean():
     assert clean("Step 3: 75/15 = <<75/15=5>>5 hours") == "75/15 = 5 hours"
     assert clean("#### 42") == "The answer is: 42"
+    # an answer line inside a step (numbered lines, step markers): rewritten too, not left as "####"
+    assert [clean(s) for s in split("1. She sold 48.\n2. She sold 24 more.\n#### 72")] == [
+        "She sold 48.", "She sold 24 more. The answer is: 72"]
+    assert clean("a #### b") == "a #### b"  # only at the start of a line
     assert clean("We use step 2: again") == "We use step 2: again"  # marker only at the start
     assert is_filler("Let's think step by step.") and not is_filler("Add 2.")

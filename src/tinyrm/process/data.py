@@ -74,6 +74,11 @@ def parse_row(obj: object) -> ProcessRow:
         raise ValueError(f"'first_error_step' must be null or an integer in 1..{len(steps)}, got {first!r}")
     if first is not None and correct:
         raise ValueError("'first_error_step' is set but 'solution_correct' is true")
+    reference = obj.get("reference_solution")
+    if reference is not None and not (isinstance(reference, str) or (
+            isinstance(reference, list) and all(isinstance(s, str) for s in reference))):
+        raise ValueError("'reference_solution' must be a string or a list of step strings, "
+                         f"got {type(reference).__name__}")
     clean_steps, labels = normalise(steps, step_labels(len(steps), first, correct))
     if not clean_steps:
         raise ValueError("no step left after removing markers and filler")
@@ -82,11 +87,11 @@ def parse_row(obj: object) -> ProcessRow:
 
 
 def reference_row(obj: dict, row: ProcessRow) -> ProcessRow | None:
-    """The row's ``reference_solution`` split into steps, all correct (None when absent)."""
-    text = obj.get("reference_solution")
-    if not isinstance(text, str) or not text.strip():
-        return None
-    steps, labels = normalise(split(text), [True] * len(split(text)))
+    """The row's ``reference_solution`` (a text split into steps, or a list of steps), all correct
+    (None when absent or empty)."""
+    reference = obj.get("reference_solution")
+    raw = split(reference) if isinstance(reference, str) else [s for s in reference or () if s.strip()]
+    steps, labels = normalise(raw, [True] * len(raw))
     if not steps:
         return None
     return ProcessRow(f"{row.id}:reference", row.question, steps, labels, True, kind="reference")
@@ -104,9 +109,9 @@ def load_rows(sources: Sequence[str], skip_bad_rows: bool = False, references: b
             row.id = row.id or f"{reader.path.stem}:{line_no}"
             rows.append(row)
             if references and row.question not in seen_questions:
-                seen_questions.add(row.question)
                 ref = reference_row(obj, row)
-                if ref is not None:
+                if ref is not None:  # a later row of the question may carry it
+                    seen_questions.add(row.question)
                     rows.append(ref)
         skipped += reader.skipped
     if not rows:

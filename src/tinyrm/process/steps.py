@@ -14,7 +14,7 @@ STEP_MARKER = re.compile(r"(?i)\bstep\s*\d+\s*:")
 NUMBERED_LINE = re.compile(r"^\s*\(?\d+[.)]\s+")
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
 CALCULATOR = re.compile(r"<<[^<>]*>>")
-ANSWER_LINE = re.compile(r"^####\s*(.*)$")
+ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)  # on any line of a step
 WARMUP = re.compile(r"(?i)^let'?s think step by step\.?$")
 
 
@@ -62,11 +62,8 @@ def clean(step: str) -> str:
     ``The answer is: X`` (the GSM8K answer line written the way model solutions write it)."""
     step = STEP_MARKER.sub("", step, count=1) if STEP_MARKER.match(step.strip()) else step
     step = CALCULATOR.sub("", step)
-    step = " ".join(step.split())
-    answer = ANSWER_LINE.match(step)
-    if answer:
-        step = f"The answer is: {answer.group(1).strip()}"
-    return step
+    step = ANSWER_LINE.sub(lambda answer: f"The answer is: {answer.group(1).strip()}", step)
+    return " ".join(step.split())
 
 
 def is_filler(step: str) -> bool:
