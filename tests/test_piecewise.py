@@ -31,11 +31,11 @@ CHUNKS = ["abc", "Word", "choice", "Answer:", "Choice 1:", " ", "  ", "\n", "\n\
 TEXT = st.lists(st.sampled_from(CHUNKS), max_size=12).map("".join)
 
 
-def _bpe(lstrip: bool = True, prefix_space: bool = False) -> PreTrainedTokenizerFast:
+def _bpe(lstrip: bool = True, prefix_space: bool = False, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     specials = ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.add_special_tokens([AddedToken("[MASK]", lstrip=lstrip, special=True)])
     tok.post_processor = processors.TemplateProcessing(
@@ -101,6 +101,16 @@ def test_pieces_give_the_whole_pair(tokenizers, name: str, prompt: str, a: str, 
     pieces, whole = _encoders(tokenizers[name], max_length=512)
     assert pieces._piecewise is not None
     assert pieces.encode(prompt, a, b, instruction) == whole.encode(prompt, a, b, instruction)
+
+
+@pytest.mark.parametrize("control", ["\x1c", "\x1d", "\x1e", "\x1f"])
+def test_separator_controls_are_tokenised_whole(control: str) -> None:
+    # Python's rstrip takes U+001C..U+001F as whitespace, the pre-tokenizers glue them to the word before:
+    # a vocabulary with such a merge ("!\x1c") shows the difference, so these pairs take the whole-pair route.
+    tokenizer = _bpe(corpus=[f"{CORPUS[0]} Done!{control} ok!{control}"] * 40)
+    pieces, whole = _encoders(tokenizer, max_length=512)
+    assert pieces._piecewise is not None
+    assert pieces.encode(f"Done!{control}", "ok", "no") == whole.encode(f"Done!{control}", "ok", "no")
 
 
 @pytest.mark.parametrize("name", ["wordpiece", "byte-level"])

@@ -39,6 +39,11 @@ LOCAL_SPLITTERS = frozenset({"Punctuation", "Digits"})  # only beside a whitespa
 MODELS = frozenset({"WordPiece", "WordLevel", "BPE"})
 
 
+# Whitespace to str.isspace() / str.rstrip() (which split the pieces) but not to the tokenizers' pre-tokenizers,
+# which keep them glued to the word before: a text holding one is tokenised whole.
+SEPARATOR_CONTROLS = frozenset("\x1c\x1d\x1e\x1f")
+
+
 @dataclass(frozen=True)
 class PiecewiseRule:
     """Pieces give the whole pair for this tokenizer and template; :meth:`clean` says it per pair."""
@@ -51,6 +56,8 @@ class PiecewiseRule:
         mask = self.mask_token
         if any(text and mask in text for text in values.values()):
             return False  # removed from the whole text, from a piece's ids: they differ
+        if any(text and not SEPARATOR_CONTROLS.isdisjoint(text) for text in values.values()):
+            return False
         for slot in self.end_slots:
             text = values.get(slot, "")
             if not text or text[-1].isspace():
