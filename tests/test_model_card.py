@@ -89,3 +89,16 @@ def test_eval_record_flag_writes_the_accuracy_into_the_card(tiny_bert, pairs_fil
     assert f"| pairs.jsonl | {saved['accuracy']:.4f} | {saved['n']} |" in (out / "README.md").read_text()
     # A hub id or a plain checkpoint has no folder of ours to write to: one clear error, nothing written.
     assert main(["eval", "--model", tiny_bert, "--data", str(pairs_file), "--max-length", "96", "--record"]) == 2
+
+
+def test_keys_of_a_newer_tinyrm_json_survive_a_rewrite(tmp_path):
+    # An older tinyrm recording an eval (or calibrating) must not strip what a newer one wrote.
+    RewardConfig(base_model="m").save(tmp_path)
+    data = json.loads((tmp_path / "tinyrm.json").read_text())
+    (tmp_path / "tinyrm.json").write_text(json.dumps({**data, "future_option": {"k": 1}}))
+    loaded = RewardConfig.load(tmp_path)
+    assert loaded == RewardConfig(base_model="m") and loaded.other_fields == {"future_option": {"k": 1}}
+    record_eval(tmp_path, {"accuracy": 0.75, "n": 4}, name="dev")
+    saved = json.loads((tmp_path / "tinyrm.json").read_text())
+    assert saved["future_option"] == {"k": 1} and saved["extra"]["eval"]["dev"]["accuracy"] == 0.75
+    assert "other_fields" not in saved

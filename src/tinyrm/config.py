@@ -45,6 +45,9 @@ class RewardConfig:
     # ``tinyrm calibrate``: {"method": "temperature", "temperature": T, "n": ..., "data": [...], ...}; every
     # probability the model gives out is then sigmoid(logit(P) / T) (tinyrm.temperature). None = raw.
     calibration: dict | None = None
+    # Keys of a tinyrm.json written by a newer tinyrm that this one does not know: written back as they
+    # were, so calibrating or recording an eval here does not strip them.
+    other_fields: dict = field(default_factory=dict, repr=False, compare=False)
 
     def prefix_for(self, domain: str | None) -> str:
         """The instruction used for a row of ``domain`` (None: no domain)."""
@@ -62,11 +65,13 @@ class RewardConfig:
         data.pop("tinyrm_version", None)
         # Saved before the option existed: trained with the original rule, whatever the default is now.
         data.setdefault("truncation", LEGACY_TRUNCATION)
+        data.pop("other_fields", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**known, other_fields={k: v for k, v in data.items() if k not in cls.__dataclass_fields__})
 
     def save(self, directory: str | Path) -> None:
-        payload = {**asdict(self), "tinyrm_version": __version__}
+        fields = asdict(self)
+        payload = {**fields.pop("other_fields"), **fields, "tinyrm_version": __version__}
         if payload["calibration"] is None:  # an uncalibrated folder's tinyrm.json stays as it always was
             del payload["calibration"]
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
