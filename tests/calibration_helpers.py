@@ -41,7 +41,8 @@ def reference_block(points: list[tuple[float, int]], p_true: list[float]) -> dic
     """10 equal-width bins over [0, 1] (the last closed), ECE, Brier, log loss (P clipped to [1e-7, 1 - 1e-7])."""
     bins: list[list[tuple[float, int]]] = [[] for _ in range(10)]
     for q, o in points:
-        k = 9 if q >= 0.9 else next(k for k in range(10) if k / 10 <= q < (k + 1) / 10)
+        r = round(q, 12)  # the bin of the exact value: 1 - 0.9 is 0.1, not 0.09999999999999998
+        k = 9 if r >= 0.9 else next(k for k in range(10) if k / 10 <= r < (k + 1) / 10)
         bins[k].append((q, o))
     out_bins, ece = [], 0.0
     for members in bins:

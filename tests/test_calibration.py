@@ -40,8 +40,12 @@ def test_pair_calibration_is_the_issues_definition():
     block = pair_calibration(probs)
     assert sum(b["count"] for b in block["bins"]) == 2 * len(probs)  # every pair twice
     # The last bin is closed: 0.95, 1.0, 0.9 and the mirrors of 0.0, 0.05, 0.1 (1 - 0.1 == 0.9); the first
-    # holds 0.0, 0.05 and the mirrors of 1.0, 0.95 and 0.9 (1 - 0.9 < 0.1 in floating point).
-    assert block["bins"][9]["count"] == 6 and block["bins"][0]["count"] == 5 and block["bins"][1]["count"] == 1
+    # holds 0.0, 0.05 and the mirrors of 1.0 and 0.95; 0.1 and the mirror of 0.9 (1 - 0.9, 0.09999999999999998
+    # in floating point, binned as the 0.1 it is) are in the second.
+    assert block["bins"][9]["count"] == 6 and block["bins"][0]["count"] == 4 and block["bins"][1]["count"] == 2
+    # Round probabilities mirror exactly: (0.2, 0.8) gives two points at 0.2 and two at 0.8, ECE 0.3.
+    assert pair_calibration([0.2, 0.8])["ece"] == pytest.approx(0.3)
+    assert [b["count"] for b in pair_calibration([0.2, 0.8])["bins"]] == [0, 0, 2, 0, 0, 0, 0, 0, 2, 0]
     # Away from the edges, symmetric about 0.5: bin k mirrors bin 9 - k.
     mirrored = pair_calibration([0.95, 0.33, 0.62, 0.71, 0.05, 0.44, 0.83])
     for k in range(5):

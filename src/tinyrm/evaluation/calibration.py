@@ -48,7 +48,9 @@ def _block(predicted: np.ndarray, outcomes: np.ndarray, p_true: np.ndarray) -> d
     """The entry from each point's predicted probability, outcome (0 / 1) and the probability it gave to
     what happened (brier and log loss read ``p_true``; the bins read ``predicted`` and ``outcomes``)."""
     edges = np.arange(1, N_BINS) / N_BINS  # 0.1 ... 0.9: bin k is [k/10, (k+1)/10), the last [0.9, 1]
-    index = np.searchsorted(edges, predicted, side="right")
+    # Rounded for the bin only: 1 - 0.8 is 0.19999999999999996, which would put a pair's mirrored point
+    # one bin below its own (pair_calibration).
+    index = np.searchsorted(edges, np.round(predicted, 12), side="right")
     bins, ece = [], 0.0
     total = len(predicted)
     for k in range(N_BINS):
