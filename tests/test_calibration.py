@@ -17,7 +17,8 @@ import shutil
 import pytest
 
 from tinyrm.cli import main
-from tinyrm.evaluation.calibration import calibration, fit_temperature, log_loss, pair_calibration
+from tinyrm.evaluation.calibrate import bound_warning
+from tinyrm.evaluation.calibration import T_MAX, T_MIN, calibration, fit_temperature, log_loss, pair_calibration
 from tinyrm.temperature import scale
 
 from .calibration_helpers import (
@@ -92,6 +93,14 @@ def test_fit_temperature_finds_the_temperature_of_overconfident_probabilities():
     assert after <= before and t == pytest.approx(1.0, rel=0.1)
     # Pairs (every outcome 1): a model right on every pair is sharpened, one wrong on every pair softened to 0.5.
     assert fit_temperature([0.6, 0.7, 0.8])[0] < 1 and fit_temperature([0.4, 0.3])[0] > 1
+
+
+def test_a_temperature_at_a_bound_of_the_search_comes_with_a_warning():
+    # Separated dev data (every pair right) has no finite best T: the search stops at its bound, and says so.
+    sharp, wrong = fit_temperature([0.55, 0.6, 0.9] * 10)[0], fit_temperature([0.4, 0.45] * 10)[0]
+    assert sharp == pytest.approx(T_MIN) and "lower bound" in bound_warning(sharp)
+    assert wrong == pytest.approx(T_MAX) and "upper bound" in bound_warning(wrong)
+    assert bound_warning(fit_temperature([0.9, 0.8, 0.3, 0.7])[0]) is None
 
 
 # ------------------------------------------------------------------ every evaluation reports it

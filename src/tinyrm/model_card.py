@@ -228,10 +228,11 @@ def _calibration_section(config) -> list[str]:
     block = getattr(config, "calibration", None)
     if not block:
         return []
-    what = "P(step correct)" if config.objective in ("process", "outcome") else "P(a better than b)"
+    what = {"process": "P(step correct)", "outcome": "P(solution correct)"}.get(config.objective, "P(a better than b)")
     lines = ["## Calibration", "",
              f"- method: `{block.get('method', 'temperature')}` scaling (`tinyrm calibrate`): every {what} tinyrm "
-             f"gives out is `sigmoid(logit(P) / T)` with T = {block['temperature']:.6g}; decisions are unchanged",
+             f"gives out is `sigmoid(logit(P) / T)` with T = {block['temperature']:.6g}; each probability keeps "
+             "its side of 0.5",
              f"- fitted on: {', '.join(f'`{d}`' for d in block.get('data', [])) or 'not recorded'} "
              f"({block.get('n', '?')} {block.get('unit', 'examples')})"]
     before, after = block.get("log_loss_before"), block.get("log_loss_after")

@@ -9,10 +9,11 @@ From then on a model's probability P becomes ``sigmoid(logit(P) / T)``: a pairwi
 where ``compare_batch`` returns it (both orders averaged), a process or outcome model's P(step correct)
 where its verdicts are read (:func:`tinyrm.process.scoring.verdicts`), so ranking, rewards, ``--min-prob``
 and aggregation all see calibrated values. T > 1 pulls probabilities towards 0.5, T < 1 pushes them
-apart; the side of 0.5 never changes (kept exactly, even where rounding would move a P next to 0.5
-onto it), so no decision and no accuracy changes. A folder without a temperature, a temperature of
-exactly 1, ``calibrated=False`` on a call or ``model.calibrated = False`` return the raw list itself,
-bit for bit.
+apart; the side of 0.5 never changes (kept exactly, even where rounding would move a P next to 0.5 onto
+it), so no single probability's decision and no accuracy changes; what combines several (round-robin
+Bradley-Terry strengths, the product / mean of step scores) can rank or decide differently. A folder
+without a temperature, a temperature of exactly 1, ``calibrated=False`` on a call or ``model.calibrated
+= False`` return the raw list itself, bit for bit.
 """
 
 from __future__ import annotations

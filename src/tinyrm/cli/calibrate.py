@@ -11,7 +11,7 @@ from .output import emit_json, make_console
 def add_calibration_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibration", dest="calibrated", action="store_false",
                    help="the model's raw probabilities, even where `tinyrm calibrate` saved a temperature "
-                        "(decisions are the same either way)")
+                        "(each probability keeps its side of 0.5)")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -32,6 +32,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     console.print(f"log loss on that data {result.log_loss_before:.4f} -> {result.log_loss_after:.4f}{ece} "
                   "(evaluate on other data: `tinyrm eval`)")
     console.print(f"{where}: tinyrm.json \"calibration\" and the model card")
+    if result.warning:
+        console.print(f"[yellow]warning:[/yellow] {result.warning}", highlight=False)
     return 0
 
 

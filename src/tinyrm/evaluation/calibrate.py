@@ -15,6 +15,7 @@ DEV must not be the data you evaluate on: T is fitted to it, so its log loss the
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from ..errors import UsageError
 from ..model_card import write_card
 from ..progress import progress_bar
 from ..temperature import PROCESS_OBJECTIVES, calibration_block, scale
-from .calibration import calibration, fit_temperature, pair_calibration
+from .calibration import T_MAX, T_MIN, calibration, fit_temperature, pair_calibration
 from .evaluate import accepts_domains, pair_probs
 
 ROWS_PER_STEP = 16  # process rows per progress-bar step
@@ -61,6 +62,7 @@ class CalibrateResult:
     ece_before: float | None
     ece_after: float | None
     seconds: float
+    warning: str | None = None  # set when T is at a bound of the search (see bound_warning)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +133,18 @@ def _save(rm, config: CalibrateConfig, block: dict) -> tuple[Path, bool]:
     return target, in_place
 
 
+def bound_warning(temperature: float) -> str | None:
+    """What a temperature at a bound of the search means (None inside): the fit kept going, not converged."""
+    if abs(math.log(temperature / T_MIN)) < 0.1:
+        return (f"T = {temperature:.3g} is the search's lower bound: on this data every probability is on the right "
+                "side of 0.5 (or nearly), so the log loss keeps falling as T shrinks and the data cannot say how "
+                "sharp to be; check it on held-out data (`tinyrm eval`) or fit on more, harder dev data")
+    if abs(math.log(temperature / T_MAX)) < 0.1:
+        return (f"T = {temperature:.3g} is the search's upper bound: on this data the model is no better than "
+                "chance, so every probability is pulled to 0.5")
+    return None
+
+
 def calibrate(config: CalibrateConfig) -> CalibrateResult:
     """Fit the temperature on ``config.data`` and save the calibrated model (see the module docstring)."""
     if not config.data:
@@ -153,4 +167,5 @@ def calibrate(config: CalibrateConfig) -> CalibrateResult:
     return CalibrateResult(model=str(config.model), output=str(target), in_place=in_place, objective=objective,
                            temperature=temperature, n=len(probs), unit=unit, data=[str(d) for d in config.data],
                            log_loss_before=before, log_loss_after=after, ece_before=ece_before,
-                           ece_after=ece_after, seconds=round(time.perf_counter() - started, 3))
+                           ece_after=ece_after, seconds=round(time.perf_counter() - started, 3),
+                           warning=bound_warning(temperature))
