@@ -70,6 +70,8 @@ def test_route_bundle_loads_and_routes(tiny_bert, tmp_path, capsys):
     card = (out / "README.md").read_text()  # the bundle's card names its specialists, each keeps its own
     assert "- objective: `route`" in card and "  - `safety`: `specialists/safety`" in card
     assert (out / "specialists" / "safety" / "README.md").is_file()
+    with pytest.raises(ValueError, match="objective 'cloze' is not a route bundle"):  # not a bare KeyError
+        RoutedRewardModel.from_pretrained(dirs["safety"])
 
 
 def test_route_errors(tmp_path, pairs_file):

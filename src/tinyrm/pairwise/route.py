@@ -153,6 +153,9 @@ class RoutedRewardModel:
         """A saved bundle; ``overrides`` go to every specialist (each loads as its own kind)."""
         path = Path(path)
         config = RewardConfig.load(path)
+        if config.objective != "route" or "specialists" not in config.extra:
+            raise ValueError(f"{path}: objective {config.objective!r} is not a route bundle (build one with "
+                             "`tinyrm route`; tinyrm.load opens any saved folder as its own kind)")
         specialists = {
             domain: RewardModel.from_pretrained(str(path / rel), device=device, **overrides)
             for domain, rel in config.extra["specialists"].items()
