@@ -33,6 +33,21 @@ def test_wilson_interval_matches_the_textbook_values():
     assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)  # narrower than Wald's 0.098
+    # The bounds never cross the estimate (rounding left 0/100's low bound at 3.5e-18: a negative error bar).
+    for n in range(1, 1001):
+        for correct in (0, n):
+            low, high = wilson_interval(correct, n)
+            assert low <= correct / n <= high
+
+
+def test_a_subset_all_right_or_all_wrong_is_drawn(tmp_path):
+    results = _results_with_everything()
+    results["subsets"] = {"a": {"accuracy": 0.0, "n": 100}, "b": {"accuracy": 1.0, "n": 10}}
+    results["length_bias"]["chosen_longer"] = {"n": 10, "accuracy": 1.0}
+    results["length_bias"]["chosen_shorter"] = {"n": 5, "accuracy": 0.0}
+    report = plot_results(results, tmp_path / "edges.png")
+    assert report.panels == ["reliability", "length_bias", "subsets"]
+    open_png(tmp_path / "edges.png")
 
 
 def test_eval_plot_writes_a_png_and_the_length_heuristic_goes_in_the_results(tiny_bert, pairs_file, tmp_path, capsys):
@@ -103,7 +118,8 @@ def test_report_of_a_process_evaluation_draws_its_step_calibration(tmp_path):
     report = plot_results({"model": "prm", "evaluation": "process", "steps": {"auroc": 0.7, "calibration": block}},
                           tmp_path / "steps.png")
     assert report.panels == ["reliability"] and len(report.notes) == 2
-    assert find_calibration({"steps": {"calibration": block}}) == block
+    assert find_calibration({"steps": {"calibration": block}}) == {**block, "what": "steps"}
+    assert find_calibration({"calibration": block, "steps": {"calibration": block}})["what"] == "pairs"
     open_png(tmp_path / "steps.png")
 
 

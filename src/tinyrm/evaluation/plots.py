@@ -44,7 +44,9 @@ def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, floa
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Clamped to the point estimate too: at 0 / n or n / n rounding leaves a bound a hair past p, and
+    # matplotlib refuses the negative error bar that makes.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
@@ -54,12 +56,12 @@ def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
 
 def find_calibration(results: Mapping) -> dict | None:
     """The results' ``calibration`` block: at the top (pairwise), else inside one entry (a process
-    evaluation's ``steps``); None without one that has bins."""
-    candidates = [results.get("calibration")]
-    candidates += [value.get("calibration") for value in results.values() if isinstance(value, Mapping)]
-    for block in candidates:
+    evaluation's ``steps``); None without one that has bins. ``what`` says whose it is (pairs, steps, ...)."""
+    candidates = [("pairs", results.get("calibration"))]
+    candidates += [(key, value.get("calibration")) for key, value in results.items() if isinstance(value, Mapping)]
+    for what, block in candidates:
         if isinstance(block, Mapping) and isinstance(block.get("bins"), list) and block["bins"]:
-            return dict(block)
+            return {**block, "what": what}
     return None
 
 
@@ -96,10 +98,12 @@ def draw_reliability(ax, block: Mapping) -> None:
     ax.set_ylabel("observed share correct")
     figures = [f"{label} {_number(block.get(key)):.3f}" for key, label in
                (("ece", "ECE"), ("brier", "Brier"), ("log_loss", "log loss")) if _number(block.get(key)) is not None]
-    ax.set_title("reliability" + (f" ({', '.join(figures)})" if figures else ""), fontsize=10)
+    what = block.get("what", "pairs")
+    ax.set_title(f"reliability of {what}" + (f" ({', '.join(figures)})" if figures else ""), fontsize=10)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.text(0.02, 0.9, "counts above the bars; each pair counted\nas (P, 1) and (1 - P, 0)", ha="left",
-            va="top", fontsize=7, color=NOTE_COLOR, transform=ax.transAxes)
+    note = "each pair counted\nas (P, 1) and (1 - P, 0)" if what == "pairs" else f"each of the {what} counted once"
+    ax.text(0.02, 0.9, f"counts above the bars; {note}", ha="left", va="top", fontsize=7, color=NOTE_COLOR,
+            transform=ax.transAxes)
 
 
 def group_rows(results: Mapping) -> tuple[str, list[tuple[str, float, int]]]:
