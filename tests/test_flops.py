@@ -63,6 +63,16 @@ def test_plot_compute(tiny_bert, tmp_path, capsys):
     assert "not a results file" in capsys.readouterr().err
     assert main(["flops", "--model", tiny_bert, "--seq-len", "64", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["seq_len"] == 64
+    # A RewardBench results file is plotted by its score, as the paper's points are, not its pooled accuracy.
+    rewardbench = tmp_path / "rb.json"
+    rewardbench.write_text(json.dumps({"model": tiny_bert, "accuracy": 0.745, "n": 4, "overall": 0.5,
+                                       "overall_paper": 0.667, "gflops_per_token": 0.01}))
+    point = plot_compute(PlotConfig(results=[str(rewardbench)], output=str(tmp_path / "rb.png")))[0]
+    assert point.accuracy == pytest.approx(66.7)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"model": "baseline:length", "accuracy": 0.6, "n": 4}))
+    assert main(["plot-compute", str(baseline), "--output", str(tmp_path / "y.png")]) == 2
+    assert "heuristic with no FLOPs to count" in capsys.readouterr().err
 
 
 def test_paper_formula_by_hand(tiny_bert):

@@ -254,13 +254,19 @@ def point_from_results(path: str, config: PlotConfig, label: str | None) -> Plot
         model = results.get("model")
         if not model:
             raise ValueError(f"{path}: no 'model' to measure and no 'gflops_per_token'")
+        if str(model).startswith("baseline:"):
+            raise ValueError(f"{path}: {model} is a heuristic with no FLOPs to count; plot model results")
         exact = config.measure == "exact"  # the counter pass only when it is the number plotted
         report = flops_report(FlopsConfig(model=model, seq_len=config.seq_len,
                                           formula="exact" if exact else "paper", count_exact=exact))
         gflops = {"exact": report.exact_gflops_per_token, "approx": report.approx_gflops_per_token,
                   "paper": report.paper_gflops_per_token_without_embeddings}[config.measure]
     name = label or Path(str(results.get("model") or path)).name
-    return PlotPoint(label=name, gflops=float(gflops), accuracy=100.0 * float(results["accuracy"]))
+    # A RewardBench results file is plotted by its score, as the paper's points are (the headline
+    # mean of chat, reasoning and safety), not by the pooled accuracy over its rows.
+    score = next((results[key] for key in ("overall_paper", "overall") if results.get(key) is not None),
+                 results["accuracy"])
+    return PlotPoint(label=name, gflops=float(gflops), accuracy=100.0 * float(score))
 
 
 def plot_compute(config: PlotConfig) -> list[PlotPoint]:
@@ -294,7 +300,7 @@ def plot_compute(config: PlotConfig) -> list[PlotPoint]:
     ours_how = ("paper formula 2N+6NL/H, N without embeddings" if config.measure == "paper"
                 else f"{config.measure} at L={config.seq_len}")
     ax.set_xlabel(f"GFLOPs per token (log; ours: {ours_how})")
-    ax.set_ylabel("pairwise accuracy (%)")
+    ax.set_ylabel("RewardBench score or pairwise accuracy (%)")
     ax.set_title("Accuracy vs compute (gray: paper reference points)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
