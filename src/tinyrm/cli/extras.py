@@ -98,7 +98,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                            max_length=args.max_length, max_steps=args.max_steps,
                            mlm_probability=args.mlm_probability, seed=args.seed, precision=args.precision))
-    console.print(f"saved to {result.output}: {result.steps} steps on {result.texts} texts in {result.seconds:.1f}s "
+    windows = f" ({result.sequences} sequences)" if result.sequences != result.texts else ""
+    console.print(f"saved to {result.output}: {result.steps} steps on {result.texts} texts{windows} in "
+                  f"{result.seconds:.1f}s "
                   f"(final MLM loss {result.final_loss}); use it as `tinyrm train --model {result.output}`")
     return 0
 

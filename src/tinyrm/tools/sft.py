@@ -3,14 +3,18 @@
 The paper lifted chat accuracy by first continuing ModernBERT's MLM pre-training on OpenAssistant
 conversations. Rows are ``{"text": ...}`` or ``{"messages": [{"role", "content"}, ...]}``;
 preference rows (``prompt`` + ``chosen``) are accepted too and read as the preferred dialogue.
-The output folder is a plain masked LM, valid as ``tinyrm train --model``.
+A text longer than ``max_length`` tokens is cut into consecutive windows (none of it is lost), as
+continued MLM pre-training does. The output folder is a plain masked LM, valid as ``tinyrm train --model``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import DataError, expand_sources, jsonl_lines, parse_json_line
+from ..errors import UsageError, UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +50,7 @@ class SFTConfig:
 class SFTResult:
     output: str
     texts: int
+    sequences: int  # training sequences: a text longer than max_length gives several windows
     steps: int
     seconds: float
     final_loss: float | None
@@ -55,7 +63,10 @@ def render_messages(messages: object, where: str) -> str:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise DataError(f"{where}: messages[{i}] needs a string 'content'")
-        role = str(message.get("role", "user")).strip().capitalize() or "User"
+        role = message.get("role")
+        if role is not None and not isinstance(role, str):
+            raise DataError(f"{where}: messages[{i}]: 'role' must be a string, got {type(role).__name__}")
+        role = (role or "").strip().capitalize() or "User"
         lines.append(f"{role}: {message['content'].strip()}")
     return "\n\n".join(lines)
 
@@ -89,10 +100,19 @@ def read_texts(sources: Sequence[str]) -> list[str]:
 
 
 class TextDataset(Dataset):
+    """The texts as training sequences of at most ``max_length`` tokens: a longer text is cut into
+    consecutive windows (the tokenizer's overflowing tokens), each with its own special tokens."""
+
     def __init__(self, texts: Sequence[str], tokenizer, max_length: int):
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                            return_overflowing_tokens=True)
         self.rows = [{"input_ids": ids, "special_tokens_mask": special}
                      for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"])]
+        windows = Counter(encoded["overflow_to_sample_mapping"])
+        self.split_texts = sum(1 for count in windows.values() if count > 1)
+        if self.split_texts:
+            logger.warning("%d text(s) longer than %d tokens were cut into windows: %d training sequences from %d "
+                           "texts", self.split_texts, max_length, len(self.rows), len(texts))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -113,6 +133,9 @@ def sft(config: SFTConfig) -> SFTResult:
     tokenizer, mlm = load_mlm(config.model)
     if tokenizer.mask_token is None:
         raise ValueError(f"{config.model}: tokenizer has no mask token; masked-LM training needs one")
+    positions = getattr(mlm.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise UsageError(f"--max-length {config.max_length} exceeds the model's {positions} positions")
     dataset = TextDataset(texts, tokenizer, config.max_length)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
@@ -125,6 +148,7 @@ def sft(config: SFTConfig) -> SFTResult:
         optim="adamw_torch", bf16=use_bf16, use_cpu=not torch.cuda.is_available(), logging_steps=1,
         save_strategy="no", seed=config.seed, data_seed=config.seed, report_to="none",
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # a diverged step must show as nan, not be logged as 0.0
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=config.mlm_probability,
                                                seed=config.seed)
@@ -133,8 +157,12 @@ def sft(config: SFTConfig) -> SFTResult:
     state = trainer.train()
     seconds = time.perf_counter() - start
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    result = SFTResult(output=str(output), texts=len(texts), steps=state.global_step, seconds=round(seconds, 2),
-                       final_loss=losses[-1] if losses else None)
+    diverged = next((i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+    if diverged is not None:
+        raise UserError(f"training diverged: the MLM loss is {losses[diverged - 1]} from step {diverged} on; nothing "
+                        f"was saved to {output} (lower --lr, now {config.lr:g})")
+    result = SFTResult(output=str(output), texts=len(texts), sequences=len(dataset), steps=state.global_step,
+                       seconds=round(seconds, 2), final_loss=losses[-1] if losses else None)
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(output)
