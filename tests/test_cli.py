@@ -67,3 +67,12 @@ def test_every_flag_of_every_command_is_documented():
                      for flag in action.option_strings if flag.startswith("--") and flag != "--help"
                      and flag not in documented)
     assert not missing, f"flags no docs page names: {missing}"
+
+
+def test_no_progress_leaves_stderr_without_any_bar(tiny_bert, pairs_file):
+    # Not tinyrm's bar only: transformers' "Loading weights" bar too (a real process, stderr not a TTY).
+    args = ["eval", "--model", tiny_bert, "--data", str(pairs_file), "--max-length", "96", "--json"]
+    quiet = run(*args, "--no-progress")
+    assert json.loads(quiet.stdout)["n"] == 24
+    assert "%|" not in quiet.stderr and "Loading weights" not in quiet.stderr, quiet.stderr[-500:]
+    assert "%|" in run(*args).stderr  # the bars are there without the flag

@@ -15,6 +15,7 @@ import traceback
 
 from .._version import __version__
 from ..errors import UsageError, UserError
+from ..progress import library_bars
 from . import calibrate, core, export, extras, score, serve
 from .output import json_output
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        with json_output(bool(getattr(args, "json", False))):
+        with json_output(bool(getattr(args, "json", False))), library_bars(getattr(args, "progress", True)):
             code = args.handler(args)
     except BrokenPipeError:  # `tinyrm ... | head`: the reader left; say nothing
         _silence_stdout()
