@@ -9,7 +9,9 @@ Like ``speedlib`` (whose shared helpers these use), free of anything the lent GP
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -98,13 +100,39 @@ def alternate_length_cue(pairs: Sequence[Pair]) -> list[Pair]:
 
 
 # ----------------------------------------------------------------------------- the run, baselines, instruments
-class BudgetRun:
-    """A benchmark under a time budget, whose JSON is rewritten after every measurement (gpu_path.py)."""
+class Terminated(BaseException):
+    """SIGTERM (run.sh's ``timeout``) raised in the main thread. A BaseException, so no row's ``except Exception``
+    takes it: the run goes straight to its report."""
 
-    def __init__(self, budget_s: float, output: str | None) -> None:
+
+@contextmanager
+def sigterm_raises(run: BudgetRun) -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (once; later ones are ignored, so the report that follows
+    is not cut short: run.sh's ``timeout -k`` kills what still hangs) and marks ``run`` stopped; the previous
+    handler after it."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        run.stopped = True
+        raise Terminated(f"signal {signum} (SIGTERM): the run was stopped from outside")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class BudgetRun:
+    """A benchmark under a time budget, whose JSON is rewritten after every measurement (gpu_path.py), with
+    ``derive(document)``'s keys (the targets and decisions) recomputed at every save: a run killed mid-way
+    leaves its verdicts on what it measured."""
+
+    def __init__(self, budget_s: float, output: str | None, derive=None) -> None:
         self.start = time.monotonic()
         self.deadline = self.start + budget_s
         self.output = output
+        self.derive = derive
+        self.stopped = False  # SIGTERM came (sigterm_raises)
         self.document: dict = {"benchmark": "gpu_path", "scoring": [], "training": [], "sweep": [], "skipped": [],
                                "errors": [], "notes": []}
 
@@ -113,7 +141,16 @@ class BudgetRun:
 
     def save(self) -> None:
         self.document["elapsed_s"] = time.monotonic() - self.start
-        speedlib.write_json(self.output, self.document)
+        if self.derive is not None:
+            try:
+                self.document.update(self.derive(self.document))
+                self.document.pop("derive_error", None)
+            except Exception as error:  # noqa: BLE001 - not run.error: that saves, and would derive again
+                self.document["derive_error"] = f"{type(error).__name__}: {error}"
+        if self.output:  # written beside, then renamed: a kill mid-write leaves the last whole document
+            partial = f"{self.output}.partial"
+            speedlib.write_json(partial, self.document)
+            os.replace(partial, self.output)
 
     def skip(self, what: str, reason: str) -> None:
         self.document["skipped"].append({"what": what, "reason": reason})
@@ -121,10 +158,15 @@ class BudgetRun:
         self.save()
 
     def error(self, what: str, error: BaseException) -> None:
+        # The innermost frames: where inside varlen_attn or the compiler it failed, not the driver's outer calls.
         self.document["errors"].append({"what": what, "error": f"{type(error).__name__}: {error}",
-                                        "traceback": traceback.format_exc(limit=8)})
+                                        "traceback": traceback.format_exc(limit=-15)})
         print(f"  {what} FAILED: {type(error).__name__}: {error}", file=sys.stderr)
         self.save()
+        # Code that wraps what it catches (the compiler; its workers, which timeout's SIGTERM also reaches) can turn
+        # Terminated into an ordinary error that a row's try takes: after a SIGTERM any error stops the run.
+        if self.stopped and not isinstance(error, Terminated):
+            raise Terminated("stopped by SIGTERM (this error came after it)") from error
 
 
 def hf_padded(model: nn.Module, rm, pairs: Sequence[Pair], batch_size: int) -> list[float]:

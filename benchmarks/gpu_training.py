@@ -38,7 +38,8 @@ def profiled_steps(cuda: bool, top: int, steps: int = TRAIN_PROFILE_STEPS) -> It
 
 def train_flops_per_pair(mlm: nn.Module, lengths: Sequence[int], freeze_layers: int) -> float:
     """The approximate count (issue 26's training MFU, 12% on the H200, used it): forward of both orders, plus 2x
-    the forward share of the trained layers for the backward, per pair, as if every trained weight got a gradient."""
+    the forward share of the trained layers for the backward, per pair, as if every trained weight got a gradient.
+    Reported beside the executed count (``executed_step_flops``, ~0.87x of it), on which the target's verdict rests."""
     layers = mlm.config.num_hidden_layers
     mean = sum(lengths) / max(len(lengths), 1)
     return speedlib.forward_flops(mlm, [int(mean)] * 2) * (1 + 2 * (layers - freeze_layers) / layers)

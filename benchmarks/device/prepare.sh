@@ -4,7 +4,7 @@
 # writes it back as fp32 there) and the shared data as .tar.xz (49 MB in all; the
 # working tree adds ~2 MB: under the 64 MiB limit). gpu_path.py needs only the wheels (datasets, for
 # training); the MiniLM and the data serve OBJECTIVES=... paradigm runs. Then:
-#   run(command="bash benchmarks/device/run.sh", carry=[".devcarry"], timeout_s=560)
+#   run(command="bash benchmarks/device/run.sh", carry=[".devcarry"], timeout_s=590)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx "/.devcarry/" .git/info/exclude 2>/dev/null || echo "/.devcarry/" >> .git/info/exclude
@@ -25,3 +25,5 @@ PY
 tar -C ../shared -cJf .devcarry/data.tar.xz data/train data/dev
 rm -f .devcarry/run.sh .devcarry/fp32.py  # run from benchmarks/device/ (the working tree travels): no stale copy
 du -sh .devcarry
+# run.sh fits pip, the CUDA gate and gpu_path into 590 s (gpu_path's timeout is what is left, up to +570 s).
+echo 'then: run(command="bash benchmarks/device/run.sh", carry=[".devcarry"], timeout_s=590)'
