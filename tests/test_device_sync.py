@@ -64,6 +64,7 @@ def flash_route(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(varlen, "_varlen_attn", lambda: stand_in)
     monkeypatch.setattr(varlen, "flash_varlen_available", lambda device: True)
+    monkeypatch.setattr(varlen, "varlen_backward_available", lambda: True)  # autograd through the stand-in
     return calls
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tinyrm.backbone import BackboneConfig, apply_dora, encoder_of, load_mlm, mask_logits
 from tinyrm.config import RewardConfig
-from tinyrm.inference.batches import collate, plan_batches
+from tinyrm.inference.batches import collate, host_batches, pair_units, plan_batches
 from tinyrm.inference.engine import InferenceConfig
 from tinyrm.inference.packed import apply_attention, packed_family, packed_mask_logits, use_packed
 from tinyrm.inference.varlen import pack
@@ -25,6 +25,7 @@ from .packed_helpers import baseline_scorer, mixed_items, randomize_adapters
 
 TOL = 1e-4
 WINDOW = 16  # local_attention of the windowed ModernBERT: |i - j| <= 8 in its local layers
+SPREAD = 0.2  # initializer_range: P spread from 0.5, so agreeing to TOL means something (conftest's spread_bert)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def windowed_modernbert(tmp_path_factory) -> str:
     config = ModernBertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=2, max_position_embeddings=1024, local_attention=WINDOW, global_attn_every_n_layers=3,
+        initializer_range=SPREAD,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
         cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
     directory = tmp_path_factory.mktemp("windowed-modernbert")
@@ -48,8 +50,8 @@ def windowed_modernbert(tmp_path_factory) -> str:
 
 
 @pytest.fixture(params=["modernbert", "bert"])
-def packable_model(request, windowed_modernbert, tiny_bert) -> str:
-    return windowed_modernbert if request.param == "modernbert" else tiny_bert
+def packable_model(request, windowed_modernbert, spread_bert) -> str:
+    return windowed_modernbert if request.param == "modernbert" else spread_bert
 
 
 def _both_ways(rm, items, **kw) -> tuple[list[float], list[float]]:
@@ -66,6 +68,7 @@ def _both_ways(rm, items, **kw) -> tuple[list[float], list[float]]:
         assert not seen and rm.engine.uses_packed()  # the packed forward never calls the HF encoder
     finally:
         handle.remove()
+    assert max(abs(p - 0.5) for p in padded) > 10 * TOL  # P spread enough for "within TOL" to mean something
     return padded, packed
 
 
@@ -91,6 +94,26 @@ def test_plan_batches_by_real_tokens() -> None:
     assert len(padded) == 2 and packed == [[0, 1, 2, 3, 4]]  # 200 real tokens fit; 5 rows x 100 padded do not
     for batch in packed:
         assert sum(widths[i] for i in batch) <= 200
+
+
+def test_packed_batches_on_the_sdpa_route_are_planned_as_padded_ones(windowed_modernbert: str) -> None:
+    # Off varlen_attn attention runs on a block padded to the longest row: there the plan is padded's.
+    rm = RewardModel.from_pretrained(windowed_modernbert, device="cpu", precision="fp32")
+    rm.engine.config.attention = "packed"
+    assert rm.engine.uses_packed() and not rm.engine.plans_by_tokens(rm.engine.prepared())
+    items = [("q " * 150, "a long answer " * 20, "b")] + [("q", f"a{i}", f"b{i}") for i in range(40)]
+    encodings, units = rm.engine._encode_chunk(items, True), pair_units(len(items), True)
+
+    def rows(packed: bool, by_tokens: bool | None = None) -> list[list[int]]:
+        return [b.rows for b in host_batches(encodings, units, 0, packed, None, 2048, by_tokens=by_tokens)]
+
+    def widest_block(plan: list[list[int]]) -> int:  # what SDPA attends over: rows x the longest row
+        return max(len(b) * max(len(encodings[j].input_ids) for j in b) for b in plan)
+
+    assert rows(True, by_tokens=False) == rows(False) and widest_block(rows(False)) <= 2048
+    assert widest_block(rows(True, by_tokens=True)) > 2 * 2048  # by real tokens: the long pair's block takes many
+    padded, packed = _both_ways(rm, items, batch_size=None, max_batch_tokens=2048)
+    assert packed == pytest.approx(padded, abs=TOL)
 
 
 # ----------------------------------------------------------------------------- packed == padded

@@ -70,8 +70,8 @@ def _flat(rows: list[list[float]]) -> list[float]:
 
 
 @pytest.fixture(params=["modernbert", "bert"])
-def step_model(request, windowed_modernbert, tiny_bert) -> str:  # noqa: F811
-    return windowed_modernbert if request.param == "modernbert" else tiny_bert
+def step_model(request, windowed_modernbert, spread_bert) -> str:  # noqa: F811
+    return windowed_modernbert if request.param == "modernbert" else spread_bert
 
 
 @pytest.mark.parametrize("context", ["prefix", "full"])

@@ -84,8 +84,9 @@ def test_cuda_flash_route_is_exact_attention(lengths: list[int], heads: int, win
     q, k, v = (torch.randn(sum(lengths), heads, 64, generator=generator, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for _ in range(3))
     scale = 64 ** -0.5
-    assert attention_route(q, window, 0.0, scale) == "flash"
-    got = varlen_attention(q, k, v, packed, scale=scale, window=window)
+    assert attention_route(q, window, 0.0, scale) == ("flash" if varlen_backward_available() else "sdpa")
+    assert attention_route(q.detach(), window, 0.0, scale) == "flash"
+    got = varlen_attention(q, k, v, packed, scale=scale, window=window, route="flash")
     want = _reference(*(x.float() for x in (q, k, v)), lengths, scale, window)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
     if not varlen_backward_available():
@@ -96,3 +97,18 @@ def test_cuda_flash_route_is_exact_attention(lengths: list[int], heads: int, win
     for name, a, b in zip("qkv", grads, expected):
         error = (a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-6)
         assert error < 3e-2, (name, float(error))
+
+
+def test_a_layer_that_needs_a_backward_takes_the_sdpa_route_where_varlen_attn_has_none(monkeypatch) -> None:
+    # As training's route choice says (inference.packed.use_packed): without a backward, no flash route under grad.
+    import tinyrm.inference.varlen as varlen
+
+    monkeypatch.setattr(varlen, "flash_varlen_available", lambda device: True)
+    monkeypatch.setattr(varlen, "varlen_window_supported", lambda: True)
+    q = torch.zeros(4, 2, 64, dtype=torch.bfloat16, requires_grad=True)
+    for backward, route in ((True, "flash"), (False, "sdpa")):
+        monkeypatch.setattr(varlen, "varlen_backward_available", lambda backward=backward: backward)
+        assert attention_route(q, 8, 0.0, 64 ** -0.5) == route
+        assert attention_route(q.detach(), 8, 0.0, 64 ** -0.5) == "flash"  # scoring needs none
+        with torch.no_grad():
+            assert attention_route(q, 8, 0.0, 64 ** -0.5) == "flash"

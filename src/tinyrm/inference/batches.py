@@ -115,13 +115,16 @@ class HostBatch:
 
 
 def host_batches(encodings: Sequence[Encoded], units: Sequence[Sequence[int]], pad_id: int, packed: bool,
-                 max_rows: int | None, budget: int | None, pin: bool = False) -> Iterator[HostBatch]:
-    """The batches of ``units`` (``plan_batches``: by real tokens when ``packed``, else rows x width), each
-    collated (``pack`` or ``collate``) as it is asked for; ``pin``: in page-locked memory, for non-blocking
-    copies to a GPU. The encodings of a unit always share a batch."""
+                 max_rows: int | None, budget: int | None, pin: bool = False,
+                 by_tokens: bool | None = None) -> Iterator[HostBatch]:
+    """The batches of ``units`` (``plan_batches``: by real tokens when ``by_tokens``, default ``packed``,
+    else rows x width), each collated (``pack`` or ``collate``) as it is asked for; ``pin``: in page-locked
+    memory, for non-blocking copies to a GPU. The encodings of a unit always share a batch."""
     widths = [max(len(encodings[j].input_ids) for j in unit) for unit in units]
-    # Packed, a batch costs its real tokens; padded, rows x its longest row.
-    tokens = [sum(len(encodings[j].input_ids) for j in unit) for unit in units] if packed else None
+    # A packed pass through varlen_attn costs its real tokens; a padded one, and a packed one whose attention
+    # takes the SDPA route (a block padded to the longest row), rows x its longest row.
+    by_tokens = packed if by_tokens is None else by_tokens and packed
+    tokens = [sum(len(encodings[j].input_ids) for j in unit) for unit in units] if by_tokens else None
     for batch_units in plan_batches(widths, [len(u) for u in units], budget, max_rows, tokens):
         rows = [j for u in batch_units for j in units[u]]
         chosen = [encodings[j] for j in rows]

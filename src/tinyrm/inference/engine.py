@@ -42,6 +42,7 @@ from .pipeline import gc_paused, run_pipeline
 from .precision import PRECISIONS, resolve_dtype
 from .quantize import INT8_DTYPE, check_scheme, quantize_encoder_
 from .tokens import CachingClozeEncoder, PairInput, check_pairs
+from .varlen import flash_varlen_available
 
 logger = logging.getLogger(__name__)
 __all__ = ["CachingClozeEncoder", "InferenceConfig", "InferenceEngine", "PairInput", "pair_units"]
@@ -187,6 +188,13 @@ class InferenceEngine:
         return use_packed(self.config.attention, self.rm.device, prepared.packed is not None,
                           getattr(self.rm, "name", "model"))
 
+    def plans_by_tokens(self, prepared: _Prepared) -> bool:
+        """Whether packed batches are planned by real tokens: where ``varlen_attn`` runs them (CUDA, bf16 or
+        fp16), a pass costs its real tokens; on the exact SDPA route (the CPU, fp32) attention works on a block
+        padded to the longest row, so batches are planned as padded ones are and packing saves only the
+        linear layers' padding (by real tokens, one long row among many short ones made a block of them all)."""
+        return flash_varlen_available(self.rm.device) and prepared.dtype in (torch.bfloat16, torch.float16)
+
     # -- scoring
     def _limits(self, batch_size: int | None, max_batch_tokens: int | None) -> tuple[int | None, int | None]:
         budget = self.config.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
@@ -213,7 +221,8 @@ class InferenceEngine:
         if not encodings:
             return []
         prepared = self.prepared(dtype)
-        batches = host_batches(encodings, units, self.pad_id, self.uses_packed(prepared), max_rows, budget)
+        batches = host_batches(encodings, units, self.pad_id, self.uses_packed(prepared), max_rows, budget,
+                               by_tokens=self.plans_by_tokens(prepared))
         return self.run_batches(prepared, batches, len(encodings))
 
     @torch.inference_mode()
@@ -280,7 +289,8 @@ class InferenceEngine:
         regions = self.config.compile and prepared.dtype != INT8_DTYPE
         done: list[tuple[list[int], torch.Tensor]] = []
         for batch in host_batches(encodings, [[i] for i in range(len(encodings))], self.pad_id,
-                                  self.uses_packed(prepared), max_rows, budget, pin=device.type == "cuda"):
+                                  self.uses_packed(prepared), max_rows, budget, pin=device.type == "cuda",
+                                  by_tokens=self.plans_by_tokens(prepared)):
             if batch.packed is not None:
                 stream = batch.packed.to(device, non_blocking=True)
                 logits = packed_mask_logits(prepared.model, stream, token_ids,

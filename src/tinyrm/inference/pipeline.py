@@ -100,7 +100,7 @@ def run_pipeline(engine, items: Sequence, both, batch_size: int | None, max_batc
     starts = list(range(0, len(items), size))
     max_rows, budget = engine._limits(batch_size, max_batch_tokens)
     prepared = engine.prepared()  # on this thread: the private copy is built (or found) once, before the workers
-    packed = engine.uses_packed(prepared)
+    packed, by_tokens = engine.uses_packed(prepared), engine.plans_by_tokens(prepared)
     pin = engine.rm.device.type == "cuda"
     adaptive = isinstance(both, AutoOrder)
     # The tokenizer's truncation / padding state is settled here: worker calls then only read it.
@@ -112,7 +112,8 @@ def run_pipeline(engine, items: Sequence, both, batch_size: int | None, max_batc
         if adaptive:
             return len(chunk), encodings, None
         units = pair_units(len(chunk), both)
-        return len(chunk), encodings, list(host_batches(encodings, units, engine.pad_id, packed, max_rows, budget, pin))
+        return len(chunk), encodings, list(host_batches(encodings, units, engine.pad_id, packed, max_rows, budget, pin,
+                                                        by_tokens))
 
     out: list[float] = []
     workers = host_workers(engine.config.host_workers, engine.rm.device)

@@ -222,6 +222,8 @@ def attention_route(q: torch.Tensor, window: int | None, dropout_p: float, scale
         return "sdpa"  # varlen_attn has no dropout and FlashAttention no fp32
     if window is not None and not varlen_window_supported():
         return "sdpa"
+    if q.requires_grad and torch.is_grad_enabled() and not varlen_backward_available():
+        return "sdpa"  # a backward will be asked for; as training's route choice (inference.packed.use_packed) says
     if scale is not None and "scale" not in _varlen_params() and abs(scale * q.shape[-1] ** 0.5 - 1) > 1e-6:
         return "sdpa"  # an older varlen_attn without scale= only does 1 / sqrt(head_dim)
     return "flash"
