@@ -107,7 +107,8 @@ FILLER = ["Let's think step by step.", "Step 1: add.", "<<2*3=6>>", "#### 6", "1
 STEP = st.one_of(NON_BLANK, NON_BLANK, st.sampled_from(FILLER))
 PROCESS_ROWS = st.one_of(
     rows({"question": NON_BLANK, "steps": st.lists(STEP, min_size=1, max_size=4), "solution_correct": st.just(True)},
-         {"first_error_step": st.none(), "reference_solution": st.one_of(STRING, st.just("Step 1: a. Step 2: b.")),
+         {"first_error_step": st.none(), "reference_solution": st.one_of(
+             STRING, st.just("Step 1: a. Step 2: b."), st.lists(STRING, max_size=3)),
           "id": st.one_of(st.none(), TEXT, st.integers())}),
     rows({"question": NON_BLANK, "steps": st.lists(STEP, min_size=3, max_size=4), "solution_correct": st.just(False),
           "first_error_step": st.one_of(st.none(), st.integers(1, 3))}, {"id": TEXT}),
@@ -121,8 +122,9 @@ def kept_steps(steps: list[str]) -> bool:
 
 def expect_process(row: object, line: int, stem: str, questions: set[str]) -> list | None:
     """docs/process.md#training: question, steps (non-empty strings), solution_correct (bool),
-    first_error_step (null or 1..len(steps), not with a correct solution); each question's first
-    reference_solution becomes a correct solution too. Id: the row's, else FILE-STEM:LINE."""
+    first_error_step (null or 1..len(steps), not with a correct solution), reference_solution (absent, null, a
+    string or a list of strings); each question's first reference_solution with a step left (on whichever of its
+    rows) becomes a correct solution too. Id: the row's, else FILE-STEM:LINE."""
     if not isinstance(row, dict):
         return None
     question, steps, correct = row.get("question"), row.get("steps"), row.get("solution_correct")
@@ -136,13 +138,16 @@ def expect_process(row: object, line: int, stem: str, questions: set[str]) -> li
         return None
     if not kept_steps(steps):
         return None
+    reference = row.get("reference_solution")
+    if reference is not None and not (is_str(reference) or (isinstance(reference, list)
+                                                            and all(is_str(s) for s in reference))):
+        return None
     ident = "" if row.get("id") is None else str(row["id"])
     out = [(ident or f"{stem}:{line}", question.strip(), correct, "graded")]
-    if question.strip() not in questions:
+    reference_steps = split(reference) if is_str(reference) else [s for s in reference or () if s.strip()]
+    if question.strip() not in questions and kept_steps(reference_steps):
         questions.add(question.strip())
-        reference = row.get("reference_solution")
-        if is_str(reference) and reference.strip() and kept_steps(split(reference)):
-            out.append((f"{out[0][0]}:reference", question.strip(), True, "reference"))
+        out.append((f"{out[0][0]}:reference", question.strip(), True, "reference"))
     return out
 
 

@@ -242,15 +242,13 @@ def load_hub_dataset(spec: str, required: Sequence[str] = REQUIRED_FIELDS):
     import datasets
 
     name, split = parse_hub_spec(spec)
-    if Path(name).is_dir() and (Path(name) / "dataset_dict.json").exists():
-        splits = datasets.load_from_disk(name)
-        if split not in splits:
-            raise DataError(f"{spec}: no split {split!r} in {name}; it has {', '.join(splits)}")
-        dataset = splits[split]
-    elif Path(name).is_dir() and (Path(name) / "dataset_info.json").exists():
-        dataset = datasets.load_from_disk(name)
-    else:
-        dataset = datasets.load_dataset(name, split=split)
+    saved = Path(name).is_dir() and (Path(name) / "dataset_dict.json").exists()  # a DatasetDict's folder
+    dataset = datasets.load_from_disk(name) if saved or (Path(name) / "dataset_info.json").is_file() else \
+        datasets.load_dataset(name, split=split)
+    if saved:
+        if split not in dataset:
+            raise DataError(f"{spec}: no split {split!r} in {name}; it has {', '.join(dataset)}")
+        dataset = dataset[split]
     missing = [key for key in required if key not in dataset.column_names]
     if missing:
         raise DataError(f"{spec}: dataset has no column(s) {missing}; columns are {dataset.column_names}")
@@ -285,28 +283,20 @@ def read_hub(spec: str, skip_bad_rows: bool = False) -> LoadReport:
 
 
 def expand_sources(sources: Iterable[str]) -> list[str]:
-    """Expand globs; keep hub specs; a pattern that matches nothing is an error. A file that exists
-    under the name given is that file, even if the name has glob characters (``split[1].jsonl``); a
-    file named twice (``data/*.jsonl data/a.jsonl``) is read once."""
-    expanded: list[str] = []
-    seen: set[str] = set()
+    """Expand globs (a pattern matching nothing is an error; a file that exists under the name given is that
+    file, even as ``split[1].jsonl``); keep hub specs; a file named twice is read once."""
+    expanded: dict[str, str] = {}  # the file's absolute path (a hub spec itself) -> the name given
     for source in sources:
-        if source.startswith(HUB_PREFIX):
-            matches = [source]
-        elif Path(source).exists() or not any(ch in source for ch in "*?["):
-            matches = [source]
-        else:
-            matches = sorted(glob.glob(source))
-            if not matches:
-                raise DataError(f"{source}: pattern matches no file")
+        literal = source.startswith(HUB_PREFIX) or Path(source).exists() or not any(ch in source for ch in "*?[")
+        matches = [source] if literal else sorted(glob.glob(source))
+        if not matches:
+            raise DataError(f"{source}: pattern matches no file")
         for match in matches:
             key = match if match.startswith(HUB_PREFIX) else os.path.abspath(match)
-            if key in seen:
+            if key in expanded:
                 logger.warning("%s is named twice in the data; it is read once", match)
-                continue
-            seen.add(key)
-            expanded.append(match)
-    return expanded
+            expanded.setdefault(key, match)
+    return list(expanded.values())
 
 
 def load_pairs(sources: Sequence[str], skip_bad_rows: bool = False) -> LoadReport:
