@@ -112,3 +112,14 @@ def test_a_layer_that_needs_a_backward_takes_the_sdpa_route_where_varlen_attn_ha
         assert attention_route(q.detach(), 8, 0.0, 64 ** -0.5) == "flash"  # scoring needs none
         with torch.no_grad():
             assert attention_route(q, 8, 0.0, 64 ** -0.5) == "flash"
+
+
+def test_flash_needs_an_ampere_or_newer_card(monkeypatch) -> None:
+    # FlashAttention does not run on a T4 (7.5) or a V100 (7.0): 'auto' must not pick packed there.
+    import tinyrm.inference.varlen as varlen
+
+    monkeypatch.setattr(varlen, "_varlen_attn", lambda: object())
+    for capability, runs in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(varlen, "_capability", lambda index, capability=capability: capability)
+        assert varlen.flash_varlen_available("cuda:0") is runs
+    assert not varlen.flash_varlen_available("cpu")

@@ -18,6 +18,7 @@ Everything here is differentiable, so a packed training step reuses it (``tinyrm
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Sequence
@@ -212,8 +213,17 @@ def varlen_backward_available() -> bool:
 
 
 def flash_varlen_available(device: torch.device | str) -> bool:
-    """``varlen_attn`` exists and runs here: a CUDA device (it has no CPU kernel in torch 2.13)."""
-    return torch.device(device).type == "cuda" and _varlen_attn() is not None
+    """``varlen_attn`` exists and runs here: a CUDA device (it has no CPU kernel in torch 2.13) that
+    FlashAttention supports (Ampere, compute capability 8.0, or newer: not a T4 or a V100)."""
+    device = torch.device(device)
+    if device.type != "cuda" or _varlen_attn() is None:
+        return False
+    return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:  # asked per layer and pass: once per device
+    return torch.cuda.get_device_capability(index)
 
 
 def attention_route(q: torch.Tensor, window: int | None, dropout_p: float, scale: float | None = None) -> str:
