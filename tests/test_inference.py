@@ -276,3 +276,24 @@ def test_onnx_export_of_a_model_reading_cls(tiny_bert: str, tmp_path) -> None:
     logits = session.run(["logits"], {k: np.array(v, dtype=np.int64) for k, v in feed.items() if k in inputs})[0]
     p_first = float(np.exp(logits[0, 0]) / np.exp(logits[0]).sum())
     assert p_first == pytest.approx(rm.choice_probs([enc])[0], abs=1e-5)
+
+
+def test_engine_settings_changed_on_a_loaded_model_are_checked_and_applied(tiny_bert) -> None:
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    items = _items(120)
+    rm.engine.config.cache_size = 10  # the token cache's bound: what the encoder keeps, not its own default
+    rm.compare_batch(items)
+    assert rm.encoder.cache_size == 10 and len(rm.encoder._cache) <= 10
+    rm.engine.config.precision = "float32"  # a typo for fp32 meant auto (bf16 here) without a word
+    with pytest.raises(ValueError, match="precision must be one of"):
+        rm.compare_batch(items[:2])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_dtype("float32", torch.device("cpu"))
+
+
+def test_the_template_text_cache_is_bounded(tiny_bert) -> None:
+    # Its keys carry the whitespace a user text ends with: a server fed varied whitespace must not grow it.
+    rm = RewardModel.from_pretrained(tiny_bert, device="cpu")
+    for n in range(1100):
+        rm.encoder.encode("question" + " " * n, "a", "b")
+    assert len(rm.encoder._literal_cache) <= 1024

@@ -256,6 +256,8 @@ class ClozeEncoder:
     def _tokenize_piece(self, kind: str, text: str) -> list[int]:
         if kind == "literal":
             if text not in self._literal_cache:
+                if len(self._literal_cache) >= 1024:  # keys carry user text's trailing whitespace: bounded
+                    self._literal_cache.clear()
                 self._literal_cache[text] = self._ids(text)
             return self._literal_cache[text]
         # User text that spells the mask token must not create a second answer slot.

@@ -78,6 +78,11 @@ class InferenceConfig:
     attention: str = "auto"
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Every field valid; run at construction and on each scoring call, so a value set later on a loaded
+        model (``rm.engine.config.precision = "float32"``) fails instead of silently meaning ``auto``."""
         check_attention(self.attention)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -87,9 +92,9 @@ class InferenceConfig:
         tokens = self.max_batch_tokens
         if tokens != "auto" and tokens is not None and (isinstance(tokens, str) or tokens < 1):
             raise ValueError(f"max_batch_tokens must be 'auto', None or >= 1, got {tokens!r}")
-        if self.host_workers < 0 or self.chunk_pairs < 1:
-            raise ValueError(f"host_workers must be >= 0 and chunk_pairs >= 1, got {self.host_workers}, "
-                             f"{self.chunk_pairs}")
+        if self.host_workers < 0 or self.chunk_pairs < 1 or self.cache_size < 1:
+            raise ValueError(f"host_workers must be >= 0, chunk_pairs and cache_size >= 1, got {self.host_workers}, "
+                             f"{self.chunk_pairs}, {self.cache_size}")
 
 
 # ----------------------------------------------------------------------------- engine
@@ -129,6 +134,7 @@ class InferenceEngine:
     def prepared(self, dtype: torch.dtype | None = None) -> _Prepared:
         """The module to run: the model itself in fp32 eval mode, else a private eval copy
         (adapters merged, cast to bf16, compiled if asked); rebuilt when the weights change."""
+        self.config.check()
         model, dtype = self.rm.model, dtype or self.dtype
         key = (*_weights_key(model, dtype, self.config.compile), getattr(self.rm.config, "read", "mask"),
                self.config.int8_scheme if dtype == INT8_DTYPE else None)
@@ -317,6 +323,7 @@ class InferenceEngine:
         instruction is cached apart from the default one."""
         encoder = self.rm.encoder
         if isinstance(encoder, CachingClozeEncoder):
+            encoder.cache_size = self.config.cache_size
             encoder.prefetch(items, prefixes, both=bool(both))
         rows = [None] * len(items) if prefixes is None else prefixes
         out = [encoder.encode(p, a, b, prefix=x) for (p, a, b), x in zip(items, rows)]

@@ -40,6 +40,8 @@ def cpu_bf16_native() -> bool:
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device`` (``auto`` falls back to fp32; ``int8``:
     ``torch.qint8``, the marker of the dynamically quantised copy, CPU only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return torch.float32
     if precision == "int8":
