@@ -259,6 +259,36 @@ def test_eval_cli_on_a_baseline_model(tiny_bert, pairs_file, tmp_path, capsys):
     assert results["n"] == 24 and 0.0 <= results["accuracy"] <= 1.0
     assert main(["compare", "--model", str(out), "--prompt", "q", "--a", "yes", "--b", "no"]) == 0
     assert 0.0 < json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prob_a"] < 1.0
+    # tinyrm rank sorts by the reward, as rm.rank does: no tournament for a reward per response
+    rm = BaselineRewardModel.from_pretrained(out, device="cpu")
+    candidates = ["4", "5", "four", "twenty-two", "4."]
+    (tmp_path / "rank.jsonl").write_text(json.dumps({"prompt": "2 + 2?", "candidates": candidates}) + "\n")
+    assert main(["rank", "--model", str(out), "--input", str(tmp_path / "rank.jsonl"),
+                 "--output", str(tmp_path / "ranked.jsonl")]) == 0
+    assert "each candidate scored once" in capsys.readouterr().out
+    ranked = json.loads((tmp_path / "ranked.jsonl").read_text())
+    assert ranked["ranking"] == [i for i, _ in rm.rank("2 + 2?", candidates)]
+    assert ranked["scores"] == pytest.approx(rm.score_batch([("2 + 2?", c) for c in candidates]), abs=1e-6)
+    # bad input is named as the cloze model names it, before any work
+    with pytest.raises(TypeError, match="item 0: b is NoneType, not str"):
+        rm.compare("p", "a", None)
+    with pytest.raises(TypeError, match="item 0: expected \\(prompt, response\\)"):
+        rm.score_batch([("p",)])
+    with pytest.raises(ValueError, match=r"candidates\[1\] must be a string"):
+        rm.rank("p", ["a", None])
+    with pytest.raises(ValueError, match="candidates must not be empty"):
+        rm.best_of_n("p", [])
+
+
+def test_head_lr_scale_finds_the_head_of_every_baseline(tiny_bert):
+    # tinyrm's own head (token objective, BERT mean pooling) is new too: --head-lr-scale must reach it.
+    from tinyrm.training.trainer import fresh_parameter_names
+
+    from .packed_helpers import baseline_scorer
+
+    for objective, pooling in (("token", "cls"), ("classifier", "mean")):
+        scorer, _ = baseline_scorer(tiny_bert, "bert", objective, pooling, window=16)
+        assert fresh_parameter_names(scorer) == {"head.weight", "head.bias"}, (objective, pooling)
 
 
 def test_bad_objective_options(tiny_bert, pairs_file, tmp_path):

@@ -197,3 +197,15 @@ def test_rank_cli_names_the_bad_line(tiny_bert, tmp_path, capsys, line, reason):
     assert code == 2
     assert f"{src}:3: " in err and reason in err
     assert not (tmp_path / "o.jsonl").exists()  # validated before any output
+
+
+def test_score_groups_names_the_group_and_candidate_it_refuses():
+    from tinyrm.pairwise.groups import score_groups
+
+    cases = [([("p", "abc")], r"groups\[0\]: candidates must be a list of strings, got str"),  # not 3 characters
+             ([("p", ["a"]), (None, ["a"])], r"groups\[1\]: the prompt must be a string, got NoneType"),
+             ([("p", ["a", None])], r"groups\[0\]: candidates\[1\] must be a string, got NoneType"),
+             ([("p", [])], r"groups\[0\]: a group needs at least one candidate")]
+    for groups, message in cases:
+        with pytest.raises(ValueError, match=message):
+            score_groups(None, groups)  # refused before any scoring

@@ -85,7 +85,9 @@ def cmd_rank(args: argparse.Namespace) -> int:
                    "model": rm.name, "output": str(output)})
         return 0
     note = f", skipped {skipped} bad rows" if skipped else ""
-    print(f"ranked {len(rows)} rows ({comparisons} comparisons, both orders each){note}; wrote {output}")
+    how = (f"{comparisons} comparisons, both orders each" if comparisons or not rows
+           else "each candidate scored once: a reward per response needs no tournament")
+    print(f"ranked {len(rows)} rows ({how}){note}; wrote {output}")
     return 0
 
 

@@ -148,11 +148,16 @@ def score_groups(scorer: PairwiseScorer, groups: Sequence[tuple[str, Sequence[st
     if method not in METHODS:
         raise ValueError(f"unknown ranking method {method!r}; choose from {list(METHODS)}")
     distinct, where = [], []
-    for prompt, candidates in groups:
-        if not isinstance(prompt, str) or not all(isinstance(c, str) for c in candidates):
-            raise ValueError("prompts and candidates must be strings")
+    for g, (prompt, candidates) in enumerate(groups):
+        if not isinstance(prompt, str):
+            raise ValueError(f"groups[{g}]: the prompt must be a string, got {type(prompt).__name__}")
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence):  # a str would be its characters
+            raise ValueError(f"groups[{g}]: candidates must be a list of strings, got {type(candidates).__name__}")
         if not candidates:
-            raise ValueError("a group needs at least one candidate")
+            raise ValueError(f"groups[{g}]: a group needs at least one candidate")
+        for k, candidate in enumerate(candidates):
+            if not isinstance(candidate, str):
+                raise ValueError(f"groups[{g}]: candidates[{k}] must be a string, got {type(candidate).__name__}")
         u, w = _distinct(candidates)
         distinct.append((prompt, u))
         where.append(w)

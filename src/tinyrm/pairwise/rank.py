@@ -205,7 +205,15 @@ def round_robin(
 def rank_candidates(
     scorer: PairwiseScorer, prompt: str, candidates: Sequence[str], method: str = "knockout", batch_size: int = 32
 ) -> RankResult:
-    """Dispatch on ``method``; see ``knockout`` and ``round_robin``."""
+    """Dispatch on ``method``; see ``knockout`` and ``round_robin``. A scorer with a scalar reward per response
+    (``score_batch``: the baselines) is ranked by it, whatever the method: no tournament is needed."""
+    if method not in METHODS:
+        raise ValueError(f"unknown ranking method {method!r}; choose from {list(METHODS)}")
+    if hasattr(scorer, "score_batch"):
+        candidates = check_candidates(candidates)
+        scores = scorer.score_batch([(prompt, c) for c in candidates], batch_size=batch_size)
+        ranking = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+        return RankResult(ranking, scores, comparisons=0, sequences=len(candidates), calls=1)
     if method == "knockout":
         return knockout(scorer, prompt, candidates, batch_size=batch_size)
     if method == "round_robin":

@@ -11,9 +11,11 @@ import torch
 from ...backbone import default_device, resolve_model_path
 from ...config import RewardConfig
 from ...inference.packed import check_attention, use_packed
+from ...inference.tokens import check_pairs
 from ...inference.varlen import pack
 from ...model_card import SEQUENCE_CLASSIFICATION
 from ...temperature import calibrate_output
+from ..rank import rank_candidates
 from .classifier import SequenceClassifierScorer, load_saved_classifier, save_sequence_classifier
 from .encoding import ResponseEncoder, length_batches, pad_responses
 from .token import OBJECTIVES, BaselineScorer, load_head_format, save_head_format
@@ -60,6 +62,13 @@ class BaselineRewardModel:
                     max_batch_tokens: int | None = None) -> list[float]:
         """Reward of each (prompt, response); batches are formed by length, capped at ``batch_size``
         rows and (if given) ``max_batch_tokens`` padded tokens."""
+        items = list(items)
+        for i, item in enumerate(items):  # what the cloze model checks: the item and field named, before any work
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(f"item {i}: expected (prompt, response), got {item!r:.60}")
+            for name, text in zip(("prompt", "response"), item):
+                if not isinstance(text, str):
+                    raise TypeError(f"item {i}: {name} is {type(text).__name__}, not str")
         encodings = [self.encoder.encode(p, r) for p, r in items]
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
         scores = [0.0] * len(encodings)
@@ -85,6 +94,7 @@ class BaselineRewardModel:
         compatibility and changes nothing: each response is scored on its own. With a saved temperature T
         (``tinyrm calibrate``): sigmoid(logit(P) / T), unless ``calibrated=False``."""
         items = list(items)
+        check_pairs(items)
         unique: dict[tuple[str, str], int] = {}
         for prompt, a, b in items:
             unique.setdefault((prompt, a), len(unique))
@@ -101,8 +111,7 @@ class BaselineRewardModel:
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "knockout",
              batch_size: int = 32) -> list[tuple[int, float]]:
         """``[(index, reward), ...]`` best first: a scalar reward needs no tournament (``method`` unused)."""
-        scores = self.score_batch([(prompt, c) for c in candidates], batch_size=batch_size)
-        return sorted(enumerate(scores), key=lambda item: -item[1])
+        return rank_candidates(self, prompt, candidates, method=method, batch_size=batch_size).pairs()
 
     def best_of_n(self, prompt: str, candidates: Sequence[str], **kw) -> int:
         return self.rank(prompt, candidates, **kw)[0][0]

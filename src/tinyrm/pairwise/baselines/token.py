@@ -47,6 +47,9 @@ class BaselineScorer(nn.Module):
         self.objective = objective
         self.pooling = pooling
         self.head = nn.Linear(hidden_size_of(backbone), 1)
+        # A new head: TrainConfig.head_lr_scale finds it by this mark (trainer.fresh_parameter_names), as it
+        # finds a classifier's missing head weights.
+        self.head.tinyrm_initialised_keys = ["head.weight", "head.bias"]
         encoder = encoder_of(unwrap_peft(backbone))
         self._types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
