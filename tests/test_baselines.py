@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tinyrm
 from tinyrm import RewardModel
 from tinyrm.cli import main
 from tinyrm.data import PreferencePair
@@ -172,6 +173,13 @@ def test_classifier_is_a_standard_sequence_classification_checkpoint(request, pa
     bench = scorer(chats, batch_size=2, truncation=True, padding=True, max_length=96, function_to_apply="none",
                    return_token_type_ids=False)
     assert [row["score"] for row in bench] == pytest.approx(ours, abs=1e-5)
+    # The other way round: a one-label classifier saved by transformers alone (no tinyrm.json, as TRL's
+    # RewardTrainer writes one) loads as that reward model, not as a masked LM with a random head.
+    plain = tmp_path / "plain"
+    model.save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    loaded = tinyrm.load(str(plain), device="cpu")
+    assert isinstance(loaded, BaselineRewardModel) and loaded.score_batch(ITEMS) == pytest.approx(ours, abs=1e-5)
 
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "pipeline_tag: text-classification" in card

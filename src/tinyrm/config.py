@@ -78,8 +78,22 @@ class RewardConfig:
 
 
 def saved_objective(path: str | Path) -> str:
-    """The objective of a saved folder; ``cloze`` for a folder without ``tinyrm.json`` (a plain masked LM)."""
-    return RewardConfig.load(path).objective if (Path(path) / CONFIG_FILE).is_file() else "cloze"
+    """The objective of a saved folder. Without ``tinyrm.json``: ``classifier`` for a one-label sequence
+    classifier (a reward model as transformers or TRL save it), else ``cloze`` (a plain masked LM)."""
+    if (Path(path) / CONFIG_FILE).is_file():
+        return RewardConfig.load(path).objective
+    return "classifier" if reward_classifier_folder(path) else "cloze"
+
+
+def reward_classifier_folder(path: str | Path) -> bool:
+    """A checkpoint folder whose ``config.json`` is a ``...ForSequenceClassification`` with one label."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = data.get("architectures") or [] if isinstance(data, dict) else []
+    labels = data.get("id2label") or {} if isinstance(data, dict) else {}
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures) and len(labels) == 1
 
 
 def check_read(read: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ...backbone import default_device, resolve_model_path
-from ...config import RewardConfig
+from ...config import CONFIG_FILE, RewardConfig, reward_classifier_folder
 from ...inference.packed import check_attention, use_packed
 from ...inference.tokens import check_pairs
 from ...inference.varlen import pack
@@ -123,7 +123,13 @@ class BaselineRewardModel:
     def from_pretrained(cls, path: str | Path, device: str | None = None, **overrides) -> BaselineRewardModel:
         """Load a saved classifier / token model; of the ``RewardModel`` options only ``max_length`` applies."""
         path = Path(resolve_model_path(str(path)))
-        config = RewardConfig.load(path)
+        if (path / CONFIG_FILE).is_file():
+            config = RewardConfig.load(path)
+        elif reward_classifier_folder(path):  # saved by transformers or TRL: a one-label sequence classifier
+            config = RewardConfig(objective="classifier", base_model=str(path),
+                                  extra={"format": SEQUENCE_CLASSIFICATION})
+        else:
+            raise ValueError(f"{path}: no {CONFIG_FILE} and not a one-label sequence classifier: not a baseline model")
         if config.objective not in OBJECTIVES:
             raise ValueError(f"{path}: objective {config.objective!r} is not a baseline objective {OBJECTIVES}")
         for key, value in overrides.items():
