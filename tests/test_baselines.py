@@ -178,8 +178,8 @@ def test_classifier_is_a_standard_sequence_classification_checkpoint(request, pa
     plain = tmp_path / "plain"
     model.save_pretrained(plain)
     tokenizer.save_pretrained(plain)
-    loaded = tinyrm.load(str(plain), device="cpu")
-    assert isinstance(loaded, BaselineRewardModel) and loaded.score_batch(ITEMS) == pytest.approx(ours, abs=1e-5)
+    for loaded in (tinyrm.load(str(plain), device="cpu"), RewardModel.from_pretrained(str(plain), device="cpu")):
+        assert isinstance(loaded, BaselineRewardModel) and loaded.score_batch(ITEMS) == pytest.approx(ours, abs=1e-5)
 
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "pipeline_tag: text-classification" in card

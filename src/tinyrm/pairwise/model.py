@@ -23,7 +23,7 @@ from ..backbone import (
     resolve_model_path,
     unwrap_peft,
 )
-from ..config import ADAPTER_DIR, CONFIG_FILE, RewardConfig, check_read, model_class
+from ..config import ADAPTER_DIR, CONFIG_FILE, RewardConfig, check_read, model_class, saved_objective
 from ..inference.adaptive import resolve_both_orders
 from ..inference.engine import CachingClozeEncoder, InferenceEngine
 from ..inference.packed import packed_mask_logits
@@ -145,10 +145,11 @@ class RewardModel:
         check_precision(precision, device or default_device())
         path = resolve_model_path(path_or_id)
         saved = (Path(path) / CONFIG_FILE).is_file()
-        config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
-        if config.objective != "cloze":
-            return apply_precision(model_class(config.objective).from_pretrained(path, device=device, **overrides),
+        objective = saved_objective(path)  # without tinyrm.json: a one-label classifier is a baseline
+        if objective != "cloze":
+            return apply_precision(model_class(objective).from_pretrained(path, device=device, **overrides),
                                    precision)
+        config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
         return apply_precision(cls._load_cloze(path, config, str(path_or_id), device, overrides), precision)
 
     @classmethod
