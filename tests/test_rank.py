@@ -209,3 +209,5 @@ def test_score_groups_names_the_group_and_candidate_it_refuses():
     for groups, message in cases:
         with pytest.raises(ValueError, match=message):
             score_groups(None, groups)  # refused before any scoring
+    with pytest.raises(ValueError, match="candidates must be a list of strings, got str"):
+        rank_candidates(None, "p", "abc")  # rank's own check: not three one-character candidates

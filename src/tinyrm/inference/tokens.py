@@ -38,13 +38,13 @@ def rust_tokenizer(tokenizer):
     return backend
 
 
-def check_pairs(items: Sequence[object]) -> None:
+def check_pairs(items: Sequence[object], fields: Sequence[str] = ("prompt", "a", "b")) -> None:
     """``TypeError`` naming the item and field that is not text, before any work (the encoder's own error
-    would be a bare ``can only concatenate str``)."""
+    would be a bare ``can only concatenate str``). ``fields``: what each item holds."""
     for i, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) != 3:
-            raise TypeError(f"item {i}: expected (prompt, a, b), got {item!r:.60}")
-        for name, text in zip(("prompt", "a", "b"), item):
+        if not isinstance(item, (tuple, list)) or len(item) != len(fields):
+            raise TypeError(f"item {i}: expected ({', '.join(fields)}), got {item!r:.60}")
+        for name, text in zip(fields, item):
             if not isinstance(text, str):
                 raise TypeError(f"item {i}: {name} is {type(text).__name__}, not str")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rank import METHODS, PairwiseScorer, round_robin
+from .rank import METHODS, PairwiseScorer, check_candidates, round_robin
 
 P_CLIP = 1e-6  # keeps logit(P(win)) finite on a clean sweep
 
@@ -155,9 +155,10 @@ def score_groups(scorer: PairwiseScorer, groups: Sequence[tuple[str, Sequence[st
             raise ValueError(f"groups[{g}]: candidates must be a list of strings, got {type(candidates).__name__}")
         if not candidates:
             raise ValueError(f"groups[{g}]: a group needs at least one candidate")
-        for k, candidate in enumerate(candidates):
-            if not isinstance(candidate, str):
-                raise ValueError(f"groups[{g}]: candidates[{k}] must be a string, got {type(candidate).__name__}")
+        try:
+            check_candidates(candidates)  # rank's check of each candidate
+        except ValueError as error:
+            raise ValueError(f"groups[{g}]: {error}") from None
         u, w = _distinct(candidates)
         distinct.append((prompt, u))
         where.append(w)

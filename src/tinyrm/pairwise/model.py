@@ -145,11 +145,11 @@ class RewardModel:
         check_precision(precision, device or default_device())
         path = resolve_model_path(path_or_id)
         saved = (Path(path) / CONFIG_FILE).is_file()
-        objective = saved_objective(path)  # without tinyrm.json: a one-label classifier is a baseline
+        config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
+        objective = config.objective if saved else saved_objective(path)  # a one-label classifier is a baseline
         if objective != "cloze":
             return apply_precision(model_class(objective).from_pretrained(path, device=device, **overrides),
                                    precision)
-        config = RewardConfig.load(path) if saved else RewardConfig(base_model=str(path_or_id or "default"))
         return apply_precision(cls._load_cloze(path, config, str(path_or_id), device, overrides), precision)
 
     @classmethod

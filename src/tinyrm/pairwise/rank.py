@@ -55,6 +55,8 @@ class RankResult:
 
 
 def check_candidates(candidates: Sequence[str]) -> list[str]:
+    if isinstance(candidates, str):  # list() would make each character a candidate
+        raise ValueError("candidates must be a list of strings, got str")
     candidates = list(candidates)
     if not candidates:
         raise ValueError("candidates must not be empty")

@@ -63,12 +63,7 @@ class BaselineRewardModel:
         """Reward of each (prompt, response); batches are formed by length, capped at ``batch_size``
         rows and (if given) ``max_batch_tokens`` padded tokens."""
         items = list(items)
-        for i, item in enumerate(items):  # what the cloze model checks: the item and field named, before any work
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise TypeError(f"item {i}: expected (prompt, response), got {item!r:.60}")
-            for name, text in zip(("prompt", "response"), item):
-                if not isinstance(text, str):
-                    raise TypeError(f"item {i}: {name} is {type(text).__name__}, not str")
+        check_pairs(items, ("prompt", "response"))
         encodings = [self.encoder.encode(p, r) for p, r in items]
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
         scores = [0.0] * len(encodings)
