@@ -94,3 +94,23 @@ def test_dora_trains_an_initialised_head_but_not_the_tied_decoder():
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("predictions.transform.modules_to_save" in n for n in trainable)
     assert not any("decoder" in n or "embeddings" in n for n in trainable)
+
+
+def test_a_missing_head_is_the_same_at_every_load_and_leaves_the_global_rng_alone():
+    """A zero-shot model (a checkpoint without an MLM head) scores alike at every load; a trainer that seeded
+    the global RNG (``head_seed=None``) gets a head that follows its seed."""
+    def head(mlm) -> torch.Tensor:  # the first initialised tensor that is drawn at random
+        state = mlm.state_dict()
+        return next(state[k].clone() for k in mlm.tinyrm_initialised_keys if state[k].std() > 0)
+
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    first, second = head(load_mlm("default")[1]), head(load_mlm("default")[1])
+    assert torch.equal(first, second)
+    assert torch.equal(torch.rand(1), before)  # loading drew nothing from the caller's RNG
+    seeded = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        seeded.append(head(load_mlm("default", head_seed=None)[1]))
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])

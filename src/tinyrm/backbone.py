@@ -115,8 +115,12 @@ DORA_FORWARDS = ("fused", "peft")
 _warned_heads: set[str] = set()
 
 
-def load_mlm(name_or_path: str | None):
-    """Load tokenizer and masked LM; initialise (and report once) a missing MLM head."""
+def load_mlm(name_or_path: str | None, head_seed: int | None = 0):
+    """Load tokenizer and masked LM; initialise (and report once) a missing MLM head.
+
+    The missing head is drawn from ``torch.manual_seed(head_seed)`` without touching the global RNG, so two loads
+    of a head-less checkpoint (a zero-shot model) score alike; ``head_seed=None`` draws from the global RNG, for
+    a trainer that seeded it (``--seed`` then picks the head too)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -126,7 +130,10 @@ def load_mlm(name_or_path: str | None):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # we report missing head weights ourselves, once
         try:
-            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            with torch.random.fork_rng(devices=[], enabled=head_seed is not None):
+                if head_seed is not None:
+                    torch.manual_seed(head_seed)
+                model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
     prefix = model.base_model_prefix

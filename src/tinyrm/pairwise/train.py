@@ -23,7 +23,7 @@ from .model import RewardModel
 def build_model(config: TrainConfig) -> RewardModel:
     """Backbone with freezing/DoRA applied, wrapped as a RewardModel carrying the prompt config."""
     config = resolve_defaults(config, announce=False)
-    tokenizer, mlm = load_mlm(config.model)
+    tokenizer, mlm = load_mlm(config.model, head_seed=None)
     model = prepare_for_training(mlm, backbone_config(config))
     reward_config = RewardConfig(
         template=get_template(config.template).to_dict(), prefix=config.prefix,

@@ -187,7 +187,7 @@ def process_read(config) -> str:
 
 def build_model(config: TrainConfig) -> ProcessRewardModel:
     """Backbone (freezing / DoRA applied) wrapped as a ProcessRewardModel with the process config."""
-    tokenizer, mlm = load_mlm(config.model)
+    tokenizer, mlm = load_mlm(config.model, head_seed=None)
     model = prepare_for_training(mlm, backbone_config(config))
     template, prefix, answers = process_settings(config)
     context = getattr(config, "context", "prefix")

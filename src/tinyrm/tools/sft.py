@@ -130,7 +130,7 @@ def sft(config: SFTConfig) -> SFTResult:
 
     set_seed(config.seed)
     texts = read_texts(config.data)
-    tokenizer, mlm = load_mlm(config.model)
+    tokenizer, mlm = load_mlm(config.model, head_seed=None)
     if tokenizer.mask_token is None:
         raise ValueError(f"{config.model}: tokenizer has no mask token; masked-LM training needs one")
     positions = getattr(mlm.config, "max_position_embeddings", None)

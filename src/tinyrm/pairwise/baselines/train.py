@@ -121,7 +121,7 @@ def build_scorer(config: TrainConfig) -> tuple[BaselineScorer | SequenceClassifi
                            "architecture; the model is saved in tinyrm's head format (tinyrm loads it, plain "
                            "transformers does not). --pooling cls gives a standard checkpoint.",
                            config.model, config.pooling)
-        tokenizer, mlm = load_mlm(config.model)
+        tokenizer, mlm = load_mlm(config.model, head_seed=None)
         scorer = BaselineScorer(prepare_for_training(mlm, settings), config.objective, config.pooling)
         freeze_unused(scorer)
         extra["format"] = LEGACY_FORMAT
