@@ -138,3 +138,29 @@ def test_bad_rerank_requests_get_422_with_the_field(http, body, field):
 def test_rerank_body_over_the_limit_gets_413(http):
     r = http.post("/v2/rerank", json={"query": QUERY, "documents": ["x" * 25_000]})
     assert r.status_code == 413 and r.json() == {"error": "request body over the 20000-byte limit"}
+
+
+def test_rank_of_a_served_baseline_sorts_by_its_rewards(spread_bert, tmp_path):
+    """/v1/rank on a reward-per-response model ranks by the rewards, as rm.rank does: n responses go through the
+    batcher (``kind="rewards"``), not a tournament's n(n - 1) / 2 pairs."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tinyrm import load
+    from tinyrm.pairwise.baselines.model import BaselineRewardModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(spread_bert, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(spread_bert).save_pretrained(folder)
+    rm = load(str(folder))
+    assert isinstance(rm, BaselineRewardModel)
+    rewards = rm.score_batch([(QUERY, d) for d in DOCS])
+    assert max(rewards) - min(rewards) > 1e-2  # spread: the order below means something
+    with running_server(rm, ServeConfig(max_wait_ms=1)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        for method in ("knockout", "round_robin"):
+            got = http.post("/v1/rank", json={"prompt": QUERY, "candidates": DOCS, "method": method})
+            assert got.status_code == 200, got.text
+            assert got.json()["ranking"] == [i for i, _ in rm.rank(QUERY, DOCS)]
+            assert got.json()["scores"] == pytest.approx(rewards, abs=1e-5)
+        assert http.get("/health").json()["batching"]["pairs"] == 2 * len(DOCS)

@@ -5,9 +5,10 @@ Concurrent requests are queued and merged into one ``compare_batch`` call (up to
 model runs in one dedicated worker thread, so the event loop keeps answering ``/health`` while a
 batch is being scored, and two batches never share the model at once. Ranking requests run their
 tournament in a thread whose comparisons go through the same batcher, so they merge with
-everyone else's traffic. ``/v1/rerank`` (and ``/v2/rerank``, the same body) is the rerank API of
-Cohere-, Jina- and vLLM-style clients (``rerank.py``). ``/openapi.json`` describes this server as it
-is, error bodies, limits and key included (``openapi.py``).
+everyone else's traffic (a baseline's ranking sends its responses' rewards through it instead).
+``/v1/rerank`` (and ``/v2/rerank``, the same body) is the rerank API of Cohere-, Jina- and vLLM-style
+clients (``rerank.py``). ``/openapi.json`` describes this server as it is, error bodies, limits and key
+included (``openapi.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .guard import ApiError, GuardMiddleware, error_body, validation_response
 from .metrics import metrics_text
 from .openapi import ERRORS, check_list_limit
 from .openapi import install as install_openapi
-from .rerank import BatchedScorer
+from .rerank import BatchedScorer, batched_scorer
 from .rerank import rerank as rerank_documents
 from .schemas import (
     CompareBatchRequest,
@@ -283,7 +284,7 @@ def create_app(rm, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(req: RankRequest, request: Request, x_request_timeout: RequestTimeout = None) -> RankResponse:
         check_list_limit(req, config)
-        scorer = BatchedScorer(batcher, timeout_of(x_request_timeout))  # the batcher sizes calls and passes
+        scorer = batched_scorer(batcher, timeout_of(x_request_timeout))  # the batcher sizes calls and passes
         result = await scored(tournament(scorer, rank_candidates, req.prompt, req.candidates, req.method),
                               request, scorer.cancel)
         return RankResponse(ranking=result.ranking, scores=result.scores)

@@ -18,6 +18,8 @@ client went away (its future cancelled) has its remaining slices dropped too.
 Step requests (``/v1/score_steps``, ``kind="steps"``) go through the same line: their units are the sequences
 that read the steps' verdicts (``process.scoring.encode_many``), scored by the model's ``verdicts`` in calls
 of their own kind, sliced, counted, timed out and shed as pairs are (a unit counts as a pair in the limits).
+``/v1/rank`` on a model with a reward per response (the baselines) sends ``kind="rewards"``: (prompt, response)
+units scored by its ``score_batch``.
 Kinds (and ``both_orders`` values) take turns: a request of another kind than the last call's goes next.
 
 Shutdown (``stop``) refuses new work (503), finishes what is queued or being scored, then stops the
@@ -57,11 +59,11 @@ def _size(item) -> int:
 
 @dataclass(eq=False)
 class _Request:
-    items: list  # pairs (prompt, a, b), or step sequences (kind "steps")
+    items: list  # pairs (prompt, a, b), step sequences (kind "steps") or (prompt, response) (kind "rewards")
     both_orders: bool | None
     future: asyncio.Future
     arrived: float
-    kind: str = "pairs"  # pairs: compare_batch; steps: the model's verdicts (one list per sequence)
+    kind: str = "pairs"  # pairs: compare_batch; steps: verdicts (a list per sequence); rewards: score_batch
     results: list = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # the items in the order their slices are cut
     next: int = 0  # pairs handed to the model so far
@@ -222,7 +224,7 @@ class MicroBatcher:
             if entry.future.done():
                 result = entry.future.result()  # it finished (or failed) as the deadline passed
             else:
-                unit = "pairs" if kind == "pairs" else "step sequences"
+                unit = {"pairs": "pairs", "steps": "step sequences"}.get(kind, "responses")
                 self._drop(entry, self.timed_out(
                     timeout, f"with {len(entry.items) - entry.scored} of {len(entry.items)} {unit} unanswered"))
                 raise entry.future.exception() from None
@@ -357,10 +359,10 @@ class MicroBatcher:
         self.busy = True
         self._batch = call
         try:
-            probs = await self.loop.run_in_executor(
-                self.executor, lambda: self.rm.verdicts(items, batch_size=rows) if kind == "steps"
-                else self.rm.compare_batch(items, batch_size=rows, both_orders=both)
-            )
+            probs = await self.loop.run_in_executor(self.executor, lambda: (
+                self.rm.verdicts(items, batch_size=rows) if kind == "steps"
+                else self.rm.score_batch(items, batch_size=rows) if kind == "rewards"
+                else self.rm.compare_batch(items, batch_size=rows, both_orders=both)))
         except Exception as error:  # a failing call fails its requests, never the server
             requests = list({id(s.request): s.request for s in call if s.request.alive}.values())
             if len(requests) > 1:

@@ -53,6 +53,9 @@ class BatchedScorer:
 
     def compare_batch(self, items, batch_size: int = 32, both_orders: bool | None = None) -> list[float]:
         """The scorer protocol's call; ``batch_size`` is unused: the batcher sizes calls and forward passes."""
+        return self._submit(items, both_orders, "pairs")
+
+    def _submit(self, items, both_orders: bool | None, kind: str) -> list[float]:
         assert self.batcher.loop is not None
         if self.cancelled:
             raise asyncio.CancelledError("the client went away")
@@ -60,8 +63,22 @@ class BatchedScorer:
         if left <= 0:
             raise self.batcher.timed_out(self.timeout_s)
         self._current = asyncio.run_coroutine_threadsafe(
-            self.batcher.submit(list(items), both_orders, timeout_s=left), self.batcher.loop)
+            self.batcher.submit(list(items), both_orders, timeout_s=left, kind=kind), self.batcher.loop)
         try:
             return self._current.result()
         finally:
             self._current = None
+
+
+class BatchedRewardScorer(BatchedScorer):
+    """``BatchedScorer`` for a model with a reward per response (the baselines): ``rank_candidates`` ranks by
+    ``score_batch``, as ``rm.rank`` and ``tinyrm rank`` do, its responses going through the batcher."""
+
+    def score_batch(self, items, batch_size: int = 32) -> list[float]:
+        return self._submit(items, None, "rewards")
+
+
+def batched_scorer(batcher: MicroBatcher, timeout_s: float) -> BatchedScorer:
+    """The scorer for ``/v1/rank``: by reward where the served model gives one per response."""
+    kind = BatchedRewardScorer if hasattr(batcher.rm, "score_batch") else BatchedScorer
+    return kind(batcher, timeout_s)
