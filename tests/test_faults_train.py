@@ -147,3 +147,24 @@ def test_a_resumed_run_reports_the_speed_of_the_steps_it_trained():
     result = make_result(TrainConfig(output="out"), outcome, 2, (1, 1))
     assert (result.examples, result.pairs) == (64, 32)  # the whole run
     assert (result.examples_per_second, result.pairs_per_second) == (24.0, 12.0)
+
+
+def test_a_run_that_is_all_warm_up_says_so(tiny_bert, pairs_file, tmp_path, caplog):
+    """transformers' warm-up starts at lr 0, so a one-step run trains nothing unless --warmup-ratio is 0."""
+    def run(out: Path, *extra: str) -> dict:
+        args = ["train", "--model", tiny_bert, "--data", str(pairs_file), "--output", str(out), "--batch-size", "4",
+                "--micro-batch-size", "4", "--max-steps", "1", "--max-length", "64", "--save-steps", "0",
+                "--lr", "1e-2", "--precision", "fp32", *extra]
+        assert main(args) == 0
+        return load_file(out / "model.safetensors")
+
+    base = load_file(Path(tiny_bert) / "model.safetensors")
+    with caplog.at_level("WARNING"):
+        unmoved = run(tmp_path / "warm")
+    assert "warm-up takes all 1 training step(s)" in caplog.text
+    assert all(torch.equal(unmoved[k], base[k]) for k in base if k in unmoved)  # what the warning is about
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        moved = run(tmp_path / "cold", "--warmup-ratio", "0")
+    assert "warm-up takes all" not in caplog.text
+    assert any(not torch.equal(moved[k], base[k]) for k in base if k in moved)

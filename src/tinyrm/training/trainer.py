@@ -149,6 +149,12 @@ def _make_trainer_classes():
             self.bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
+            warmup = args.get_warmup_steps(state.max_steps)
+            if state.is_world_process_zero and 0 < state.max_steps <= warmup:
+                # transformers' warm-up starts at lr 0: a 1-step run (--max-steps 1) trains nothing
+                logger.warning("warm-up takes all %d training step(s) (--warmup-ratio %g), the first at learning "
+                               "rate 0: the weights barely move; --warmup-ratio 0 for a run this short",
+                               state.max_steps, args.warmup_steps)
             if state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
