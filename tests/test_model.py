@@ -8,6 +8,19 @@ def rm(tiny_modernbert):
     return RewardModel.from_pretrained(tiny_modernbert, device="cpu")
 
 
+def fp32(path) -> RewardModel:
+    rm = RewardModel.from_pretrained(str(path), device="cpu")
+    rm.engine.config.precision = "fp32"  # bf16 on a bf16-native CPU rounds these P to (or within 1e-7 of) 0.5
+    return rm
+
+
+def assert_spread(probs: list[float], tol: float) -> None:
+    """Each P far from 0.5 and from each other (tiny_modernbert's sit within 1e-5 of 0.5): a reordered, re-initialised
+    or constant answer cannot then match within ``tol``."""
+    ordered = sorted([0.5, *probs])
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 10 * tol, probs
+
+
 def test_both_orders_average_single_orders(rm):
     items = [("What is 2 + 2?", "4", "5"), ("Say hi", "hi", "bye there")]
     forward = rm.compare_batch(items, both_orders=False)
@@ -21,19 +34,23 @@ def test_both_orders_average_single_orders(rm):
         assert m + fl == pytest.approx(1.0, abs=1e-6)
 
 
-def test_batching_does_not_change_scores_and_keeps_input_order(rm):
+def test_batching_does_not_change_scores_and_keeps_input_order(spread_bert):
+    rm = fp32(spread_bert)
     items = [(f"prompt {i}", "short", "a much longer answer " * (i % 5 + 1)) for i in range(11)]
     one = [rm.compare(*item) for item in items]
+    assert_spread(one, 1e-5)
     batched = rm.compare_batch(items, batch_size=4)
     assert batched == pytest.approx(one, abs=1e-5)
 
 
-def test_save_and_load_round_trip(rm, tmp_path):
+def test_save_and_load_round_trip(spread_bert, tmp_path):
+    rm = fp32(spread_bert)
     items = [("q", "a", "b"), ("q2", "long answer", "x")]
     before = rm.compare_batch(items)
+    assert_spread(before, 1e-6)
     rm.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "tinyrm.json").is_file()
-    loaded = RewardModel.from_pretrained(str(tmp_path / "saved"), device="cpu")
+    loaded = fp32(tmp_path / "saved")
     assert loaded.compare_batch(items) == pytest.approx(before, abs=1e-6)
     assert loaded.config.prefix == rm.config.prefix and loaded.config.answer_tokens == ["0", "1"]
 

@@ -13,18 +13,20 @@ from tinyrm.pairwise.rank import RankConfig, bradley_terry, copeland, knockout, 
 
 
 class KnownOrderScorer:
-    """The only stub: P(a better) = sigmoid(q[a] - q[b]) from a fixed quality table; records calls."""
+    """The only stub: P(a better) = sigmoid(q[a] - q[b]) from a fixed quality table; records calls and pairs."""
 
     def __init__(self, quality: dict[str, float], table: dict[tuple[str, str], float] | None = None) -> None:
         self.quality = quality
         self.table = table or {}
         self.calls: list[tuple[int, bool | None]] = []
+        self.asked: list[tuple[str, str]] = []
 
     def compare_batch(self, items, batch_size=32, both_orders=None):
         items = list(items)
         self.calls.append((len(items), both_orders))
         out = []
         for _, a, b in items:
+            self.asked.append((a, b))
             if (a, b) in self.table:
                 out.append(self.table[(a, b)])
             elif (b, a) in self.table:
@@ -147,21 +149,47 @@ def test_rank_rejects_bad_input():
     assert rank(scorer, "q", ["a"], method="round_robin") == [(0, 0.0)]
 
 
-@pytest.mark.parametrize("method", ["knockout", "round_robin"])
-def test_reward_model_rank_and_best_of_n(tiny_bert, method):
+@pytest.fixture(scope="module")
+def opinionated_rm(tmp_path_factory):
     from tinyrm import RewardModel
 
-    rm = RewardModel.from_pretrained(tiny_bert)
-    rm.engine.config.precision = "fp32"  # exact comparison with a second, differently batched run below
+    from .integration_helpers import save_opinionated_bert
+
+    # Wide-initialised (tiny_bert's P sit within 2e-5 of 0.5, where any order passes); fp32: the pairwise
+    # probabilities below are recomputed in other batches than the ranking's.
+    rm = RewardModel.from_pretrained(save_opinionated_bert(tmp_path_factory.mktemp("rank-bert")))
+    rm.engine.config.precision = "fp32"
+    return rm
+
+
+@pytest.mark.parametrize("method", ["knockout", "round_robin"])
+def test_reward_model_rank_and_best_of_n(opinionated_rm, method):
+    rm, prompt = opinionated_rm, "What is the capital of France?"
     candidates = ["Paris is the capital.", "Lyon.", "I do not know.", "The capital of France is Paris.", "Berlin"]
-    ranked = rm.rank("What is the capital of France?", candidates, method=method, batch_size=4)
+    ranked = rm.rank(prompt, candidates, method=method, batch_size=4)
     assert sorted(i for i, _ in ranked) == list(range(len(candidates)))
     scores = [s for _, s in ranked]
     assert scores == sorted(scores, reverse=True)
-    assert rm.best_of_n("What is the capital of France?", candidates, method=method) == ranked[0][0]
-    # The ranking is a function of the model's own pairwise probabilities.
-    direct = rank_candidates(rm, "What is the capital of France?", candidates, method=method)
-    assert [i for i, _ in ranked] == direct.ranking
+    assert rm.best_of_n(prompt, candidates, method=method) == ranked[0][0]
+    # The ranking is a function of the model's own pairwise probabilities: every ordered pair judged directly
+    # (no ranking code), then the tournament replayed on a stub that answers from those judgements.
+    n = len(candidates)
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    prob = dict(zip(pairs, rm.compare_batch([(prompt, candidates[i], candidates[j]) for i, j in pairs])))
+    assert all(abs(p - 0.5) > 1e-3 and p + prob[j, i] == pytest.approx(1.0, abs=1e-5) for (i, j), p in prob.items())
+    stub = KnownOrderScorer({}, {(candidates[i], candidates[j]): p for (i, j), p in prob.items()})
+    if method == "round_robin":
+        reference = round_robin(stub, prompt, candidates)
+        # Every pair played once: Bradley-Terry orders the candidates as their soft win totals do.
+        wins = sorted((sum(prob[i, j] for j in range(n) if j != i), i) for i in range(n))[::-1]
+        assert all(w - v > 1e-3 for (w, _), (v, _) in zip(wins, wins[1:]))  # no near-tie
+        assert [i for _, i in wins] == [i for i, _ in ranked]
+    else:
+        reference = knockout(stub, prompt, candidates)
+        champion = candidates[ranked[0][0]]
+        met = [b if a == champion else a for a, b in stub.asked if champion in (a, b)]
+        assert met and all(prob[ranked[0][0], candidates.index(c)] > 0.5 for c in met)  # beat all it met
+    assert ranked == [(i, pytest.approx(reference.scores[i], abs=1e-4)) for i in reference.ranking]
 
 
 def test_rank_cli_writes_ranking_and_scores(tiny_bert, tmp_path, capsys):

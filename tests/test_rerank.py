@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tinyrm.pairwise.groups import score_groups
+from tinyrm.pairwise.groups import win_rates
+from tinyrm.pairwise.rank import round_robin
 from tinyrm.serving.app import ServeConfig
 
 from .integration_helpers import save_opinionated_bert
@@ -41,7 +42,8 @@ def http(server):
 
 
 def expected_scores(rm, documents=DOCS) -> list[float]:
-    return score_groups(rm, [(QUERY, list(documents))], "round_robin").scores[0]
+    """Win rates from the library's round robin of the model, not from ``score_groups``, which the server runs."""
+    return win_rates(round_robin(rm, QUERY, list(documents)).scores)
 
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
@@ -60,6 +62,8 @@ def test_rerank_orders_documents_best_first_with_win_rates(http, rm, path):
     assert [expected[x["index"]] for x in results] == pytest.approx(scores, abs=1e-5)
     assert sum(scores) / 5 == pytest.approx(0.5, abs=1e-6)  # win rates average 0.5
     assert len({round(s, 3) for s in scores}) == 5  # an opinionated model: distinct scores
+    top, bottom = results[0]["index"], results[-1]["index"]
+    assert rm.compare(QUERY, DOCS[top], DOCS[bottom]) > 0.5 + 1e-3  # the model itself prefers the first to the last
 
     r = http.post(path, json={"query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": True,
                               "max_chunks_per_doc": None, "max_tokens_per_doc": 512})  # others' knobs: ignored
@@ -69,10 +73,13 @@ def test_rerank_orders_documents_best_first_with_win_rates(http, rm, path):
     assert len(http.post(path, json={"query": QUERY, "documents": DOCS, "top_n": 50}).json()["results"]) == 5
 
 
-def test_duplicates_and_a_single_document(http):
+def test_duplicates_and_a_single_document(http, rm):
     r = http.post("/v1/rerank", json={"query": QUERY, "documents": ["Paris.", "Berlin.", "Paris."]}).json()
     by_index = {x["index"]: x["relevance_score"] for x in r["results"]}
     assert by_index[0] == by_index[2]
+    paris, berlin = expected_scores(rm, ["Paris.", "Berlin."])  # the repeat is judged once: two distinct documents
+    assert abs(paris - 0.5) > 1e-4 and (paris > 0.5) == (rm.compare(QUERY, "Paris.", "Berlin.") > 0.5)
+    assert [by_index[0], by_index[1]] == pytest.approx([paris, berlin], abs=1e-5)
     assert http.post("/v1/rerank", json={"query": QUERY, "documents": ["Paris."]}).json()["results"] == \
         [{"index": 0, "relevance_score": 0.5}]
 

@@ -19,6 +19,8 @@ from tinyrm.pairwise.rank import rank_candidates
 from tinyrm.serving.app import ServeConfig, create_app
 from tinyrm.serving.client import RewardClient, RewardClientError
 
+from .integration_helpers import save_opinionated_bert
+
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -54,14 +56,20 @@ def running_server(rm, config: ServeConfig):
 
 
 @pytest.fixture(scope="module")
-def rm(tiny_bert):
+def rm(tmp_path_factory):
     from tinyrm import RewardModel
 
-    rm = RewardModel.from_pretrained(tiny_bert)
-    # fp32: server answers (batched with other requests) are compared with direct calls to 1e-5,
-    # which bf16 padding noise on a bf16-native CPU would not meet.
+    # Wide-initialised: P spreads from 0.5 (tiny_bert's stays within 2e-5 of it: 1 - P or 0.5 would pass). fp32:
+    # server answers (batched with others) are compared with direct calls to 1e-5, beyond bf16 padding noise.
+    rm = RewardModel.from_pretrained(save_opinionated_bert(tmp_path_factory.mktemp("serve-bert")))
     rm.engine.config.precision = "fp32"
     return rm
+
+
+def spread(p: float, tol: float = 1e-5) -> float:
+    """``p``, once it is shown to be far from 0.5 (then neither 1 - p nor 0.5 matches it within ``tol``)."""
+    assert abs(p - 0.5) > 10 * tol, p
+    return p
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +87,10 @@ def http(server):
         yield client
 
 
-def batching(http) -> dict:
-    return http.get("/health").json()["batching"]
-
-
 # ---------------------------------------------------------------------------------------- endpoints
 def test_health_and_docs_need_no_key(http, rm):
     body = http.get("/health").json()
-    assert body["status"] == "ok" and body["model"] == rm.name and body["device"] == "cpu"
-    assert body["uptime_s"] >= 0
+    assert body["status"] == "ok" and body["model"] == rm.name and body["device"] == "cpu" and body["uptime_s"] >= 0
     assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/v1/compare", "/v1/compare_batch", "/v1/rank", "/v1/rerank", "/v2/rerank", "/health"} <= set(paths)
@@ -97,9 +100,11 @@ def test_health_and_docs_need_no_key(http, rm):
 
 
 def test_compare_matches_the_model(http, rm):
-    r = http.post("/v1/compare", json={"prompt": "2+2?", "a": "4", "b": "5"}, headers=AUTH)
-    assert r.status_code == 200
-    assert r.json()["prob_a"] == pytest.approx(rm.compare("2+2?", "4", "5"), abs=1e-5)
+    for a, b, both in (("4", "5", None), ("5", "4", None), ("4", "5", False), ("5", "4", False)):
+        r = http.post("/v1/compare", json={"prompt": "2+2?", "a": a, "b": b, "both_orders": both}, headers=AUTH)
+        assert r.status_code == 200
+        assert r.json()["prob_a"] == pytest.approx(spread(rm.compare("2+2?", a, b, both_orders=both)), abs=1e-5)
+    assert rm.compare("2+2?", "4", "5") + rm.compare("2+2?", "5", "4") == pytest.approx(1.0, abs=1e-5)
 
 
 def test_compare_batch_matches_the_model(http, rm):
@@ -107,7 +112,7 @@ def test_compare_batch_matches_the_model(http, rm):
     r = http.post("/v1/compare_batch", json={"items": [{"prompt": p, "a": a, "b": b} for p, a, b in items]},
                   headers=AUTH)
     assert r.status_code == 200
-    assert r.json()["prob_a"] == pytest.approx(rm.compare_batch(items), abs=1e-5)
+    assert r.json()["prob_a"] == pytest.approx([spread(p) for p in rm.compare_batch(items)], abs=1e-5)
     assert http.post("/v1/compare_batch", json={"items": []}, headers=AUTH).json() == {"prob_a": []}
 
 
@@ -129,17 +134,13 @@ def test_score_steps_on_a_pairwise_model_is_a_clear_400(http):
     assert "does not score steps" in r.json()["error"]
 
 
-STEP_ROWS = [
-    {"id": "a", "question": "Tom has 3 apples and buys 4 more. How many?", "first_error_step": 2,
-     "steps": ["He starts with 3.", "3 * 4 = 12.", "The answer is: 12"], "solution_correct": False},
-    {"id": "b", "question": "What is 2 * 5?", "steps": ["2 * 5 = 10.", "The answer is: 10"],
-     "first_error_step": None, "solution_correct": True},
-]
+STEP_ROWS = [{"id": "a", "question": "Tom has 3 apples and buys 4 more. How many?", "first_error_step": 2,
+              "steps": ["He starts with 3.", "3 * 4 = 12.", "The answer is: 12"], "solution_correct": False},
+             {"id": "b", "question": "What is 2 * 5?", "steps": ["2 * 5 = 10.", "The answer is: 10"],
+              "first_error_step": None, "solution_correct": True}]
 
 
 def test_score_steps_serves_a_process_model(tiny_bert, tmp_path):
-    import json
-
     from tinyrm import RewardModel
     from tinyrm.train import TrainConfig, train
 
@@ -160,8 +161,7 @@ def test_score_steps_serves_a_process_model(tiny_bert, tmp_path):
         assert reads == [2]  # each step scored once: the reward is aggregated from the scores, not rescored
         body = r.json()
         assert body["scores"] == pytest.approx(prm.score_steps("What is 2 * 5?", steps), abs=1e-5)
-        assert body["reward"] == pytest.approx(prm.score_solution("What is 2 * 5?", steps, aggregate="mean"),
-                                               abs=1e-5)
+        assert body["reward"] == pytest.approx(prm.score_solution("What is 2 * 5?", steps, aggregate="mean"), abs=1e-5)
         r = c.post("/v1/score_steps", json={"problem": "p", "steps": steps, "aggregate": "median-ish"})
         assert r.status_code == 422 and r.json()["field"] == "aggregate"
         r = c.post("/v1/score_steps", json={"problem": "p", "steps": []})
@@ -231,8 +231,7 @@ def read_response(raw: socket.socket) -> bytes:
     """Head and body of one response; the body may arrive in a later segment than the head."""
     reply = b""
     while b"\r\n\r\n" not in reply:
-        chunk = raw.recv(65536)
-        if not chunk:
+        if not (chunk := raw.recv(65536)):
             return reply
         reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
@@ -247,8 +246,7 @@ def read_response(raw: socket.socket) -> bytes:
 def test_413_when_the_oversize_body_arrives_whole(server, n_chunks):
     """The whole request is on the wire before the server reads it, so the message that crosses the
     limit is (often) the last one (``more_body`` false): the guard must answer, not wait for more body."""
-    size = 300_000
-    chunks = [b"x" * (size // n_chunks)] * n_chunks
+    chunks = [b"x" * (300_000 // n_chunks)] * n_chunks
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as raw:
         # The connection stays open, as a client waiting for its answer keeps it: a server that waits
@@ -275,7 +273,7 @@ def test_hostile_requests_do_not_crash_the_server(http, server):
 
 # ---------------------------------------------------------------------------------------- batching
 def test_concurrent_requests_are_merged_into_batches(http, server, rm):
-    before = batching(http)
+    before = http.get("/health").json()["batching"]
     n = 12
     barrier = threading.Barrier(n)
     prompts = [f"Question {i}?" for i in range(n)]
@@ -292,7 +290,7 @@ def test_concurrent_requests_are_merged_into_batches(http, server, rm):
 
     with ThreadPoolExecutor(n) as pool:
         results = list(pool.map(one, range(n)))
-    after = batching(http)
+    after = http.get("/health").json()["batching"]
     queued = n // 2 + 2 * (n // 2)  # compares + knockout rounds
     assert after["requests"] - before["requests"] == queued
     assert after["batches"] - before["batches"] < queued  # fewer model calls than queued requests
@@ -301,7 +299,7 @@ def test_concurrent_requests_are_merged_into_batches(http, server, rm):
         if i % 2:
             assert got == rank_candidates(rm, prompts[i], candidates, method="knockout").ranking
         else:
-            assert got == pytest.approx(rm.compare(prompts[i], "yes", "no"), abs=1e-5)
+            assert got == pytest.approx(spread(rm.compare(prompts[i], "yes", "no")), abs=1e-5)
 
 
 def test_health_answers_while_the_model_is_busy(http, server):
@@ -327,10 +325,12 @@ def test_health_answers_while_the_model_is_busy(http, server):
 
 # ---------------------------------------------------------------------------------------- client
 def test_client_round_trip(server, rm):
+    items = [("2+2?", "4", "5"), ("Hi", "Hello!", "Go away.")]
     with RewardClient(server, api_key=KEY) as client:
-        assert client.compare("2+2?", "4", "5") == pytest.approx(rm.compare("2+2?", "4", "5"), abs=1e-5)
-        assert client.compare_batch([("2+2?", "4", "5")]) == pytest.approx(rm.compare_batch([("2+2?", "4", "5")]),
-                                                                             abs=1e-5)
+        for both in (None, False):
+            expected = [spread(p) for p in rm.compare_batch(items, both_orders=both)]
+            assert [client.compare(*item, both_orders=both) for item in items] == pytest.approx(expected, abs=1e-5)
+            assert client.compare_batch(items, both_orders=both) == pytest.approx(expected, abs=1e-5)
         candidates = ["a", "bb", "ccc"]
         ranked = client.rank("p", candidates, method="round_robin")
         assert [i for i, _ in ranked] == rank_candidates(rm, "p", candidates, method="round_robin").ranking
