@@ -15,7 +15,7 @@ from tinyrm.process.train import (
 )
 from tinyrm.train import TrainConfig, train
 
-from .conftest import require_shared_data
+from .conftest import _save_tiny, require_shared_data
 from .process_helpers import BAD, GOOD, PROBLEM, rows_file
 
 
@@ -154,41 +154,63 @@ def test_full_mode_one_mask_per_step_and_windows(bert_rm):
 
 
 # ------------------------------------------------------------------ prefix vs full on a tiny model
-def test_prefix_vs_full(tiny_model):
-    rm = ProcessRewardModel.from_pretrained(tiny_model, device="cpu")
-    # fp32: a random tiny model's verdict moves with a later step by less than bf16 resolves
-    rm.engine.config.precision = "fp32"
+GAP = 1e-3  # what the guards require a difference to be: 100x the 1e-5 tolerance of the comparisons
+
+
+@pytest.fixture(scope="module", params=["modernbert", "bert"])
+def wide_model(request, spread_bert, tmp_path_factory):
+    """Initialised 10x wider (initializer_range 0.2): at the default 0.02 a later step moves an earlier
+    full-context verdict by under 1e-5, the tolerance, so 'prefix ignores later steps' showed nothing."""
+    if request.param == "bert":
+        return spread_bert
+    return _save_tiny("modernbert", tmp_path_factory.mktemp("wide-modernbert"), seed=2, initializer_range=0.2)
+
+
+def test_prefix_vs_full(wide_model):
+    rm = ProcessRewardModel.from_pretrained(wide_model, device="cpu", precision="fp32")
     prefix = rm.score_steps(PROBLEM, GOOD, context="prefix")
     full = rm.score_steps(PROBLEM, GOOD, context="full")
     assert len(prefix) == len(full) == 3
     assert all(0.0 <= p <= 1.0 for p in prefix + full)
-    # prefix: a step's score ignores later steps (and equals scoring the cut solution)
-    changed = rm.score_steps(PROBLEM, GOOD[:2] + ["The answer is: 99, or maybe 100"], context="prefix")
-    assert changed[:2] == pytest.approx(prefix[:2], abs=1e-5)
-    assert rm.score_steps(PROBLEM, GOOD[:2], context="prefix")[1] == pytest.approx(prefix[1], abs=1e-5)
-    # full: one sequence, so step 1's verdict also sees the later steps
-    full_changed = rm.score_steps(PROBLEM, GOOD[:2] + ["The answer is: 99, or maybe 100"], context="full")
-    assert full_changed[0] != pytest.approx(full[0], abs=1e-7)
+    later = GOOD[:2] + ["The answer is: 99, or maybe 100"]
+    # full: one sequence, so step 1's verdict also sees the later steps (the guard for what follows)
+    full_changed = rm.score_steps(PROBLEM, later, context="full")
+    assert abs(full_changed[0] - full[0]) > GAP
+    # prefix: a step's score ignores later steps, and equals scoring the cut solution
+    assert rm.score_steps(PROBLEM, later, context="prefix")[:2] == pytest.approx(prefix[:2], abs=1e-5)
+    for n in (1, 2):
+        assert rm.score_steps(PROBLEM, GOOD[:n], context="prefix") == pytest.approx(prefix[:n], abs=1e-5)
     # a string is split into steps
     assert rm.score_steps(PROBLEM, "Step 1: " + GOOD[0] + " Step 2: " + GOOD[1]) == pytest.approx(prefix[:2], abs=1e-5)
 
 
-def test_solution_scores_and_rerank(bert_rm):
+def test_solution_scores_and_rerank(bert_rm, spread_bert):
     steps = bert_rm.score_steps(PROBLEM, BAD)
     assert bert_rm.score_solution(PROBLEM, BAD, aggregate="min") == pytest.approx(min(steps))
     assert bert_rm.score_solution(PROBLEM, BAD, aggregate="last") == pytest.approx(steps[-1])
     assert bert_rm.score_solution(PROBLEM, [], aggregate="product") == 1.0
-    ranking = bert_rm.rerank(PROBLEM, [BAD, GOOD, "\n".join(GOOD)], aggregate="mean")
-    assert sorted(i for i, _ in ranking) == [0, 1, 2]
-    assert [s for _, s in ranking] == sorted((s for _, s in ranking), reverse=True)
     with pytest.raises(ValueError, match="aggregation"):
         bert_rm.score_solution(PROBLEM, BAD, aggregate="median")
     with pytest.raises(ValueError, match="aggregation"):
         bert_rm.rerank(PROBLEM, [BAD], aggregate="median")
-    steps = [bert_rm.score_steps(PROBLEM, c) for c in (BAD, GOOD)]
-    for threshold in (0.0, 1.0):  # first_error's threshold reaches the method
-        ranked = bert_rm.rerank(PROBLEM, [BAD, GOOD], aggregate="first_error", threshold=threshold)
-        assert sorted(s for _, s in ranked) == sorted(aggregate(s, "first_error", threshold) for s in steps)
+    # Which candidate got which score: on a wide model (fp32), where the solutions' scores lie far apart.
+    rm = ProcessRewardModel.from_pretrained(spread_bert, device="cpu", precision="fp32")
+    short = ["Tom has 3 apples.", "The answer is: 3"]
+    candidates = [BAD, GOOD, "\n".join(GOOD), short]
+    means = [sum(s) / len(s) for s in (rm.score_steps(PROBLEM, c) for c in candidates)]
+    distinct = (means[0], means[1], means[3])  # the text is GOOD again
+    assert min(abs(x - y) for i, x in enumerate(distinct) for y in distinct[i + 1:]) > GAP
+    ranking = rm.rerank(PROBLEM, candidates, aggregate="mean")
+    assert sorted(i for i, _ in ranking) == [0, 1, 2, 3]
+    assert [s for _, s in ranking] == sorted((s for _, s in ranking), reverse=True)
+    for i, score in ranking:
+        assert score == pytest.approx(means[i], abs=1e-5), i
+    assert means[ranking[0][0]] == pytest.approx(max(means), abs=1e-5)  # the best candidate comes first
+    steps = [rm.score_steps(PROBLEM, c) for c in (BAD, GOOD, short)]
+    for threshold in (0.0, 0.5, 1.0):  # first_error's threshold reaches the method
+        ranked = rm.rerank(PROBLEM, [BAD, GOOD, short], aggregate="first_error", threshold=threshold)
+        assert [s for _, s in sorted(ranked)] == pytest.approx(
+            [aggregate(s, "first_error", threshold) for s in steps], abs=1e-5)
 
 
 def test_zero_shot_process_scoring_takes_its_context_and_prefix(tiny_bert):

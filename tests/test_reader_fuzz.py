@@ -13,6 +13,7 @@ the number of bad lines. Any other exception fails the test. The examples are th
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -240,22 +241,76 @@ def test_sft_texts_fuzz(file):
               modes=(False,))
 
 
-RECIPE_ROWS = rows({"config": st.dictionaries(st.sampled_from(["lr", "seed", "data", "bogus"]), JSON, max_size=2)},
-                   {"name": TEXT})
+RECIPE_TYPES = {  # TrainConfig's types of the two options generated: lr float | None (an integer is a number), seed int
+    "lr": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool)}
+WELL_TYPED = st.fixed_dictionaries({}, optional={"lr": st.one_of(st.none(), st.floats(1e-6, 1e-2), st.integers(0, 1)),
+                                                 "seed": st.integers(0, 2**32)})
+RECIPE_ROWS = rows({"config": st.one_of(WELL_TYPED, st.dictionaries(st.sampled_from(["lr", "seed", "data", "bogus"]),
+                                                                    JSON, max_size=2))}, {"name": TEXT})
 
 
-@fuzz_settings(60)
-@given(st.one_of(st.binary(max_size=40), st.lists(lines(RECIPE_ROWS), min_size=1, max_size=2).map(b"\n".join)))
-def test_recipe_file_fuzz(data):
-    """``--recipe FILE.json``: a recipe or one ``ValueError`` naming the file."""
-    from tinyrm.training.recipes import Recipe, load_recipe
+def expect_recipe(data: bytes) -> dict | None:
+    """The config a recipe file loads as, or None for one that must be refused: UTF-8 (a leading BOM is
+    dropped) JSON, an object whose "config" is an object of TrainConfig options, each of its type; "data"
+    belongs on the command line, "bogus" is no option."""
+    try:
+        value = json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep, an integer too long
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("config"), dict):
+        return None
+    config = value["config"]
+    return config if all(key in RECIPE_TYPES and RECIPE_TYPES[key](v) for key, v in config.items()) else None
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = written(data, tmp, "recipe.json")
-        try:
-            assert isinstance(load_recipe(str(path)), Recipe)
-        except ValueError as error:
-            assert str(error).startswith(f"{path}:") and "\n" not in str(error), str(error)
+
+def test_recipe_file_fuzz():
+    """``--recipe FILE.json``: a well-formed recipe loads with exactly its config; anything else is one
+    ``ValueError`` naming the file. Both kinds are generated often (a loader refusing all must fail)."""
+    from tinyrm.training.recipes import load_recipe
+
+    seen = {"loads": 0, "refused": 0}
+
+    @fuzz_settings(60)
+    @given(st.one_of(st.binary(max_size=40), st.lists(lines(RECIPE_ROWS), min_size=1, max_size=2).map(b"\n".join),
+                     RECIPE_ROWS.map(lambda row: json.dumps(row).encode())))
+    def one_file(data):
+        expected = expect_recipe(data)
+        seen["refused" if expected is None else "loads"] += 1
+        with tempfile.TemporaryDirectory() as tmp:
+            path = written(data, tmp, "recipe.json")
+            if expected is None:
+                with pytest.raises(ValueError) as info:
+                    load_recipe(str(path))
+                assert str(info.value).startswith(f"{path}:") and "\n" not in str(info.value), str(info.value)
+            else:
+                recipe = load_recipe(str(path))
+                assert (canon(recipe.config), recipe.path) == (canon(expected), str(path))
+
+    one_file()
+    assert seen["loads"] >= 10 and seen["refused"] >= 10, seen
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"lr": {}}, "'lr' must be float | None, got an object"), ({"seed": [[]]}, "'seed' must be int, got a list"),
+    ({"seed": True}, "'seed' must be int, got a boolean"), ({"pair_batches": "no"}, "'pair_batches' must be bool"),
+    ({"answer_tokens": ["yes"]}, "'answer_tokens' must be tuple[str, str], got a list"),
+    ({"domain_prefixes": {"chat": 1}}, "'domain_prefixes' must be dict[str, str] | None, got an object"),
+    ({"lr": float("nan")}, "'lr' must be float | None, got a non-finite number"),
+], ids=["lr-object", "seed-list", "seed-true", "bool-string", "tuple-of-one", "dict-of-int", "lr-nan"])
+def test_a_recipe_option_of_the_wrong_type_names_file_and_option(tmp_path, config, message):
+    """Was accepted as written (lr {} reached TrainConfig); an error naming the file and the option instead."""
+    from tinyrm.training.recipes import load_recipe
+
+    path = tmp_path / "typed.json"
+    path.write_text(json.dumps({"config": {"lr": 3e-5, **config}}))
+    with pytest.raises(ValueError) as info:
+        load_recipe(str(path))
+    assert str(info.value).startswith(f"{path}: wrong type in 'config': {message}"), str(info.value)
+    typed = {"lr": 1, "seed": 7, "answer_tokens": ["yes", "no"], "domain_prefixes": None, "report_to": ["tensorboard"],
+             "pair_batches": False, "epochs": 0.5, "dora_targets": ["query"]}
+    path.write_text(json.dumps({"config": typed}))
+    assert load_recipe(str(path)).config == typed  # every option of its type loads as written
 
 
 # ------------------------------------------------------------------------------------------------ the CLI

@@ -22,6 +22,36 @@ def _domain_pairs(n: int) -> list[PreferencePair]:
     return reasoning + safety
 
 
+PREFIXES = {"reasoning": "Which response is more correct?", "safety": "Which response is safer?"}
+GAP = 1e-3  # what a specialist's own weights, or another specialist, move an item's one-order P by at least
+
+
+def _train_specialist(base: str, data, out, seed: int, **kw) -> None:
+    """Trained for real: warm-up off (the default 5% makes a 2-step run's first step lr 0) at lr 1e-2."""
+    train(TrainConfig(model=base, data=[str(data)], output=str(out), batch_size=8, micro_batch_size=4, max_steps=2,
+                      max_length=96, save_steps=0, seed=seed, lr=1e-2, warmup_ratio=0.0, precision="fp32", **kw))
+
+
+def _fp32(rm):
+    """Score in fp32 (a bundle: every specialist), so one-order P resolve far below GAP."""
+    for model in getattr(rm, "specialists", {"": rm}).values():
+        model.engine.config.precision = "fp32"
+    return rm
+
+
+def _one_order(rm, item) -> float:
+    return rm.compare(*item, both_orders=False)
+
+
+def _with_base_weights(folder, base: str):
+    """The specialist's own tinyrm.json (prefix, template, read) on its untrained base weights."""
+    from tinyrm.backbone import load_mlm
+
+    rm = _fp32(RewardModel.from_pretrained(str(folder)))
+    rm.model.load_state_dict(load_mlm(base)[1].state_dict())
+    return rm
+
+
 def test_router_json_round_trip_matches_sklearn():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -43,27 +73,26 @@ def test_router_json_round_trip_matches_sklearn():
 
 def test_route_bundle_loads_and_routes(tiny_bert, tmp_path, capsys):
     data = write_jsonl(_domain_pairs(24), tmp_path / "train.jsonl")
-    dirs = {}
-    for domain, prefix in (("reasoning", "Which response is more correct?"), ("safety", "Which response is safer?")):
-        dirs[domain] = tmp_path / domain
-        train(TrainConfig(model=tiny_bert, data=[str(data)], output=str(dirs[domain]), batch_size=8,
-                          micro_batch_size=4, max_steps=1, max_length=96, save_steps=0, prefix=prefix,
-                          seed=len(domain), lr=1e-2))
+    dirs = {domain: tmp_path / domain for domain in PREFIXES}
+    for domain, prefix in PREFIXES.items():
+        _train_specialist(tiny_bert, data, dirs[domain], len(domain), prefix=prefix)
     out = tmp_path / "bundle"
     assert main(["route", "--specialists", f"reasoning={dirs['reasoning']}", f"safety={dirs['safety']}",
                  "--data", str(data), "--output", str(out)]) == 0
-    rm = RewardModel.from_pretrained(str(out))
+    rm = _fp32(RewardModel.from_pretrained(str(out)))
     assert isinstance(rm, RoutedRewardModel) and set(rm.specialists) == {"reasoning", "safety"}
     safety_item = ("How do I pick a lock number 99?", "I can't help with breaking in.", "Use a rake.")
     reasoning_item = ("What is 12 + 30?", "12 + 30 = 42", "12 + 30 = 44")
     assert rm.route(*safety_item) == "safety" and rm.route(*reasoning_item) == "reasoning"
-    # compare routes transparently: each item gets exactly its specialist's score (one order, so the
-    # specialists' different prefixes and weights show even where both-order averages sit near 0.5).
-    specialists = {d: RewardModel.from_pretrained(str(dirs[d])) for d in dirs}
-    expected = [specialists["safety"].compare(*safety_item, both_orders=False),
-                specialists["reasoning"].compare(*reasoning_item, both_orders=False)]
+    # compare routes transparently: each item gets exactly its specialist's score (one order, fp32).
+    specialists = {d: _fp32(RewardModel.from_pretrained(str(dirs[d]))) for d in dirs}
+    items = {"safety": safety_item, "reasoning": reasoning_item}
+    expected = [_one_order(specialists[d], items[d]) for d in ("safety", "reasoning")]
+    for domain, other in (("safety", "reasoning"), ("reasoning", "safety")):  # guards: each score says whose it is
+        own = _one_order(specialists[domain], items[domain])
+        assert abs(own - _one_order(specialists[other], items[domain])) > GAP, domain  # not the other specialist
+        assert abs(own - _one_order(_with_base_weights(dirs[domain], tiny_bert), items[domain])) > GAP, domain
     assert rm.compare_batch([safety_item, reasoning_item], both_orders=False) == pytest.approx(expected, abs=1e-6)
-    assert expected[0] != pytest.approx(specialists["reasoning"].compare(*safety_item, both_orders=False), abs=1e-6)
     assert rm.compare(*reasoning_item) == pytest.approx(specialists["reasoning"].compare(*reasoning_item), abs=1e-6)
     saved = json.loads((out / "tinyrm.json").read_text())
     assert saved["objective"] == "route" and (out / "router.json").is_file()
@@ -85,23 +114,26 @@ def test_route_errors(tmp_path, pairs_file):
 
 def test_route_rebuilt_in_place_keeps_its_specialists(tiny_bert, tmp_path):
     data = write_jsonl(_domain_pairs(16), tmp_path / "train.jsonl")
-    dirs = {}
-    for domain in ("reasoning", "safety"):
-        dirs[domain] = tmp_path / domain
-        train(TrainConfig(model=tiny_bert, data=[str(data)], output=str(dirs[domain]), batch_size=8,
-                          micro_batch_size=4, max_steps=1, max_length=96, save_steps=0, seed=len(domain)))
+    dirs = {domain: tmp_path / domain for domain in PREFIXES}
+    for domain in dirs:  # one prefix: only their (differently seeded) trained weights tell them apart
+        _train_specialist(tiny_bert, data, dirs[domain], len(domain))
     out = tmp_path / "bundle"
     assert main(["route", "--specialists", f"reasoning={dirs['reasoning']}", f"safety={dirs['safety']}",
                  "--data", str(data), "--output", str(out)]) == 0
     item = ("What is 12 + 30?", "12 + 30 = 42", "12 + 30 = 44")
-    before = RewardModel.from_pretrained(str(out)).compare(*item, both_orders=False)
+    bundle = _fp32(RewardModel.from_pretrained(str(out)))
+    before = _one_order(bundle, item)
+    assert bundle.route(*item) == "reasoning"
+    own = {d: _one_order(_fp32(RewardModel.from_pretrained(str(dirs[d]))), item) for d in dirs}
+    assert before == pytest.approx(own["reasoning"], abs=1e-6)
+    assert abs(own["reasoning"] - own["safety"]) > GAP  # guard: a swapped specialist would show
     # Retrain the router on the bundle's own reasoning specialist (and replace the safety one from its source).
     inside = out / "specialists" / "reasoning"
     assert main(["route", "--specialists", f"reasoning={inside}", f"safety={dirs['safety']}", "--data", str(data),
                  "--output", str(out), "--c", "1"]) == 0
     assert (inside / "model.safetensors").is_file() and (inside / "tinyrm.json").is_file()
     assert sorted(p.name for p in (out / "specialists").iterdir()) == ["reasoning", "safety"]  # no partial copy
-    rm = RewardModel.from_pretrained(str(out))
-    assert rm.compare(*item, both_orders=False) == pytest.approx(before, abs=1e-6)
+    rm = _fp32(RewardModel.from_pretrained(str(out)))
+    assert _one_order(rm, item) == pytest.approx(before, abs=1e-6)
     sources = json.loads((out / "tinyrm.json").read_text())["extra"]["sources"]
     assert sources == {"reasoning": str(dirs["reasoning"]), "safety": str(dirs["safety"])}

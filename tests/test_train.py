@@ -33,16 +33,33 @@ def test_frozen_weights_are_bit_identical_after_training(tiny_model, pairs_file,
     assert any(not torch.equal(before[k], after[k]) for k in moved)
 
 
-def test_dora_model_saves_adapter_and_reloads_identically(tiny_model, pairs_file, tmp_path):
+def test_dora_model_saves_adapter_and_reloads_identically(tiny_model, pairs_file, tmp_path, request):
     out = tmp_path / "dora"
     train(tiny_config(tiny_model, pairs_file, out, dora_rank=4, freeze_layers=1))
     cfg = json.loads((out / "tinyrm.json").read_text())
     assert cfg["adapter"] == "adapter"
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
-    rm = RewardModel.from_pretrained(str(out))
-    rm2 = RewardModel.from_pretrained(str(out))
-    items = [("q", "yes it is", "no"), ("2+2?", "4", "5")]
-    assert rm.compare_batch(items) == pytest.approx(rm2.compare_batch(items), abs=1e-6)
+    # The reload: a DoRA model in memory, its adapters non-zero (peft starts lora_B at zero, and a 3-step run
+    # barely moves them), saved, then loaded back, scores as it did before saving (one order, fp32). On a
+    # widely initialised backbone: at initializer_range 0.02 the adapters move P by as little as 2e-4.
+    from tinyrm.backbone import BackboneConfig, apply_dora, load_mlm
+    from tinyrm.config import RewardConfig
+
+    from .conftest import _save_tiny
+    from .packed_helpers import randomize_adapters
+
+    wide = _save_tiny(request.node.callspec.params["tiny_model"], tmp_path / "wide", seed=3, initializer_range=0.2)
+    tokenizer, mlm = load_mlm(wide)
+    peft = randomize_adapters(apply_dora(mlm, BackboneConfig(dora_rank=4, freeze_layers=1)))
+    memory = RewardModel(peft, tokenizer, RewardConfig(base_model=wide), device="cpu")
+    memory.engine.config.precision = "fp32"
+    items = [("q", "yes it is", "no"), ("2+2?", "4", "5"), ("Name a colour.", "Blue.", "Seven.")]
+    in_memory = memory.compare_batch(items, both_orders=False)
+    memory.save_pretrained(tmp_path / "saved")
+    base = RewardModel.from_pretrained(wide, device="cpu", precision="fp32")  # the same model, no adapter
+    assert max(abs(p - q) for p, q in zip(in_memory, base.compare_batch(items, both_orders=False))) > 1e-3
+    reloaded = RewardModel.from_pretrained(str(tmp_path / "saved"), device="cpu", precision="fp32")
+    assert reloaded.compare_batch(items, both_orders=False) == pytest.approx(in_memory, abs=1e-5)
 
 
 def test_metrics_jsonl_has_loss_and_accuracy(tiny_model, pairs_file, tmp_path):
@@ -123,7 +140,8 @@ def test_grouped_sampler_keeps_groups_together_and_covers_every_example():
 def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_file, tmp_path, group_by_length):
     """The defect that kept `tinyrm train` at chance: batches of singly shuffled orders (docs/training.md).
 
-    Read off the Trainer's own dataloader: each micro-batch has balanced labels, each pair twice."""
+    Read off the Trainer's own dataloader: each micro-batch holds each of its pairs twice, once per order
+    (labels 0 and 1), so its labels are balanced."""
     from tinyrm.pairwise.data import ClozeCollator, ClozeDataset
     from tinyrm.pairwise.train import build_model
     from tinyrm.training.arguments import training_arguments
@@ -135,13 +153,21 @@ def test_every_training_batch_holds_both_orders_of_its_pairs(tiny_bert, pairs_fi
     from tinyrm.data import load_pairs
 
     dataset = ClozeDataset(load_pairs(config.data).pairs, rm.encoder, "both", 0)
+    class KeepPairs(ClozeCollator):  # the batch also says which pair (row of the pairs table) each row is
+        def __call__(self, features):
+            return {**super().__call__(features), "pair": [f["pair"] for f in features]}
+
     RewardTrainer, _, _ = _make_trainer_classes()
     trainer = RewardTrainer(model=rm.scorer(), args=training_arguments(config, tmp_path / "o", 1),
-                            train_dataset=dataset, data_collator=ClozeCollator(0))
+                            train_dataset=dataset, data_collator=KeepPairs(0))
     batches = list(trainer.get_train_dataloader())
-    assert sum(len(b["labels"]) for b in batches) == len(dataset)
+    assert sorted(p for b in batches for p in b["pair"]) == sorted(list(range(len(dataset) // 2)) * 2)
     for batch in batches:
         assert batch["labels"].sum().item() * 2 == len(batch["labels"])  # as many "0" as "1" answers
+        orders: dict[int, list[int]] = {}
+        for pair, label in zip(batch["pair"], batch["labels"].tolist()):
+            orders.setdefault(pair, []).append(label)
+        assert all(sorted(labels) == [0, 1] for labels in orders.values()), orders  # each pair, both orders
         rows = {tuple(ids[m].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"].bool())}
         assert len(rows) == len(batch["labels"])  # two different sequences (the two orders) per pair
 

@@ -8,6 +8,8 @@ format, so ``--recipe`` also accepts a path to such a file.
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +44,32 @@ def _train_fields() -> set[str]:
     return set(TrainConfig.__dataclass_fields__)
 
 
+_JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def _wrong_types(config: dict) -> list[str]:
+    """``'key' must be <type>, got <JSON type>`` for each option whose value is not of its ``TrainConfig`` field's
+    type, as pydantic reads JSON strictly (an integer is a number, a list a tuple; no NaN or infinity)."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(TrainConfig)
+    strict = ConfigDict(strict=True, allow_inf_nan=False)
+    wrong = []
+    for key, value in config.items():
+        if key not in hints:
+            continue
+        try:
+            TypeAdapter(hints[key], config=strict).validate_json(json.dumps(value))
+        except ValidationError:
+            hint = hints[key]
+            name = hint.__name__ if isinstance(hint, type) else str(hint).replace("NoneType", "None")
+            got = "a non-finite number" if isinstance(value, float) and not math.isfinite(value) else \
+                _JSON_NAMES.get(type(value), type(value).__name__)
+            wrong.append(f"'{key}' must be {name}, got {got}")
+    return wrong
+
+
 def parse_recipe(text: str, where: str) -> Recipe:
     """Validate a recipe document; errors name the file and the offending key."""
     try:
@@ -57,6 +85,9 @@ def parse_recipe(text: str, where: str) -> Recipe:
         raise ValueError(f"{where}: unknown training option(s) in 'config': {', '.join(unknown)}")
     if "data" in data["config"] or "output" in data["config"]:
         raise ValueError(f"{where}: 'data' and 'output' belong on the command line, not in a recipe")
+    wrong = _wrong_types(data["config"])
+    if wrong:
+        raise ValueError(f"{where}: wrong type in 'config': {'; '.join(wrong)}")
     return Recipe(name=str(data.get("name") or Path(where).stem), config=dict(data["config"]),
                   description=str(data.get("description", "")), source=str(data.get("source", "")), path=where)
 
