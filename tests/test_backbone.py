@@ -2,6 +2,7 @@ import re
 
 import pytest
 import torch
+from transformers import RobertaConfig, RobertaForMaskedLM
 
 from tinyrm.backbone import (
     BackboneConfig,
@@ -9,6 +10,7 @@ from tinyrm.backbone import (
     load_mlm,
     mask_logits,
     parameter_counts,
+    position_limit,
     prepare_for_training,
     unwrap_peft,
 )
@@ -114,3 +116,23 @@ def test_a_missing_head_is_the_same_at_every_load_and_leaves_the_global_rng_alon
         torch.manual_seed(seed)
         seeded.append(head(load_mlm("default", head_seed=None)[1]))
     assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
+
+
+def test_max_length_beyond_the_position_table_is_refused_up_front(tiny_bert, pairs_file, tmp_path):
+    """Was accepted, then ``IndexError: index out of range`` at the first input that long (scoring, or hours
+    into training on data with long rows); tiny_bert has 1,024 positions."""
+    from tinyrm import RewardModel
+    from tinyrm.errors import UsageError
+    from tinyrm.train import TrainConfig, train
+
+    assert RewardModel.from_pretrained(tiny_bert, max_length=1024).encoder.max_length == 1024
+    with pytest.raises(UsageError, match="max_length 1025 exceeds the model's 1024 positions"):
+        RewardModel.from_pretrained(tiny_bert, max_length=1025)
+    with pytest.raises(UsageError, match="exceeds the model's 1024 positions"):
+        train(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "out"), max_length=2048,
+                          max_steps=1, save_steps=0))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    roberta = RobertaForMaskedLM(RobertaConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=8, pad_token_id=1,
+                                               max_position_embeddings=66))
+    assert position_limit(roberta) == 64  # its positions start after the padding index

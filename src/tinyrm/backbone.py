@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,28 @@ def load_saved_backbone(path: str | Path, adapter: str | None = None):
         mlm = PeftModel.from_pretrained(mlm, str(Path(path) / adapter))
         fuse_dora(mlm)
     return tokenizer, mlm
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """How many tokens the backbone under ``model`` (a wrapper, peft or not) can place: its position table.
+    RoBERTa-style tables start after the padding index, so theirs holds ``pad_token_id + 1`` fewer."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int):
+            offset = (config.pad_token_id or 0) + 1 if "roberta" in config.model_type or \
+                config.model_type == "camembert" else 0
+            return limit - offset
+    return None
+
+
+def check_max_length(model: nn.Module, max_length: int, name: str) -> None:
+    """Refuse a token budget beyond the backbone's positions: otherwise the first input that long fails deep in
+    the forward (``IndexError: index out of range``), hours into a run or only in production."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        raise UsageError(f"{name}: max_length {max_length} exceeds the model's {limit} positions "
+                         f"(--max-length at most {limit})")
 
 
 def default_device() -> torch.device:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..backbone import (
     base_state_dict,
+    check_max_length,
     default_device,
     load_saved_backbone,
     mask_logits,
@@ -109,6 +110,7 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.config = config
         self.device = torch.device(device) if device else default_device()
+        check_max_length(model, config.max_length, config.base_model or "model")
         self.model.to(self.device).eval()
         # Tokenises each distinct text once (prompts repeat; both orders reuse every text).
         self.encoder: ClozeEncoder = CachingClozeEncoder(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...backbone import default_device, resolve_model_path
+from ...backbone import check_max_length, default_device, resolve_model_path
 from ...config import CONFIG_FILE, RewardConfig, reward_classifier_folder
 from ...inference.packed import check_attention, use_packed
 from ...inference.tokens import check_pairs
@@ -35,6 +35,7 @@ class BaselineRewardModel:
         self.tokenizer = tokenizer
         self.config = config
         self.device = torch.device(device) if device else default_device()
+        check_max_length(scorer, config.max_length, config.base_model or "model")
         self.model.to(self.device).eval()
         self.encoder = ResponseEncoder(tokenizer, config.max_length)
         self.name = config.base_model or "unknown"
