@@ -63,3 +63,27 @@ def test_template_override_for_published_checkpoints(tiny_bert):
     assert ids == expected
     with pytest.raises(TypeError, match="unknown option"):
         RewardModel.from_pretrained(tiny_bert, device="cpu", not_an_option=1)
+
+
+def test_scoring_options_of_the_wrong_kind_are_refused(rm, tiny_bert, tmp_path):
+    """Each was read another way without a word: a str of domains as one domain per character, calibrated="no" as
+    True, a baseline's batch_size=0 as 32."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tinyrm import load
+
+    items = [("q", "a", "b"), ("q", "b", "a")]
+    with pytest.raises(TypeError, match="domains must be a list"):
+        rm.compare_batch(items, domains="cd")
+    with pytest.raises(TypeError, match=r"domains\[1\] must be a str or None, got int"):
+        rm.compare_batch(items, domains=["code", 3])
+    with pytest.raises(TypeError, match="calibrated must be True, False or None"):
+        rm.compare("q", "a", "b", calibrated="no")
+    assert len(rm.compare_batch(items, domains=["code", None], calibrated=False)) == 2
+    folder = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    baseline = load(str(folder))
+    for option in ({"batch_size": 0}, {"max_batch_tokens": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} must be >= 1, got 0"):
+            baseline.compare_batch(items, **option)

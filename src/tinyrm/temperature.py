@@ -79,6 +79,8 @@ def scale(probs: Sequence[float], temperature: float | None) -> list[float]:
 
 def wants_calibration(model, calibrated: bool | None) -> bool:
     """A call's ``calibrated=`` if given, else the model's switch (``model.calibrated``, default True)."""
+    if calibrated is not None and not isinstance(calibrated, bool):  # "no" would read as True
+        raise TypeError(f"calibrated must be True, False or None, got {calibrated!r}")
     return bool(getattr(model, "calibrated", True) if calibrated is None else calibrated)
 
 

@@ -223,9 +223,14 @@ class RewardModel:
         both = resolve_both_orders(both_orders, self.config.both_orders, order_margin)
         items = list(items)
         if domains is not None:
+            if isinstance(domains, str):  # one domain per item: "code" would be four
+                raise TypeError(f"domains must be a list (one per pair), got the str {domains!r}")
             domains = list(domains)
             if len(domains) != len(items):
                 raise ValueError(f"got {len(domains)} domains for {len(items)} pairs")
+            for i, domain in enumerate(domains):
+                if domain is not None and not isinstance(domain, str):
+                    raise TypeError(f"domains[{i}] must be a str or None, got {type(domain).__name__}")
         probs = self.engine.compare_batch(items, both, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                           prefixes=self.config.prefixes_for(domains))
         return calibrate_output(self, probs, calibrated)

@@ -75,6 +75,9 @@ def length_batches(order: list[int], lengths: list[int], batch_size: int | None,
                    max_batch_tokens: int | None, packed: bool = False) -> Iterable[list[int]]:
     """Consecutive slices of ``order`` (ascending length) within the row and token caps: padded tokens
     (rows x longest), or with ``packed`` the real tokens of the batch."""
+    for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+        if value is not None and value < 1:  # 0 read as "no cap" before, as the cloze engine refuses it
+            raise ValueError(f"{name} must be >= 1, got {value}")
     rows = batch_size or (None if max_batch_tokens else 32)
     batch: list[int] = []
     real = 0
