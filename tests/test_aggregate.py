@@ -60,3 +60,20 @@ def test_bad_input():
         aggregate([0.5, 1.5], "mean")
     with pytest.raises(ValueError, match="probabilities"):
         aggregate([float("nan")], "min")
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 2, -0.1, float("inf"), "0.5", None, True])
+def test_a_threshold_that_is_not_a_probability_is_refused(threshold):
+    # NaN flagged no step (first_error = len(scores)) and 2 every step (0), without a word.
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\], got"):
+        aggregate([0.9, 0.2], "first_error", threshold=threshold)
+    with pytest.raises(ValueError, match="threshold"):
+        rank_key([0.9, 0.2], "first_error", threshold)
+
+
+def test_threshold_bounds_and_numpy_values_are_accepted():
+    import numpy as np
+
+    assert aggregate([0.9, 0.2], "first_error", threshold=0.0) == 2.0
+    assert aggregate([0.9, 1.0], "first_error", threshold=1.0) == 0.0
+    assert aggregate([0.9, 0.2], "first_error", threshold=np.float32(0.5)) == 1.0

@@ -134,3 +134,48 @@ def test_an_address_without_a_scheme_fails_at_once():
 ])
 def test_parse_retry_after(value, seconds):
     assert parse_retry_after(value, now=5.0) == seconds
+
+
+def recording_client(sent: list[tuple[str, dict]]) -> RewardClient:
+    """A client whose transport records each request's path and JSON body and answers as the server would."""
+    import json
+
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append((request.url.path, body))
+        if request.url.path == "/v1/rank":
+            n = len(body["candidates"])
+            return httpx.Response(200, json={"ranking": list(range(n)), "scores": [float(-i) for i in range(n)]})
+        return httpx.Response(200, json={"scores": [0.5] * len(body["steps"]), "reward": 0.5})
+
+    return RewardClient("http://peer", transport=httpx.MockTransport(answer), retries=0)
+
+
+def test_rank_checks_candidates_before_sending_as_the_local_rank_does():
+    sent: list[tuple[str, dict]] = []
+    with recording_client(sent) as client:
+        with pytest.raises(ValueError, match="^candidates must be a list of strings, got str$"):
+            client.rank("q", "abc")  # each character was a candidate
+        with pytest.raises(ValueError, match="^candidates must not be empty$"):
+            client.best_of_n("q", [])
+        with pytest.raises(ValueError, match=r"^candidates\[1\] must be a string, got NoneType$"):
+            client.rank("q", ["a", None])
+        assert sent == []  # refused here, nothing sent
+        assert client.rank("q", (c for c in ["a", "b"])) == [(0, 0.0), (1, -1.0)]
+    assert sent == [("/v1/rank", {"prompt": "q", "candidates": ["a", "b"], "method": "knockout"})]
+
+
+def test_score_steps_splits_a_text_as_the_local_model_does():
+    from tinyrm.process.steps import split
+
+    text = "Step 1: 2 + 2 = 4.\nStep 2: The answer is 4."
+    sent: list[tuple[str, dict]] = []
+    with recording_client(sent) as client:
+        assert client.score_steps("What is 2 + 2?", text)["scores"] == [0.5, 0.5]  # 2 steps, not 44 characters
+        client.score_steps("p", (s for s in ["a", "b"]), aggregate="min")
+        client.score_steps("p", "  \n ")  # no step: one empty step, judged by the model
+        client.score_steps("p", [])
+    assert [body["steps"] for _, body in sent] == [split(text), ["a", "b"], [""], [""]]
+    assert split(text) == ["2 + 2 = 4.", "The answer is 4."] and sent[1][1]["aggregate"] == "min"

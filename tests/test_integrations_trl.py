@@ -157,6 +157,17 @@ def test_reference_key_scores_each_completion_against_its_row(rm):
         reward(prompts, completions, solution=references)
 
 
+def test_a_reference_column_that_is_not_a_list_is_refused():
+    class Unused:
+        def compare_batch(self, items, batch_size=32, both_orders=None):
+            raise AssertionError("nothing should be scored")
+
+    reward = PairwiseReward(Unused(), reference_key="ref")
+    for column in ("ab", b"ab", {"0": "a", "1": "b"}, 7, None):  # "ab" gave each completion one character
+        with pytest.raises(TypeError, match="'ref': the column must be a list with one reference per completion, got"):
+            reward(["p", "p"], ["a", "b"], ref=column)
+
+
 def test_arguments_are_checked(rm, rm_path):
     with pytest.raises(ValueError, match="unknown method"):
         PairwiseReward(rm, method="swiss")

@@ -188,7 +188,9 @@ def test_solution_scores_and_rerank(bert_rm, spread_bert):
     steps = bert_rm.score_steps(PROBLEM, BAD)
     assert bert_rm.score_solution(PROBLEM, BAD, aggregate="min") == pytest.approx(min(steps))
     assert bert_rm.score_solution(PROBLEM, BAD, aggregate="last") == pytest.approx(steps[-1])
-    assert bert_rm.score_solution(PROBLEM, [], aggregate="product") == 1.0
+    # no step: the model's verdict on one empty step, not aggregate([])'s 1.0 (tests/test_process_inputs.py)
+    assert bert_rm.score_solution(PROBLEM, [], aggregate="product") == pytest.approx(
+        bert_rm.score_steps(PROBLEM, [""])[0], abs=1e-6) != 1.0
     with pytest.raises(ValueError, match="aggregation"):
         bert_rm.score_solution(PROBLEM, BAD, aggregate="median")
     with pytest.raises(ValueError, match="aggregation"):

@@ -154,6 +154,22 @@ def test_step_requests_meet_the_queue_bound_the_step_limit_and_the_deadline(step
     assert document["maxItems"] == 8
 
 
+def test_the_client_sends_a_text_as_the_local_model_splits_it_and_an_empty_one_as_one_empty_step(prm):
+    from tinyrm.serving.client import RewardClient
+
+    # Markers, a step over two lines, a calculator annotation and a #### line: cleaned on both sides alike.
+    text = "Step 1: He starts with 3 apples.\nStep 2: He buys 4 more,\nso 3 + 4 = <<3+4=7>>7.\nStep 3: #### 7"
+    with serving_app(create_app(prm, ServeConfig(max_wait_ms=1))) as (url, _), RewardClient(url) as client:
+        body = client.score_steps(PROBLEM, text, aggregate="mean")  # it sent 94 one-character steps
+        empty = client.score_steps(PROBLEM, " \n ")  # it sent no step: 422
+    assert len(body["scores"]) == 3
+    assert body["scores"] == pytest.approx(prm.score_steps(PROBLEM, text), abs=1e-5)
+    assert body["reward"] == pytest.approx(prm.score_solution(PROBLEM, text, aggregate="mean"), abs=1e-5)
+    # No step: the model's verdict on an empty step, as score_solution now gives (not 1.0); the server scored it.
+    assert empty["reward"] == pytest.approx(prm.score_solution(PROBLEM, " \n "), abs=1e-5)
+    assert empty["scores"] == pytest.approx([empty["reward"]], abs=1e-9) and empty["reward"] != 1.0
+
+
 def test_an_outcome_model_is_served_its_own_verdict(tiny_bert, tmp_path):
     orm = _train(tiny_bert, tmp_path, "outcome")
     with serving_app(create_app(orm, ServeConfig(max_wait_ms=1))) as (url, _):

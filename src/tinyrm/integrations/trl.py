@@ -22,7 +22,7 @@ Nothing here imports ``trl``: the reward function is a plain callable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..pairwise.groups import score_groups
@@ -136,6 +136,10 @@ class PairwiseReward:
                                                             "log_metric", "environments"))
             raise KeyError(f"reference_key {self.reference_key!r} is not a dataset column; columns: {columns}")
         references = kwargs[self.reference_key]
+        if isinstance(references, (str, bytes, Mapping)) or not isinstance(references, Iterable) \
+                or not hasattr(references, "__len__"):  # a str would give each completion one of its characters
+            raise TypeError(f"reference_key {self.reference_key!r}: the column must be a list with one reference per "
+                            f"completion, got {type(references).__name__}")
         if len(references) != len(prompts):
             raise ValueError(f"got {len(references)} references for {len(prompts)} completions")
         triples = [None if ref is None else (p, c, as_text(ref)) for p, c, ref in zip(prompts, completions, references)]

@@ -11,7 +11,9 @@
   when no step does (empty: 0; one step: 0 if s < threshold else 1)
 
 An empty solution has no wrong step, so every score aggregator returns 1.0 (the identity of
-``min`` and ``product``; the others follow the same convention so that methods agree).
+``min`` and ``product``; the others follow the same convention so that methods agree). That is this
+function's rule only: ``ProcessRewardModel.score_solution`` and ``rerank`` judge a solution with no step as one
+empty step read by the model (``tinyrm.process.scoring``), so an empty answer cannot score 1.0.
 ``first_error`` returns a step count as a float: the number of leading steps judged correct,
 so "higher is better" holds for every method and a solution with no flagged step scores
 ``len(scores)``.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 METHODS = ("min", "product", "mean", "last", "geometric_mean", "first_error")
 
@@ -32,9 +35,19 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` (a P(step correct) cut, ``first_error``'s) if it is a number in [0, 1]; else a ``ValueError``
+    naming it (NaN would flag no step and 2 every step, without a word)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def aggregate(scores: Sequence[float], method: str = "min", threshold: float = 0.5) -> float:
-    """Solution-level score from step scores in [0, 1] (see the module docstring for each method)."""
+    """Solution-level score from step scores in [0, 1] (see the module docstring for each method); ``threshold``
+    must be in [0, 1] (``check_threshold``), whatever the method."""
     check_method(method)
+    check_threshold(threshold)
     values = [float(s) for s in scores]
     for i, value in enumerate(values):
         if not 0.0 <= value <= 1.0:  # also rejects NaN

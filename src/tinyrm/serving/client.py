@@ -38,6 +38,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from ..pairwise.rank import check_candidates
+from ..process.steps import split
+
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -205,16 +208,25 @@ class RewardClient:
         return [float(p) for p in self._request("POST", "/v1/compare_batch", payload)["prob_a"]]
 
     def rank(self, prompt: str, candidates: Sequence[str], method: str = "knockout") -> list[tuple[int, float]]:
-        """``[(index, score), ...]`` best first, as ``RewardModel.rank``."""
-        body = self._request("POST", "/v1/rank", {"prompt": prompt, "candidates": list(candidates), "method": method})
+        """``[(index, score), ...]`` best first, as ``RewardModel.rank``; ``candidates`` checked before sending as
+        it checks them (``tinyrm.pairwise.rank.check_candidates``: a str is refused, not ranked by character)."""
+        candidates = check_candidates(candidates)
+        body = self._request("POST", "/v1/rank", {"prompt": prompt, "candidates": candidates, "method": method})
         return [(int(i), float(body["scores"][i])) for i in body["ranking"]]
 
     def best_of_n(self, prompt: str, candidates: Sequence[str], method: str = "knockout") -> int:
         return self.rank(prompt, candidates, method=method)[0][0]
 
-    def score_steps(self, problem: str, steps: Sequence[str], aggregate: str | None = None) -> dict:
-        """``{"scores": [...], "reward": float}`` from a served process reward model."""
-        payload: dict[str, Any] = {"problem": problem, "steps": list(steps)}
+    def score_steps(self, problem: str, steps: Sequence[str] | str, aggregate: str | None = None) -> dict:
+        """``{"scores": [...], "reward": float}`` from a served process reward model.
+
+        ``steps``: a list of steps (any iterable), or a text split into steps before sending exactly as
+        ``ProcessRewardModel.score_steps`` splits it (``tinyrm.process.steps.split``; the server cleans each step
+        as the local model does), so both score the same steps. A solution with no step (a blank text, an empty
+        list) is sent as one empty step ``""``: the reward is the model's verdict on it, as
+        ``ProcessRewardModel.score_solution`` gives, and ``scores`` holds that one verdict."""
+        steps = split(steps) if isinstance(steps, str) else list(steps)
+        payload: dict[str, Any] = {"problem": problem, "steps": steps or [""]}
         if aggregate is not None:
             payload["aggregate"] = aggregate
         return self._request("POST", "/v1/score_steps", payload)
