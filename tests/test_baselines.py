@@ -14,10 +14,14 @@ from tinyrm import RewardModel
 from tinyrm.cli import main
 from tinyrm.data import PreferencePair
 from tinyrm.evaluation.heuristics import HeuristicScorer, heuristic_results, length_probs, random_probs
+from tinyrm.pairwise.baselines import train as baseline_train
 from tinyrm.pairwise.baselines.encoding import ResponseEncoder, pad_responses
 from tinyrm.pairwise.baselines.model import BaselineRewardModel
 from tinyrm.pairwise.baselines.token import BaselineScorer
+from tinyrm.tools.synthetic import write_jsonl
 from tinyrm.train import TrainConfig, train
+
+from .packed_helpers import baseline_scorer, randomize_adapters
 
 OBJECTIVES = [("classifier", "cls"), ("classifier", "mean"), ("token", "cls")]
 
@@ -87,7 +91,6 @@ def test_objective_learns_an_easy_rule(tiny_bert, tmp_path, objective, pooling, 
     """Ten steps must rank held-out pairs well above chance. Both directions of the rule are
     trained, so an untrained model's accidental preference cannot pass both."""
     from tinyrm.evaluation.evaluate import evaluate_pairs
-    from tinyrm.tools.synthetic import write_jsonl
 
     words = ["taxes", "cooking", "gardening", "python", "chess", "music", "travel", "history", "physics", "poetry",
              "running", "painting", "sailing", "baking", "knitting", "algebra", "biology", "finance", "movies", "maps"]
@@ -99,10 +102,13 @@ def test_objective_learns_an_easy_rule(tiny_bert, tmp_path, objective, pooling, 
     assert evaluate_pairs(rm, _polite_pairs(words[14:], rude_wins))["accuracy"] >= 5 / 6
 
 
-def test_dora_baseline_roundtrip(tiny_modernbert, pairs_file, tmp_path):
-    """A DoRA classifier is saved merged: a plain checkpoint, no adapter folder, same scores both ways."""
+def test_dora_baseline_roundtrip(tiny_modernbert, pairs_file, tmp_path, monkeypatch):
+    """A DoRA classifier is saved merged: a plain checkpoint, no adapter folder, the trained scorer's scores."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    trained, fit = [], baseline_train.fit  # the scorer, adapters randomised (peft's zero ones hide a dropped merge)
+    monkeypatch.setattr(baseline_train, "fit", lambda scorer, *args, **kwargs: fit(
+        trained.append(randomize_adapters(scorer.backbone)) or scorer, *args, **kwargs))
     out = tmp_path / "rm"
     result = _train(tiny_modernbert, pairs_file, out, "classifier", dora_rank=2, max_steps=1)
     assert result.trainable_parameters < result.total_parameters / 2
@@ -110,20 +116,22 @@ def test_dora_baseline_roundtrip(tiny_modernbert, pairs_file, tmp_path):
     rm = RewardModel.from_pretrained(str(out), device="cpu")
     assert 0.0 < rm.compare("q", "a", "b") < 1.0
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForSequenceClassification.from_pretrained(out)
+    inputs, live = tokenizer("q", "a", return_tensors="pt"), trained[0].eval()
     with torch.no_grad():
-        logit = model.eval()(**tokenizer("q", "a", return_tensors="pt")).logits[0, 0].item()
-    assert logit == pytest.approx(rm.score("q", "a"), abs=1e-5)
+        logit, score = model.eval()(**inputs).logits[0, 0].item(), live(**inputs).logits[0, 0].item()
+        with live.disable_adapter():
+            assert abs(score - live(**inputs).logits[0, 0].item()) > 1e-3  # the adapters matter (100x the tolerance)
+    assert logit == pytest.approx(rm.score("q", "a"), abs=1e-5) and logit == pytest.approx(score, abs=1e-5)
 
 
 def test_dora_classifier_trains_its_head_in_full(tiny_bert, pairs_file, tmp_path):
     """Under DoRA the classification head and BERT's (fresh) pooler are trained in full, not frozen."""
     from tinyrm.defaults import resolve_defaults
-    from tinyrm.pairwise.baselines.train import build_scorer
 
     config = resolve_defaults(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(tmp_path / "x"),
                                           objective="classifier", pooling="cls", dora_rank=2, max_length=64),
                               announce=False)
-    scorer, _, _ = build_scorer(config)
+    scorer, _, _ = baseline_train.build_scorer(config)
     full = {n for n, p in scorer.named_parameters() if p.requires_grad and "lora_" not in n}
     assert any(".classifier." in n for n in full) and any(".pooler." in n for n in full)
     assert not any(".layer." in n for n in full)  # the encoder itself: adapters only
@@ -292,8 +300,6 @@ def test_head_lr_scale_finds_the_head_of_every_baseline(tiny_bert):
     # tinyrm's own head (token objective, BERT mean pooling) is new too: --head-lr-scale must reach it.
     from tinyrm.training.trainer import fresh_parameter_names
 
-    from .packed_helpers import baseline_scorer
-
     for objective, pooling in (("token", "cls"), ("classifier", "mean")):
         scorer, _ = baseline_scorer(tiny_bert, "bert", objective, pooling, window=16)
         assert fresh_parameter_names(scorer) == {"head.weight", "head.bias"}, (objective, pooling)
@@ -349,7 +355,6 @@ def test_paradigms_benchmark_end_to_end(tiny_bert, pairs_file, tmp_path, capsys,
     """benchmarks/paradigms.py on a tiny model: three objectives, same steps, one table with the heuristics."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "paradigms.py"
     spec = importlib.util.spec_from_file_location("paradigms", script)
@@ -377,9 +382,6 @@ def test_paradigms_sample_is_stratified_over_domains(monkeypatch, tmp_path):
     """Equal shares per domain while every domain has rows; a small domain gives all it has."""
     import importlib.util
     import sys
-    from pathlib import Path
-
-    from tinyrm.data import PreferencePair
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "paradigms.py"
     spec = importlib.util.spec_from_file_location("paradigms", script)
@@ -389,8 +391,6 @@ def test_paradigms_sample_is_stratified_over_domains(monkeypatch, tmp_path):
     sizes = {"chat": 500, "reasoning": 400, "safety": 20}
     pairs = [PreferencePair(prompt=f"{d}{i}", chosen="a", rejected="b", domain=d)
              for d, n in sizes.items() for i in range(n)]
-    from tinyrm.tools.synthetic import write_jsonl
-
     path = write_jsonl(pairs, tmp_path / "mix.jsonl")
     config = paradigms.ParadigmsConfig(train=[str(path)], steps=30, pairs_per_step=10)
     chosen, available = paradigms.sample_train_pairs(config)

@@ -21,6 +21,12 @@ def test_train_eval_compare(tiny_bert, pairs_file, tmp_path):
     run("train", "--model", tiny_bert, "--data", str(pairs_file), str(pairs_file), "--output", str(out),
         "--batch-size", "8", "--micro-batch-size", "4", "--max-steps", "2", "--max-length", "96",
         "--dora-rank", "4", "--freeze-layers", "1", "--seed", "3", "--lr", "1e-3", "--epochs", "1")
+    saved = json.loads((out / "tinyrm.json").read_text())  # the flags reached the model, not only the parser
+    assert (out / "adapter").is_dir() and saved["adapter"]
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["use_dora"] and adapter["r"] == 4 and adapter["layers_to_transform"] == [1]  # layer 0 frozen
+    options = saved["extra"]["train"]
+    assert (options["dora_rank"], options["freeze_layers"], options["seed"], options["lr"]) == (4, 1, 3, 1e-3)
     results = tmp_path / "results.json"
     proc = run("eval", "--model", str(out), "--data", str(pairs_file), "--output", str(results),
                "--batch-size", "8", "--max-length", "96")

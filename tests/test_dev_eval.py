@@ -12,9 +12,9 @@ from tinyrm.evaluation.evaluate import evaluate_pairs
 from tinyrm.train import TrainConfig, train
 
 
-def test_dev_scores_during_training_match_the_saved_model(tiny_bert, pairs_file, tmp_path):
+def test_dev_scores_during_training_match_the_saved_model(spread_bert, pairs_file, tmp_path):
     out = tmp_path / "rm"
-    train(TrainConfig(model=tiny_bert, data=[str(pairs_file)], output=str(out), objective="cloze", read="cls",
+    train(TrainConfig(model=spread_bert, data=[str(pairs_file)], output=str(out), objective="cloze", read="cls",
                       batch_size=4, micro_batch_size=4, max_steps=3, max_length=96, save_steps=0, lr=1e-3,
                       precision="fp32", eval_data=[str(pairs_file)], eval_steps=2))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -27,6 +27,12 @@ def test_dev_scores_during_training_match_the_saved_model(tiny_bert, pairs_file,
     assert evals[-1]["accuracy"] == pytest.approx(saved["accuracy"])
     card = json.loads((out / "tinyrm.json").read_text())["extra"]["eval"]["pairs.jsonl"]
     assert card["accuracy"] == pytest.approx(saved["accuracy"]) and card["n"] == len(pairs)
+    # Accuracy on 24 pairs need not move in 3 steps; the log loss (the last evaluation's, kept in the card) does.
+    untrained = RewardModel.from_pretrained(spread_bert, device="cpu", read="cls")
+    untrained.engine.config.precision = "fp32"
+    loss, before = saved["calibration"]["log_loss"], evaluate_pairs(untrained, pairs)["calibration"]["log_loss"]
+    assert abs(loss - before) > 1e-6  # training moved the scores, 1000x the tolerance below
+    assert card["calibration"]["log_loss"] == pytest.approx(loss, abs=1e-9)
 
 
 def test_scoring_follows_weights_the_trainer_moved(tiny_bert):

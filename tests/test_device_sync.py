@@ -3,7 +3,9 @@
 On a GPU the host queues pass after pass and reads a chunk's results back once (``InferenceEngine.run_batches``);
 an op that needs a device value on the host (``.item()``, ``bool(t)``, ``nonzero``, a boolean index, a tensor made
 from Python data inside the forward) would drain the queue at every pass, and the GPU would wait on the host.
-Such ops are the same aten calls on the CPU, so a dispatch mode that records them shows them here, on the routes
+Such ops are the same aten calls on the CPU, so a dispatch mode that records them shows them here; a host read
+that skips the dispatcher on the CPU (``.tolist()``, ``.numpy()``, ``.cpu()``: each a device-to-host copy on CUDA)
+is counted by wrapping those methods. Both are checked on the routes
 CUDA takes: the packed forward with ``varlen_attn`` (a stand-in of the same signature on the CPU) and with its
 exact SDPA route, a packed training step, and the padded forward. On a GPU (the device run's pytest step),
 ``torch.cuda.set_sync_debug_mode("error")`` checks the packed passes with the real kernels.
@@ -36,12 +38,34 @@ SYNCING = frozenset({
 })
 
 
+HOST_READS = ("tolist", "numpy", "cpu", "item")  # on a CPU tensor the first three never reach the dispatcher
+
+
 class SyncRecorder(TorchDispatchMode):
-    """Counts the syncing ops dispatched inside the block (boolean indexing included: it runs ``nonzero``)."""
+    """Counts the syncing ops dispatched inside the block (boolean indexing included: it runs ``nonzero``), and
+    lists in ``reads`` each host read of a tensor's values, as (method, number of elements)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.reads: list[tuple[str, int]] = []
+
+    def __enter__(self):
+        self._own = {name: torch.Tensor.__dict__.get(name) for name in HOST_READS}
+        for name in HOST_READS:
+            def read(t, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+                self.reads.append((_name, t.numel()))
+                return _real(t, *args, **kwargs)
+            setattr(torch.Tensor, name, read)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, own in self._own.items():
+            if own is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, own)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
@@ -79,7 +103,10 @@ def _syncs_per_pass(path: str, attention: str, precision: str, items, budget: in
     rm.engine.run_batches(prepared, batches, len(encodings))  # first calls: caches, lazy buffers
     with SyncRecorder() as recorder:
         rm.engine.run_batches(prepared, batches, len(encodings))
-    return recorder.ops, len(batches)
+    # The one read the chunk is meant to make: all its probabilities, after the last pass. Any other is a sync.
+    assert ("tolist", len(encodings)) in recorder.reads, recorder.reads  # (and the recorder sees host reads)
+    recorder.reads.remove(("tolist", len(encodings)))
+    return recorder.ops + Counter(f"Tensor.{name}" for name, _ in recorder.reads), len(batches)
 
 
 @pytest.mark.parametrize("route", ["flash", "sdpa"])
@@ -105,7 +132,7 @@ def test_packed_training_step_never_syncs(backbones: dict, family: str, mode: st
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = scorer(**batch)
             out["loss"].backward()
-    assert not recorder.ops, dict(recorder.ops)
+    assert not recorder.ops and not recorder.reads, (dict(recorder.ops), recorder.reads)
     assert flash_route, "the flash route was not taken"
 
 

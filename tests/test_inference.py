@@ -24,25 +24,42 @@ def _items(n: int, seed: int = 3) -> list[tuple[str, str, str]]:
     return out
 
 
+def _rows_and_cost(batch) -> tuple[list[tuple[int, ...]], int]:
+    """A forward pass: its rows as token ids, its cost (rows x width padded, real tokens packed)."""
+    if batch.packed is not None:
+        cu, ids = batch.packed.cu_seqlens.tolist(), batch.packed.input_ids.tolist()
+        return [tuple(ids[a:b]) for a, b in zip(cu, cu[1:])], cu[-1]
+    ids, mask = batch.padded["input_ids"], batch.padded["attention_mask"].bool()
+    return [tuple(row[keep].tolist()) for row, keep in zip(ids, mask)], ids.numel()
+
+
 def _record_batches(rm: RewardModel) -> list[tuple[list[tuple[int, ...]], int]]:
-    """Capture every forward pass the engine runs: (its rows as token ids, its cost: rows x width padded, real
-    tokens packed). Undo with ``del rm.engine.run_batches``."""
+    """Capture every forward pass the engine runs (``_rows_and_cost``). Undo with ``del rm.engine.run_batches``."""
     seen: list[tuple[list[tuple[int, ...]], int]] = []
     original = rm.engine.run_batches
 
     def spy(prepared, batches, n):
         batches = list(batches)
-        for batch in batches:
-            if batch.packed is not None:
-                cu, ids = batch.packed.cu_seqlens.tolist(), batch.packed.input_ids.tolist()
-                seen.append(([tuple(ids[a:b]) for a, b in zip(cu, cu[1:])], cu[-1]))
-            else:
-                ids, mask = batch.padded["input_ids"], batch.padded["attention_mask"].bool()
-                seen.append(([tuple(row[keep].tolist()) for row, keep in zip(ids, mask)], ids.numel()))
+        seen.extend(map(_rows_and_cost, batches))
         return original(prepared, batches, n)
 
     rm.engine.run_batches = spy
     return seen
+
+
+@pytest.fixture(scope="module")
+def spread_modernbert(tmp_path_factory) -> str:
+    """tiny_modernbert initialised 10x wider, as conftest's ``spread_bert``: one-order P spread over ~0.35."""
+    from .conftest import _save_tiny
+
+    return _save_tiny("modernbert", tmp_path_factory.mktemp("spread-modernbert"), seed=2, initializer_range=0.2)
+
+
+@pytest.fixture(params=["modernbert", "bert"])
+def spread_model(request, spread_modernbert, spread_bert) -> str:
+    """tiny_model initialised wide: its pairs' P differ by far more than the tolerances below (tiny_model's lie
+    within 1e-3 of each other and of 0.5, so a constant or permuted answer passed)."""
+    return spread_modernbert if request.param == "modernbert" else spread_bert
 
 
 def test_plan_batches_budget_rows_and_coverage() -> None:
@@ -66,12 +83,13 @@ def test_plan_batches_no_limits_is_one_batch() -> None:
 
 
 @pytest.mark.parametrize("attention", ["padded", "packed"])
-def test_order_restored_and_budget_respected(tiny_model: str, attention: str) -> None:
-    rm = RewardModel.from_pretrained(tiny_model, device="cpu")
+def test_order_restored_and_budget_respected(spread_model: str, attention: str) -> None:
+    rm = RewardModel.from_pretrained(spread_model, device="cpu")
     rm.engine.config.precision = "fp32"
     rm.engine.config.attention = attention
     items = _items(20)
     one_by_one = [rm.compare(*item) for item in items]
+    assert max(one_by_one) - min(one_by_one) > 100 * 1e-5  # a batch left in another order cannot pass
     seen = _record_batches(rm)
     try:
         batched = rm.compare_batch(items, batch_size=None, max_batch_tokens=600)
@@ -101,14 +119,16 @@ def test_both_orders_share_a_batch(tiny_bert: str, attention: str) -> None:
     assert max(len(rows) for rows, _ in seen) <= 4
 
 
-def test_single_order_and_choice_probs_order(tiny_modernbert: str) -> None:
-    rm = RewardModel.from_pretrained(tiny_modernbert, device="cpu")
+def test_single_order_and_choice_probs_order(spread_modernbert: str) -> None:
+    rm = RewardModel.from_pretrained(spread_modernbert, device="cpu")
+    rm.engine.config.precision = "fp32"
     items = _items(9)
     encodings = [rm.encode(*item) for item in items]
     probs = rm.choice_probs(encodings, batch_size=3)
-    single = rm.compare_batch(items, both_orders=False)
-    assert probs == pytest.approx(single, abs=1e-3)
-    assert probs == pytest.approx([rm.choice_probs([e])[0] for e in encodings], abs=1e-3)
+    one = [rm.choice_probs([e])[0] for e in encodings]
+    assert max(one) - min(one) > 1000 * 1e-5  # the pairs' P far apart: a permuted batch cannot pass
+    assert probs == pytest.approx(rm.compare_batch(items, both_orders=False), abs=1e-5)
+    assert probs == pytest.approx(one, abs=1e-5)
 
 
 def test_cache_matches_plain_encoder(tiny_bert: str) -> None:
@@ -143,11 +163,12 @@ def test_resolve_dtype() -> None:
         InferenceConfig(precision="fp8")
 
 
-def test_bf16_agrees_with_fp32(tiny_model: str) -> None:
-    rm = RewardModel.from_pretrained(tiny_model, device="cpu")
+def test_bf16_agrees_with_fp32(spread_model: str) -> None:
+    rm = RewardModel.from_pretrained(spread_model, device="cpu")
     items = _items(24)
     rm.engine.config.precision = "fp32"
     p32 = rm.compare_batch(items, both_orders=False)
+    assert max(p32) - min(p32) > 10 * 0.02  # pairs far apart beyond the tolerance below (measured: 0.38, 0.51)
     rm.engine.config.precision = "bf16"
     p16 = rm.compare_batch(items, both_orders=False)
     assert rm.engine.prepared().dtype == torch.bfloat16
@@ -224,31 +245,51 @@ def test_an_item_that_is_not_text_is_named_before_any_work(tiny_bert: str) -> No
     assert rm.compare_batch([list(good[0])]) == rm.compare_batch(good[:1])  # a list is a pair too
 
 
-def test_eval_cli_max_batch_tokens(tiny_bert: str, pairs_file, tmp_path) -> None:
+def test_eval_cli_max_batch_tokens(spread_bert: str, pairs_file, tmp_path, monkeypatch) -> None:
     from tinyrm.cli import main
+    from tinyrm.inference.engine import InferenceEngine
 
-    out_small, out_big = tmp_path / "small.json", tmp_path / "big.json"
-    base = ["eval", "--model", tiny_bert, "--data", str(pairs_file)]
-    assert main([*base, "--max-batch-tokens", "256", "--output", str(out_small)]) == 0
-    assert main([*base, "--max-batch-tokens", "100000", "--output", str(out_big)]) == 0
-    small, big = json.loads(out_small.read_text()), json.loads(out_big.read_text())
-    assert small["n"] == big["n"] == 24
-    assert small["accuracy"] == big["accuracy"]
+    passes: list[tuple[list[tuple[int, ...]], int]] = []
+    real = InferenceEngine.run_batches
+
+    def spy(self, prepared, batches, n):
+        batches = list(batches)
+        passes.extend(map(_rows_and_cost, batches))
+        return real(self, prepared, batches, n)
+
+    monkeypatch.setattr(InferenceEngine, "run_batches", spy)
+    runs = {}
+    base = ["eval", "--model", spread_bert, "--data", str(pairs_file), "--precision", "fp32"]  # exact enough
+    for budget in (256, 100000):
+        out, predictions = tmp_path / f"{budget}.json", tmp_path / f"{budget}.jsonl"
+        passes.clear()
+        assert main([*base, "--max-batch-tokens", str(budget), "--output", str(out),
+                     "--predictions", str(predictions)]) == 0
+        probs = [json.loads(line)["prob_chosen"] for line in predictions.read_text().splitlines()]
+        runs[budget] = json.loads(out.read_text()), probs, list(passes)
+    (small, p_small, passes_small), (big, p_big, passes_big) = runs[256], runs[100000]
+    assert small["n"] == big["n"] == 24 and small["accuracy"] == big["accuracy"]
+    assert max(p_big) - min(p_big) > 1e-3  # the pairs' P far apart: same scores means each pair's own
+    assert p_small == pytest.approx(p_big, abs=1e-6)
+    assert len(passes_small) > len(passes_big)  # the budget reached the engine ...
+    assert all(cost <= 256 or len(rows) == 2 for rows, cost in passes_small)  # ... and bounded every pass
     assert main([*base, "--max-batch-tokens", "0"]) == 2
 
 
-def test_onnx_export_matches_torch(tiny_model: str, tmp_path) -> None:
+def test_onnx_export_matches_torch(spread_model: str, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     from tinyrm.cli import main
     from tinyrm.inference.export import OnnxRewardModel
 
     out = tmp_path / "onnx"
-    assert main(["export", "--onnx", str(out), "--model", tiny_model, "--max-length", "256"]) == 0
+    assert main(["export", "--onnx", str(out), "--model", spread_model, "--max-length", "256"]) == 0
     onnx_rm = OnnxRewardModel.load(out)
-    rm = RewardModel.from_pretrained(tiny_model, device="cpu", max_length=256)
+    rm = RewardModel.from_pretrained(spread_model, device="cpu", max_length=256)
     rm.engine.config.precision = "fp32"
     items = _items(10) + [("long " * 150, "x " * 90, "y")]  # past ModernBERT's local window
-    assert onnx_rm.compare_batch(items, max_batch_tokens=700) == pytest.approx(rm.compare_batch(items), abs=1e-4)
+    expected = rm.compare_batch(items)
+    assert min(max(abs(p - 0.5) for p in expected), max(expected) - min(expected)) > 1e-3  # 100x the tolerance
+    assert onnx_rm.compare_batch(items, max_batch_tokens=700) == pytest.approx(expected, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="tinyrm export"):
         OnnxRewardModel.load(tmp_path / "missing")
 
