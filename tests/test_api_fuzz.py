@@ -111,7 +111,7 @@ def test_the_document_tells_the_truth(servers):
     for path, item in process["paths"].items():
         if path.startswith("/v"):
             responses = item["post"]["responses"]
-            assert {"200", "400", "401", "413", "422", "503"} <= set(responses), path
+            assert {"200", "400", "401", "413", "415", "422", "503"} <= set(responses), path
             assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
             assert item["post"]["security"] == [{"bearer": []}]
     assert schemas["CompareBatchRequest"]["properties"]["items"]["maxItems"] == 16

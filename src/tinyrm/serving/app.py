@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -101,12 +102,17 @@ class ServeConfig:
                      "forward_batch_size", "max_queued_pairs", "slice_pairs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.graceful_timeout_s <= 0:
+        # Finite: an infinite wait for company would hold every lone request until its deadline (and the shutdown).
+        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if not self.graceful_timeout_s > 0:  # nan too
             raise ValueError(f"graceful_timeout_s must be > 0, got {self.graceful_timeout_s}")
-        if not self.request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ValueError(f"request_timeout_s must be a finite number > 0, got {self.request_timeout_s}")
+        if not 0 <= self.port <= 65535:  # checked here, before a model loads and uvicorn fails to bind
+            raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.max_queued_pairs < self.max_items:
             raise ValueError(f"max_queued_pairs ({self.max_queued_pairs}) must be >= max_items ({self.max_items}): "
                              "a request of the largest allowed size would always be refused")
@@ -338,7 +344,7 @@ def serve(rm, config: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    if config.threads:
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
     # h11 on asyncio, as tested (ray[serve] brings uvloop and httptools, which uvicorn would pick by itself).
     uvicorn.run(create_app(rm, config), host=config.host, port=config.port, log_level=config.log_level,

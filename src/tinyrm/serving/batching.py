@@ -6,8 +6,9 @@ request in turn (round-robin; the requests served move to the back of the line),
 requests still share forward calls and a 1-pair request that arrives while a 4,096-pair request is
 being scored waits for at most the call in flight plus its own, not for the whole large request.
 Results come back in each request's own order (a request's slices are cut from its pairs sorted by length, so
-each call pads little, as one call over the whole request would). A call waits up to ``max_wait_ms`` after the oldest
-request arrived for company, unless a full call's worth of pairs is already waiting.
+each call pads little, as one call over the whole request would). A call waits for company up to ``max_wait_ms``
+after the oldest live request arrived, and never past half the time a waiting request has to its deadline (a lone
+request with a short deadline is scored, not timed out), unless a full call's worth of pairs is already waiting.
 
 A request is refused (``Unavailable``, the app's 503 with ``Retry-After``) at once when accepting it
 would take the pairs accepted and not yet answered past ``max_queued_pairs`` (load shedding); it fails
@@ -23,7 +24,8 @@ units scored by its ``score_batch``.
 Kinds (and ``both_orders`` values) take turns: a request of another kind than the last call's goes next.
 
 Shutdown (``stop``) refuses new work (503), finishes what is queued or being scored, then stops the
-loop; what cannot finish within ``drain_s`` gets an error.
+loop (it returns once nothing is left; ``stop`` cancels it until it is done); what cannot finish within
+``drain_s`` gets an error.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
+from .entries import QueuedRequest, Slice
 from .metrics import SchedulerStats
 
 logger = logging.getLogger(__name__)
@@ -49,55 +51,6 @@ class Unavailable(RuntimeError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def _size(item) -> int:
-    """A unit's length, to cut a request's slices from similar lengths: a pair's characters, a sequence's tokens."""
-    ids = getattr(item, "input_ids", None)
-    return len(ids) if ids is not None else sum(len(t) for t in item)
-
-
-@dataclass(eq=False)
-class _Request:
-    items: list  # pairs (prompt, a, b), step sequences (kind "steps") or (prompt, response) (kind "rewards")
-    both_orders: bool | None
-    future: asyncio.Future
-    arrived: float
-    kind: str = "pairs"  # pairs: compare_batch; steps: verdicts (a list per sequence); rewards: score_batch
-    results: list = field(default_factory=list)
-    order: list[int] = field(default_factory=list)  # the items in the order their slices are cut
-    next: int = 0  # pairs handed to the model so far
-    scored: int = 0  # pairs answered so far
-
-    def __post_init__(self) -> None:
-        self.results = [0.0] * len(self.items)
-        # Slices of similar lengths: the engine length-sorts only within a call, so slicing a large request in
-        # input order would pad each call's passes to mixed lengths (answers go back to input order).
-        self.order = sorted(range(len(self.items)), key=lambda i: -_size(self.items[i]))
-
-    @property
-    def key(self) -> tuple[str, bool | None]:
-        """Requests with the same key share forward calls."""
-        return self.kind, self.both_orders
-
-    def pairs(self, start: int, stop: int) -> list:
-        return [self.items[i] for i in self.order[start:stop]]
-
-    @property
-    def alive(self) -> bool:
-        return not self.future.done()
-
-    @property
-    def waiting(self) -> int:
-        """Pairs not yet handed to the model."""
-        return len(self.items) - self.next
-
-
-@dataclass
-class _Slice:
-    request: _Request
-    start: int
-    stop: int
 
 
 def _on_cpu(rm) -> bool:
@@ -135,13 +88,13 @@ class MicroBatcher:
         self.default_both_orders = getattr(getattr(rm, "config", None), "both_orders", None)
         self.stats = SchedulerStats()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinyrm-model")
-        self._pending: deque[_Request] = deque()  # in line, round-robin order (partly scored ones included)
+        self._pending: deque[QueuedRequest] = deque()  # in line, round-robin order (partly scored ones included)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.busy = False
         self.closing = False
-        self._batch: list[_Slice] = []  # the call being scored (stop() fails it if it cannot finish)
+        self._batch: list[Slice] = []  # the call being scored (stop() fails it if it cannot finish)
         self._last_key: tuple[str, bool | None] | None = None  # the last call's kind and both_orders
         self._reserved = 0  # units held by endpoints working before submit (``reserved``)
 
@@ -159,17 +112,16 @@ class MicroBatcher:
         self.closing = True
         if self._wakeup is not None:
             self._wakeup.set()  # a queued request waiting for company goes now
-        running: list[_Request] = []
-        if self._task and not self._task.done():
+        running: list[QueuedRequest] = []
+        task = self._task
+        if task and not task.done():
             deadline = time.monotonic() + drain_s
-            while (self.queued or self.busy) and time.monotonic() < deadline:
+            while (self.queued or self.busy) and not task.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             running = [s.request for s in self._batch]  # cancelling the loop below forgets this call
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            while not task.done():  # Python 3.11's wait_for can swallow a cancel: until it is really done
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
         for entry in [*running, *self._pending]:
             if entry.alive:
                 entry.future.set_exception(Unavailable("server is shutting down"))
@@ -211,12 +163,14 @@ class MicroBatcher:
         self.admit(len(items))
         if both_orders is None:
             both_orders = self.default_both_orders
-        now = self.loop.time()
-        entry = _Request(list(items), both_orders, self.loop.create_future(), now if arrived is None else arrived, kind)
+        now, timeout = self.loop.time(), self.timeout_s if timeout_s is None else timeout_s
+        arrived = now if arrived is None else arrived
+        # Company for at most max_wait, and half its time: the other half is for scoring.
+        patience = arrived + min(self.max_wait, math.inf if timeout is None else timeout / 2)
+        entry = QueuedRequest(list(items), both_orders, self.loop.create_future(), arrived, kind, patience)
         self._pending.append(entry)
         self._wakeup.set()
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        left = None if timeout is None else max(timeout - (now - entry.arrived), 0.0)
+        left = None if timeout is None else max(timeout - (now - arrived), 0.0)
         try:
             # shield: the deadline cancels the wait, and the request is failed below (not cancelled).
             result = await asyncio.wait_for(asyncio.shield(entry.future), left)
@@ -266,18 +220,19 @@ class MicroBatcher:
         return Unavailable(f"request timed out after {timeout_s:g} s{' ' + detail if detail else ''}; its remaining "
                            "work was dropped", self.retry_after())
 
-    def _drop(self, entry: _Request, error: Exception) -> None:
+    def _drop(self, entry: QueuedRequest, error: Exception) -> None:
         if entry.alive:
             entry.future.set_exception(error)
             entry.future.exception()  # retrieved: no "never retrieved" warning if nobody awaits it
         self._forget(entry)
 
-    def _forget(self, entry: _Request) -> None:
-        """Remove a request that will not be answered; its slices in flight are discarded when they return."""
-        try:
+    def _forget(self, entry: QueuedRequest) -> None:
+        """Remove a request that will not be answered; its slices in flight are discarded when they return. The
+        loop wakes: its wait for company may have been for this request."""
+        with contextlib.suppress(ValueError):
             self._pending.remove(entry)
-        except ValueError:
-            pass
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def run_model(self, fn: Callable, *args, **kwargs):
         """Run any model call on the model thread (never concurrently with a batch)."""
@@ -293,7 +248,7 @@ class MicroBatcher:
             return None
         return next((e.key for e in live if e.key != self._last_key), live[0].key)
 
-    def _take_call(self, key: tuple[str, bool | None] | None) -> list[_Slice]:
+    def _take_call(self, key: tuple[str, bool | None] | None) -> list[Slice]:
         """Slices for one call: one slice per live request of ``key`` in line order, round after round, until
         ``max_batch_size`` pairs; the requests served go to the back."""
         eligible = [e for e in self._pending if e.alive and e.waiting and e.key == key]
@@ -301,13 +256,13 @@ class MicroBatcher:
             return []
         self._last_key = key
         room, slices = self.max_batch_size, []
-        served: dict[int, _Request] = {}
+        served: dict[int, QueuedRequest] = {}
         while room > 0 and any(e.waiting for e in eligible):
             for entry in eligible:
                 take = min(self.slice_pairs, entry.waiting, room)
                 if take <= 0:
                     continue
-                slices.append(_Slice(entry, entry.next, entry.next + take))
+                slices.append(Slice(entry, entry.next, entry.next + take))
                 entry.next += take
                 room -= take
                 served[id(entry)] = entry
@@ -322,22 +277,13 @@ class MicroBatcher:
         while True:
             self._pending = deque(e for e in self._pending if e.alive)
             if not any(e.waiting for e in self._pending):
+                if self.closing:  # stop(): nothing is left, and nothing more is accepted
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             key = self._next_key()
-            # Wait for company until a full call's worth is waiting or the oldest request has waited
-            # max_wait (none comes once stop() began).
-            oldest = min(e.arrived for e in self._pending if e.waiting)
-            while not self.closing and self._waiting_pairs(key) < self.max_batch_size:
-                remaining = oldest + self.max_wait - self.loop.time()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
-                    break
+            await self._wait_for_company(key)
             try:
                 call = self._take_call(key)
                 if call:
@@ -345,10 +291,25 @@ class MicroBatcher:
             except Exception:  # the batcher must outlive any single bad call
                 logger.exception("batcher iteration failed")
 
+    async def _wait_for_company(self, key: tuple[str, bool | None]) -> None:
+        """Until a full call's worth of ``key`` waits, the first patience of the live waiting requests passes (max_wait
+        after it arrived, or half its time to its deadline), or stop() begins (no company comes then). A request
+        that dies meanwhile wakes the loop (``_forget``) and counts no more."""
+        while not self.closing and self._waiting_pairs(key) < self.max_batch_size:
+            remaining = min((e.patience for e in self._pending if e.alive and e.waiting), default=0) - self.loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):  # not wait_for, which can swallow a cancel on 3.11
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
     def _waiting_pairs(self, key: tuple[str, bool | None]) -> int:
         return sum(e.waiting for e in self._pending if e.key == key and e.alive)
 
-    async def _score(self, call: list[_Slice]) -> None:
+    async def _score(self, call: list[Slice]) -> None:
         """Score one call. If it fails and it merged several requests, each is scored again alone, so a request
         the model cannot take (or an error that one of them causes) fails only that request, not its
         neighbours in the call."""

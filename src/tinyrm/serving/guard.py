@@ -1,7 +1,9 @@
-"""Errors as ``{"error", "field"?, "detail"?}`` bodies, and the ASGI guard: bearer key, body-size limit."""
+"""Errors as ``{"error", "field"?, "detail"?}`` bodies, and the ASGI guard: bearer key, body-size limit, and a
+body an endpoint can read as JSON (its Content-Type, UTF-8) with one ``X-Request-Timeout`` at most."""
 
 from __future__ import annotations
 
+import email.message
 import secrets
 from typing import Any
 
@@ -50,8 +52,33 @@ def validation_response(error: RequestValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content=error_body(f"invalid request: {message}", first, detail))
 
 
+def json_refusal(headers: list, body: bytes) -> tuple[int, str, str] | None:
+    """(status, message, field) for a request to an endpoint that it cannot read as meant, else None: a body that
+    FastAPI would not parse as JSON for its Content-Type (415: it would answer "Input should be a valid dictionary"
+    for a JSON object sent with curl's default form type), one that is not UTF-8 (FastAPI: a bare 400), or
+    ``X-Request-Timeout`` sent more than once (FastAPI reads the first, silently)."""
+    if body:
+        raw = next((v for k, v in headers if k == b"content-type"), b"").decode("latin-1")
+        parsed = email.message.Message()
+        parsed["content-type"] = raw
+        subtype = parsed.get_content_subtype()
+        if not raw or parsed.get_content_maintype() != "application" or not (
+                subtype == "json" or subtype.endswith("+json")):  # FastAPI's own test of a JSON body
+            return 415, f"Content-Type must be application/json, got {raw[:100] or 'none'}", "body"
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return 422, f"body is not UTF-8 text (byte {error.start}: 0x{body[error.start]:02x})", "body"
+    timeouts = sum(1 for k, _ in headers if k == b"x-request-timeout")
+    if timeouts > 1:
+        # the field as a bad value of it is named (validation_response)
+        return 422, f"X-Request-Timeout given {timeouts} times: send it once", "header.X-Request-Timeout"
+    return None
+
+
 class GuardMiddleware:
-    """Pure ASGI guard: bearer key on /v1/* and /v2/*, then the body size limit (before any JSON parsing).
+    """Pure ASGI guard: bearer key on /v1/* and /v2/*, then the body size limit (before any JSON parsing), then
+    what ``json_refusal`` refuses on a request to an endpoint.
 
     A method that an endpoint does not serve (``GET /v1/compare``) skips the key: the app answers 405 with
     ``Allow``, key or not, as it does for any path (given ``router``, the app's, to tell).
@@ -68,8 +95,13 @@ class GuardMiddleware:
         matches = [route.matches(scope)[0] for route in getattr(self.router, "routes", ())]
         return Match.FULL not in matches and Match.PARTIAL in matches
 
-    async def _reply(self, scope, send, status: int, message: str, headers: list | None = None) -> None:
-        response = JSONResponse(status_code=status, content=error_body(message), headers=dict(headers or []))
+    def _routed(self, scope) -> bool:
+        """An endpoint serves this path and method (others get the router's 404 or 405 as they are)."""
+        return any(route.matches(scope)[0] == Match.FULL for route in getattr(self.router, "routes", ()))
+
+    async def _reply(self, scope, send, status: int, message: str, headers: list | None = None,
+                     field: str | None = None) -> None:
+        response = JSONResponse(status_code=status, content=error_body(message, field), headers=dict(headers or []))
         await response(scope, None, send)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -112,6 +144,11 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if scope["path"].startswith(PROTECTED) and self._routed(scope):
+            refusal = json_refusal(scope.get("headers") or [], body)
+            if refusal is not None:
+                status, message, field = refusal
+                return await self._reply(scope, send, status, message, field=field)
         replayed = False
 
         async def replay():

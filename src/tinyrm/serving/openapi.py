@@ -1,7 +1,7 @@
 """The served ``/openapi.json``, made true to this server (``tests/test_api_fuzz.py`` holds it to that).
 
 Every error answer is tinyrm's ``ErrorBody`` (``{"error", "field"?, "detail"?}``), FastAPI's
-``HTTPValidationError`` is gone; each POST endpoint lists the statuses it answers with (400, 413, 422, 503,
+``HTTPValidationError`` is gone; each POST endpoint lists the statuses it answers with (400, 413, 415, 422, 503,
 and 401 with the bearer scheme when a key is set); the configured list limits are ``maxItems`` (longer lists
 get 422 from ``check_list_limit``, which reads the same table), the body limit is in the request body's
 description (413 beyond); and only the endpoints the loaded model serves are listed: ``/v1/score_steps`` needs
@@ -23,8 +23,11 @@ ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request (an invalid Content-Length header)"},
     413: {"model": ErrorBody, "description": "request body over the server's max_request_bytes"},
+    415: {"model": ErrorBody, "description": "a body sent without Content-Type application/json (or a +json type): "
+                                             "`field` is body"},
     422: {"model": ErrorBody, "description": "invalid request: `field` names the first offending field and "
-                                             "`detail` lists every error; also lists over the server's limits"},
+                                             "`detail` lists every error; also lists over the server's limits, a body "
+                                             "that is not UTF-8, X-Request-Timeout sent more than once"},
     503: {"model": ErrorBody, "description": "the model could not answer now: the server is overloaded (pairs "
                                              "accepted past max_queued_pairs), the request passed its deadline "
                                              "(--request-timeout or X-Request-Timeout), or the server is stopping; "
