@@ -107,7 +107,7 @@ def jsonl_lines(path: str | Path, start: int = 0, first_line: int = 1) -> Iterat
     offset ``start`` (the start of line ``first_line``). A missing file raises ``DataError`` (``path: no
     such file``); from the file's start (``start`` 0), so does a file without a non-blank line (``path: no rows``)."""
     if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'is a folder, not a JSONL file' if Path(path).is_dir() else 'no such file'}")
     offset, seen = start, False
     with open(path, "rb") as handle:
         handle.seek(start)
@@ -167,7 +167,7 @@ class JsonlRows(Generic[T]):
     def __init__(self, path: str | Path, parse: Callable[[object], T], skip_bad_rows: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: no such file")
+            raise DataError(f"{self.path}: {'is a folder, not a JSONL file' if self.path.is_dir() else 'no such file'}")
         self.parse = parse
         self.skip_bad_rows = skip_bad_rows
         self.skipped = 0

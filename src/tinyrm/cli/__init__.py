@@ -19,7 +19,7 @@ from ..progress import library_bars
 from . import calibrate, core, export, extras, score, serve
 from .output import json_output
 
-__all__ = ["USER_ERRORS", "USER_ERROR_EXIT", "UsageError", "build_parser", "main"]
+__all__ = ["INTERRUPTED_EXIT", "USER_ERRORS", "USER_ERROR_EXIT", "UsageError", "build_parser", "main"]
 
 COMMAND_MODULES = [core, calibrate, serve, extras, export, score]
 # What a user can fix: printed as one ``tinyrm COMMAND: error: ...`` line, exit code 2, traceback only
@@ -27,6 +27,9 @@ COMMAND_MODULES = [core, calibrate, serve, extras, export, score]
 # missing/unreadable files (the model loaders turn theirs into UserError with a clearer message).
 USER_ERRORS = (UserError, ValueError, OSError)
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+# What an interrupted command left, where it helps: `tinyrm score` keeps its finished chunks (docs/scoring.md).
+INTERRUPTED_NOTES = {"score": "; run the same command again to resume where it stopped"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `tinyrm ... | head`: the reader left; say nothing
         _silence_stdout()
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as a shell reports it
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tinyrm {args.command}: interrupted{INTERRUPTED_NOTES.get(args.command, '')}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except USER_ERRORS as error:
         if args.verbose:
             traceback.print_exc()

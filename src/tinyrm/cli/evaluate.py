@@ -8,8 +8,29 @@ from ..errors import UsageError, UserError
 from .output import emit_json, make_console, show_results
 from .scoring import reject_for, scoring_options
 
+OUTPUT_FLAGS = (("--output", "output"), ("--predictions", "predictions"), ("--plot", "plot"))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any model time: each file eval will write is a file it can write, none of the ``--data`` files
+    and none another's (``UsageError`` naming the flag and the path)."""
+    import glob
+    from pathlib import Path
+
+    from ..outputs import check_output
+
+    given = {flag: getattr(args, dest, None) for flag, dest in OUTPUT_FLAGS}
+    given = {flag: path for flag, path in given.items() if path}
+    inputs = [match for source in args.data or [] for match in ([source] if Path(source).exists()
+                                                                 else glob.glob(source))]  # as --data reads them
+    earlier: dict[str, str] = {}
+    for flag, path in given.items():
+        check_output(flag, path, inputs, others=earlier)
+        earlier[flag] = path
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_outputs(args)
     orders, order_margin, precision = scoring_options(args)
     args.single_order = orders == "one"  # what the specialised evaluations read
     if getattr(args, "plot", None) and args.objective in ("process", "outcome"):
@@ -56,12 +77,14 @@ def plot(args: argparse.Namespace, results: dict) -> None:
     if not getattr(args, "plot", None):
         return
     from ..evaluation.plots import plot_results
+    from ..outputs import replacing
 
-    report = plot_results(results, args.plot)
+    with replacing(args.plot) as tmp:  # the PNG whole or not at all
+        report = plot_results(results, tmp)
     console = make_console()  # stdout, as the table (stderr under --json)
     for note in report.notes:
         console.print(f"--plot: {note}")
-    console.print(f"wrote {report.output}")
+    console.print(f"wrote {args.plot}")
 
 
 def record(args: argparse.Namespace, results: dict) -> None:

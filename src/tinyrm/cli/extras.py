@@ -148,19 +148,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..evaluation.plots import plot_results
+    from ..outputs import check_output, replacing
 
     path = Path(args.results)
+    check_output("--output", args.output, [path])  # the PNG must not replace the results it draws
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: not a JSON file ({error})") from None
     try:
-        report = plot_results(results, args.output, title=args.title)
+        with replacing(args.output) as tmp:  # the PNG whole or not at all
+            report = plot_results(results, tmp, title=args.title)
     except ValueError as error:
         raise UsageError(f"{path}: {error}") from None
     for note in report.notes:
         console.print(note)
-    console.print(f"wrote {report.output} ({', '.join(report.panels)})")
+    console.print(f"wrote {args.output} ({', '.join(report.panels)})")
     return 0
 
 

@@ -62,18 +62,21 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     from ..auto import load
     from ..inference.packed import apply_attention
+    from ..outputs import check_output, replacing
     from ..pairwise.rank import rank_candidates
     from ..temperature import use_calibration
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output("--output", args.output, [args.input])  # before the rows are read and the model loads
     rows, skipped = read_rank_rows(args.input, args.skip_bad_rows)
     rm = use_calibration(apply_attention(load(args.model), args.attention),  # --no-calibration: raw P
                          getattr(args, "calibrated", True))
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     comparisons = 0
-    with output.open("w", encoding="utf-8") as out:
+    # Into a temporary file that replaces --output only when every row is ranked: an error or Ctrl-C midway
+    # leaves --output as it was, never a shorter file of valid rows that looks complete.
+    with replacing(output) as tmp, tmp.open("w", encoding="utf-8") as out:
         for row in tqdm(rows, desc=f"rank ({args.method})", unit="row"):
             result = rank_candidates(rm, row.prompt, row.candidates, method=args.method, batch_size=args.batch_size)
             comparisons += result.comparisons

@@ -13,7 +13,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import PreferencePair, write_records
+from ..data import PreferencePair
+from ..outputs import replacing
 from .calibration import COLUMNS as CALIBRATION_COLUMNS
 from .calibration import pair_calibration
 from .calibration import table_cells as calibration_cells
@@ -67,14 +68,17 @@ def prediction_records(probs_chosen: Sequence[float], pairs: Sequence[Preference
 
 
 def write_predictions(probs_chosen: Sequence[float], pairs: Sequence[PreferencePair], path: str | Path) -> Path:
-    """``tinyrm eval --predictions FILE``: :func:`prediction_records` as JSONL."""
-    return write_records(prediction_records(probs_chosen, pairs), path)
+    """``tinyrm eval --predictions FILE``: :func:`prediction_records` as JSONL (written whole or not at all)."""
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        for record in prediction_records(probs_chosen, pairs):
+            handle.write(json.dumps(record) + "\n")
+    return Path(path)
 
 
 def write_results(results: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    """The results JSON (``--output``), written whole or not at all."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def results_table(results: dict, title: str | None = None):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..outputs import check_output
 from ..progress import progress_bar
 from .config import ScoreConfig, ScoreResult, check_config, output_format
 from .parts import STATE_FORMAT, PartStore, output_lock, parts_dir
@@ -72,12 +73,9 @@ def describe(config: ScoreConfig, plan: Plan, fmt: str) -> tuple[str, dict[str, 
 
 
 def _check_paths(config: ScoreConfig, plan: Plan) -> None:
-    output = Path(config.output).resolve()
-    for source in plan.sources:
-        if Path(source).resolve() in (output, parts_dir(output)):
-            raise UsageError(f"--output {config.output} is one of the inputs")
-    if output.is_dir():
-        raise UsageError(f"--output {config.output} is a folder; give a file name (.parquet or .jsonl)")
+    output = check_output("--output", config.output, plan.sources, hint=" (.parquet or .jsonl)")
+    if any(Path(source).resolve() == parts_dir(output) for source in plan.sources):
+        raise UsageError(f"--output {config.output} is one of the inputs")
 
 
 def _progress(config: ScoreConfig, plan: Plan, initial: int) -> Any:

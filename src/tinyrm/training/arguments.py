@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,10 +75,22 @@ def warmup_share(ratio: float) -> float:
     return ratio
 
 
+def check_length(config: TrainConfig) -> None:
+    """How long to train: ``--max-steps`` N >= 1 optimizer steps, or -1 (the default: ``--epochs`` decides), and
+    ``--epochs`` > 0. ``UsageError`` otherwise: the Trainer would save an untrained model for ``--epochs 0``
+    and train one step for ``--max-steps 0``."""
+    if config.max_steps != -1 and config.max_steps < 1:
+        raise UsageError(f"--max-steps must be a number of optimizer steps >= 1, or -1 (the default: --epochs "
+                         f"decides), got {config.max_steps}")
+    if not 0 < config.epochs < math.inf:  # nan fails too
+        raise UsageError(f"--epochs must be a number of passes over the data > 0, got {config.epochs:g}")
+
+
 def training_arguments(config: TrainConfig, output: Path, accumulation: int):
     """TrainingArguments shared by every objective (AdamW, linear decay, clipping, bf16, seeds)."""
     from transformers import TrainingArguments
 
+    check_length(config)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
     return TrainingArguments(
         output_dir=str(output),
