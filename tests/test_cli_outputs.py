@@ -22,6 +22,19 @@ def main_interrupted(argv: list[str]) -> int | str:
         return "KeyboardInterrupt escaped main (a traceback)"
 
 
+def interrupt_at(monkeypatch, module, name: str, call: int) -> None:
+    """``module.name`` raises KeyboardInterrupt (as Ctrl-C would) at its ``call``-th call."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
 def one_line_error(capsys, argv: list[str], command: str, *names: str) -> str:
     """Run ``tinyrm ARGV``: exit code 2 and one ``tinyrm COMMAND: error: ...`` line holding every name."""
     code = main(argv)
@@ -159,15 +172,7 @@ def test_rank_interrupted_leaves_the_old_output_whole(tiny_bert, tmp_path, capsy
     assert main(["rank", "--model", tiny_bert, "--input", str(data), "--output", str(out)]) == 0
     complete = out.read_bytes()
     assert len(complete.splitlines()) == 4
-    real, calls = rank.rank_candidates, []
-
-    def interrupted(*args, **kwargs):  # Ctrl-C while the third row is ranked
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rank, "rank_candidates", interrupted)
+    interrupt_at(monkeypatch, rank, "rank_candidates", 3)  # Ctrl-C while the third row is ranked
     capsys.readouterr()
     assert main_interrupted(["rank", "--model", tiny_bert, "--input", str(data), "--output", str(out)]) == INTERRUPTED
     assert capsys.readouterr().err.strip().splitlines()[-1] == "tinyrm rank: interrupted"
@@ -181,20 +186,12 @@ def test_interrupted_score_says_so_in_one_line_and_resumes(tiny_bert, pairs_file
     out = tmp_path / "scored.jsonl"
     argv = ["score", "--model", tiny_bert, "--data", str(pairs_file), "--output", str(out), "--chunk-rows", "8",
             "--no-progress"]
-    real, calls = local.score_with_retries, []
-
-    def interrupted(*args, **kwargs):  # Ctrl-C while the second chunk is scored
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(local, "score_with_retries", interrupted)
+    interrupt_at(monkeypatch, local, "score_with_retries", 2)  # Ctrl-C while the second chunk is scored
     assert main_interrupted(argv) == INTERRUPTED
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines() == [
         "tinyrm score: interrupted; run the same command again to resume where it stopped"]
-    monkeypatch.setattr(local, "score_with_retries", real)
+    monkeypatch.undo()  # the real score_with_retries again
     assert main(argv) == 0  # what the line promises: the first chunk is not scored again
     assert "1 of 3 chunks resumed" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 24

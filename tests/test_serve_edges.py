@@ -15,6 +15,7 @@ from tinyrm.cli import main
 from tinyrm.serving.app import ServeConfig
 from tinyrm.serving.batching import MicroBatcher
 
+from .test_faults_serve import until
 from .test_serve import running_server
 
 STOP_BOUND_S = 10.0  # a failure detector, not a latency bound: a stop() that works returns in milliseconds
@@ -31,14 +32,6 @@ class Model:
     def compare_batch(self, items, batch_size=8, both_orders=None):
         self.batches.append([a for _, a, _ in items])
         return [len(a) / (len(a) + len(b)) for _, a, b in items]
-
-
-async def until(condition) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in 10 s")
 
 
 async def stops(batcher: MicroBatcher) -> None:
