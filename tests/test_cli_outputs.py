@@ -121,6 +121,10 @@ def test_result_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {path: path.read_bytes() for path in old} == old  # the old files, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl", "results.json"]  # no temporary left
+    link = tmp_path / "latest.json"  # a symlink to the results is written through, not replaced by a file
+    link.symlink_to(document)
+    results.write_results({"accuracy": 0.75}, link)
+    assert link.is_symlink() and json.loads(document.read_text()) == {"accuracy": 0.75}
 
 
 def test_report_refuses_to_draw_over_its_results(tmp_path, capsys):

@@ -39,8 +39,9 @@ def check_output(flag: str, output: str | Path, inputs: Iterable[str | Path] = (
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` (its folder made) for the block to write; it replaces ``path`` when the
     block ends (``os.replace``), so ``path`` is never seen half written, and an error or Ctrl-C in the block
-    leaves the old ``path`` as it was (the temporary file is removed)."""
-    path = Path(path)
+    leaves the old ``path`` as it was (the temporary file is removed). A symlink is written through: its target
+    is replaced, the link stays."""
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
