@@ -182,28 +182,36 @@ class _Node:
 
 
 def test_a_long_pause_still_collects(monkeypatch) -> None:
-    """Overlapping pauses past MAX_GC_PAUSE_S: a young collection at the next checkpoint, the collector paused."""
+    """Overlapping pauses past MAX_GC_PAUSE_S: a full collection at the next checkpoint, the collector paused;
+    cyclic garbage still alive at one checkpoint (moved to an older generation) goes at the next."""
     import gc
 
     from tinyrm.inference import pipeline
 
-    def young() -> int:
-        return gc.get_stats()[0]["collections"]
+    def full() -> int:
+        return gc.get_stats()[2]["collections"]  # a full collection counts in the oldest generation
 
     with pipeline.gc_paused():
-        before = young()
+        before = full()
         with pipeline.gc_paused():
             pipeline.gc_checkpoint()
-        assert young() == before  # not yet due
+        assert full() == before  # not yet due
         monkeypatch.setattr(pipeline, "MAX_GC_PAUSE_S", 0.0)
         node = _Node()
         node.itself = node  # cyclic garbage made during the pause
         probe = weakref.ref(node)
         del node
         assert probe() is not None
+        survivor = _Node()
+        survivor.itself = survivor  # alive at the next checkpoint, garbage after it
+        survived = weakref.ref(survivor)
         with pipeline.gc_paused():
             pass
-        assert young() == before + 1 and not gc.isenabled() and probe() is None
+        assert full() == before + 1 and not gc.isenabled() and probe() is None
+        del survivor
+        with pipeline.gc_paused():
+            pass
+        assert survived() is None and not gc.isenabled()
     assert gc.isenabled()
 
 
