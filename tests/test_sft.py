@@ -79,3 +79,7 @@ def test_bad_settings_fail_before_or_instead_of_saving(tiny_modernbert, tmp_path
         sft(SFTConfig(model=tiny_modernbert, data=data, output=str(tmp_path / "b"), batch_size=4, micro_batch_size=4,
                       max_steps=4, max_length=64, lr=1e8, precision="fp32"))
     assert not (tmp_path / "b" / "sft.json").exists() and not list((tmp_path / "b").glob("*.safetensors"))
+    for option, flag in (({"epochs": 0}, "--epochs"), ({"max_steps": 0}, "--max-steps")):  # nothing trained
+        with pytest.raises(UsageError, match=flag):
+            sft(SFTConfig(model=tiny_modernbert, data=data, output=str(tmp_path / "c"), **option))
+    assert not (tmp_path / "c").exists()

@@ -126,8 +126,9 @@ def sft(config: SFTConfig) -> SFTResult:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
     from ..backbone import load_mlm
-    from ..training.arguments import bf16_available, gradient_accumulation, is_main_process, warmup_share
+    from ..training.arguments import bf16_available, check_length, gradient_accumulation, is_main_process, warmup_share
 
+    check_length(config)  # --epochs 0 saved an untrained model, --max-steps 0 trained one step
     set_seed(config.seed)
     texts = read_texts(config.data)
     tokenizer, mlm = load_mlm(config.model, head_seed=None)

@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -75,7 +76,14 @@ def warmup_share(ratio: float) -> float:
     return ratio
 
 
-def check_length(config: TrainConfig) -> None:
+class RunLength(Protocol):
+    """What ``check_length`` reads: a ``TrainConfig`` or sft's ``SFTConfig``."""
+
+    max_steps: int
+    epochs: float
+
+
+def check_length(config: RunLength) -> None:
     """How long to train: ``--max-steps`` N >= 1 optimizer steps, or -1 (the default: ``--epochs`` decides), and
     ``--epochs`` > 0. ``UsageError`` otherwise: the Trainer would save an untrained model for ``--epochs 0``
     and train one step for ``--max-steps 0``."""
