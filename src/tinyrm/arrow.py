@@ -47,6 +47,7 @@ from .data import (
     no_valid_rows,
     stratified_indices,
 )
+from .errors import not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def source_signature(source: str, load_hub: Callable[[str], Any] = load_hub_data
         return [source, load_hub(source)._fingerprint]
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(not_a_file(path))
     stat = path.stat()
     return [str(path.resolve()), path.name, stat.st_size, stat.st_mtime_ns]
 

@@ -1,13 +1,12 @@
 """Preference data: JSONL files and Hugging Face datasets of (prompt, chosen, rejected) rows.
 
-A malformed row stops loading with ``path:line: reason`` unless ``skip_bad_rows`` is set, in
-which case it is skipped and counted, so no row is ever silently mislabelled. Every JSONL reader of
-the package (pairs, process rows, rank and score input, SFT text) reads its lines with
-:func:`jsonl_lines` and :func:`parse_json_line`, so ``path:line`` and the reasons mean the same
-everywhere: lines end at ``\\n``; a line of ASCII whitespace is blank and skipped; a UTF-8 byte-order
-mark at the start of the file is dropped; a line that is not UTF-8, not JSON (nested too deeply, an
-integer too long) or holds a lone surrogate (``"\\ud800"``, which no text encoding can write) is a bad
-row; a file without a non-blank line is an error (``path: no rows``).
+A malformed row stops loading with ``path:line: reason`` unless ``skip_bad_rows`` is set, in which case it is skipped
+and counted, so no row is ever silently mislabelled. Every JSONL reader of the package (pairs, process rows, rank and
+score input, SFT text) reads its lines with :func:`jsonl_lines` and :func:`parse_json_line`, so ``path:line`` and the
+reasons mean the same everywhere: lines end at ``\\n``; a line of ASCII whitespace is blank and skipped; a UTF-8
+byte-order mark at the start of the file is dropped; a line that is not UTF-8, not JSON (nested too deeply, an integer
+too long) or holds a lone surrogate (``"\\ud800"``, which no text encoding can write) is a bad row; a file without a
+non-blank line is an error (``path: no rows``).
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from .errors import not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def jsonl_lines(path: str | Path, start: int = 0, first_line: int = 1) -> Iterat
     offset ``start`` (the start of line ``first_line``). A missing file raises ``DataError`` (``path: no
     such file``); from the file's start (``start`` 0), so does a file without a non-blank line (``path: no rows``)."""
     if not Path(path).is_file():
-        raise DataError(f"{path}: {'is a folder, not a JSONL file' if Path(path).is_dir() else 'no such file'}")
+        raise DataError(not_a_file(path))
     offset, seen = start, False
     with open(path, "rb") as handle:
         handle.seek(start)
@@ -161,13 +162,12 @@ class JsonlRows(Generic[T]):
     """Iterates ``(line_no, decoded_object, parse(decoded_object))`` over a JSONL file.
 
     A line that is not JSON or that ``parse`` rejects (``ValueError``) raises ``DataError`` with
-    ``path:line: reason``, or with ``skip_bad_rows`` is logged, skipped and counted in ``skipped``.
-    """
+    ``path:line: reason``, or with ``skip_bad_rows`` is logged, skipped and counted in ``skipped``."""
 
     def __init__(self, path: str | Path, parse: Callable[[object], T], skip_bad_rows: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: {'is a folder, not a JSONL file' if self.path.is_dir() else 'no such file'}")
+            raise DataError(not_a_file(self.path))
         self.parse = parse
         self.skip_bad_rows = skip_bad_rows
         self.skipped = 0

@@ -20,3 +20,11 @@ class ModelNotFoundError(UserError, OSError):
 
 class UsageError(UserError):
     """A wrong combination of options: printed as one line, exit code 2."""
+
+
+def not_a_file(path: object) -> str:
+    """What a data path that is not a file is: ``path: is a folder, ...`` where a folder stands, else ``no such
+    file`` (every reader of --data says the same)."""
+    from pathlib import Path
+
+    return f"{path}: {'is a folder, not a JSONL file' if Path(str(path)).is_dir() else 'no such file'}"

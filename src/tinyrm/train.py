@@ -15,7 +15,7 @@ from .defaults import resolve_defaults
 from .pairwise.baselines.train import train as train_baseline
 from .pairwise.train import train as train_cloze
 from .process.train import train as train_process
-from .training.arguments import is_main_process
+from .training.arguments import check_length, is_main_process
 from .training.config import TrainConfig, TrainResult
 
 __all__ = ["OBJECTIVES", "TrainConfig", "TrainResult", "train"]
@@ -33,6 +33,7 @@ OBJECTIVES = (*TRAINERS, "route")
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a reward model on ``config.data`` and save it to ``config.output``."""
+    check_length(config)  # before any data is read or model loaded, whatever the objective
     config = resolve_defaults(config, announce=is_main_process())
     if config.objective == "route":
         raise ValueError("objective 'route' is not trained by `tinyrm train`; build a bundle with "

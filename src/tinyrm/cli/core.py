@@ -122,26 +122,10 @@ def train_config_from_args(args: argparse.Namespace):
     return TrainConfig(**values)
 
 
-def refuse_folders(sources: list[str] | None) -> None:
-    """``--data DIR``: say it is a folder (the tokenised-data cache would call it "no such file")."""
-    from pathlib import Path
-
-    from ..data import HUB_PREFIX, DataError, expand_sources
-
-    for source in expand_sources(sources or []):
-        if not source.startswith(HUB_PREFIX) and Path(source).is_dir():
-            raise DataError(f"{source}: is a folder, not a JSONL file")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import train
-    from ..training.arguments import check_length
 
-    config = train_config_from_args(args)
-    check_length(config)  # before any data is read or model loaded
-    refuse_folders(config.data)
-    refuse_folders(config.eval_data)
-    result = train(config)
+    result = train(train_config_from_args(args))
     console.print(f"saved to {result.output}: {result.steps} steps, {result.pairs} pairs in {result.seconds:.1f}s "
                   f"({result.pairs_per_second:.1f} pairs/s, {result.examples_per_second:.1f} examples/s)")
     return 0

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import PreferencePair
+from ..data import PreferencePair, write_records
 from ..outputs import replacing
 from .calibration import COLUMNS as CALIBRATION_COLUMNS
 from .calibration import pair_calibration
@@ -69,9 +69,8 @@ def prediction_records(probs_chosen: Sequence[float], pairs: Sequence[Preference
 
 def write_predictions(probs_chosen: Sequence[float], pairs: Sequence[PreferencePair], path: str | Path) -> Path:
     """``tinyrm eval --predictions FILE``: :func:`prediction_records` as JSONL (written whole or not at all)."""
-    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        for record in prediction_records(probs_chosen, pairs):
-            handle.write(json.dumps(record) + "\n")
+    with replacing(path) as tmp:
+        write_records(prediction_records(probs_chosen, pairs), tmp)
     return Path(path)
 
 

@@ -98,7 +98,6 @@ def training_arguments(config: TrainConfig, output: Path, accumulation: int):
     """TrainingArguments shared by every objective (AdamW, linear decay, clipping, bf16, seeds)."""
     from transformers import TrainingArguments
 
-    check_length(config)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
     return TrainingArguments(
         output_dir=str(output),
